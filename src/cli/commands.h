@@ -1,0 +1,29 @@
+// Subcommand registration for the `latentmoe` CLI. Each command's callback returns through
+// CommandResult so main() owns the process exit code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/util/error.h"
+
+namespace latentmoe::cli {
+
+// The --config/--set pair every config-taking command shares.
+struct ConfigArgs {
+  std::string config = "debug";
+  std::vector<std::string> overrides;
+  int64_t world_size = 0;  // 0: $WORLD_SIZE, else unknown (world-size rules skipped)
+  void add_to(CLI::App& command);
+  // Loads, applies overrides and validates (throws ConfigError).
+  config::Config load() const;
+  int64_t effective_world_size() const;
+};
+
+void add_config_command(CLI::App& app, int& exit_code);
+void add_version_command(CLI::App& app, int& exit_code);
+
+}  // namespace latentmoe::cli

@@ -1,0 +1,313 @@
+// YAML/JSON → Config through the declared schema. JSON goes through the same YAML parser (JSON is
+// a YAML flow document), so both formats share one schema, one set of errors and file:line marks.
+#include "latentmoe/config/loader.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+
+namespace latentmoe::config {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Where a value came from: "configs/x.yaml:12" or "--set model.a=b".
+std::string origin_of(const std::string& source, const YAML::Node& node) {
+  if (source.rfind("--set", 0) == 0) return source;
+  const YAML::Mark mark = node.Mark();
+  if (mark.line < 0) return source;
+  return fmt::format("{}:{}", source, mark.line + 1);
+}
+
+// Quoted scalars carry the non-specific tag "!": they are strings even if they look numeric.
+bool is_quoted(const YAML::Node& node) { return node.Tag() == "!"; }
+
+bool is_null(const YAML::Node& node) {
+  return node.IsNull() || (node.IsScalar() && !is_quoted(node) && (node.Scalar() == "null" || node.Scalar() == "~"));
+}
+
+class Loader {
+ public:
+  explicit Loader(std::string source) : source_(std::move(source)) {}
+
+  void apply_map(const std::function<void(FieldVisitor&)>& describe, const YAML::Node& map,
+                 const std::string& prefix) {
+    if (!map.IsMap()) {
+      error(map, fmt::format("'{}' must be a mapping of keys, got {}",
+                             prefix.empty() ? "<top level>" : prefix.substr(0, prefix.size() - 1), describe_value(map)));
+      return;
+    }
+    const SchemaLevel level = collect_level(describe);
+    std::map<std::string, int> first_line;
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      const std::string key = it->first.as<std::string>();
+      const std::string path = prefix + key;
+      const int line = it->first.Mark().line + 1;
+      if (auto [pos, inserted] = first_line.emplace(key, line); !inserted) {
+        error(it->first, fmt::format("duplicate key '{}'", path), fmt::format(" (first defined at line {})", pos->second));
+        continue;
+      }
+      if (const FieldInfo* f = level.find_field(key)) {
+        assign(*f, it->second, path);
+      } else if (const SchemaLevel::Section* s = level.find_section(key)) {
+        apply_map(s->describe, it->second, path + ".");
+      } else {
+        unknown_key(it->first, key, path, level);
+      }
+    }
+  }
+
+  // Applies `value` at a dotted path (for --set).
+  void apply_path(const std::function<void(FieldVisitor&)>& describe, const std::vector<std::string>& parts,
+                  size_t index, const YAML::Node& value, const std::string& prefix) {
+    const SchemaLevel level = collect_level(describe);
+    const std::string& key = parts[index];
+    const std::string path = prefix + key;
+    const bool last = index + 1 == parts.size();
+    if (const FieldInfo* f = level.find_field(key); f && last) {
+      assign(*f, value, path);
+    } else if (const SchemaLevel::Section* s = level.find_section(key)) {
+      if (last) {
+        apply_map(s->describe, value, path + ".");
+      } else {
+        apply_path(s->describe, parts, index + 1, value, path + ".");
+      }
+    } else if (f) {
+      error(value, fmt::format("'{}' is a value ({}), not a section: '{}' does not exist", path,
+                               field_type_name(*f), path + "." + parts[index + 1]));
+    } else {
+      unknown_key(value, key, path, level);
+    }
+  }
+
+  void throw_if_errors() const {
+    if (errors_.empty()) return;
+    std::string msg = errors_.size() == 1 ? "invalid configuration:" : fmt::format("invalid configuration ({} errors):", errors_.size());
+    for (const auto& e : errors_) msg += "\n  " + e;
+    throw ConfigError(msg);
+  }
+
+ private:
+  // "<what> at <file:line>[<suffix>]", the shape of every loader message.
+  void error(const YAML::Node& at, const std::string& what, const std::string& suffix = "") {
+    errors_.push_back(what + " at " + origin_of(source_, at) + suffix);
+  }
+
+  void unknown_key(const YAML::Node& at, const std::string& key, const std::string& path, const SchemaLevel& level) {
+    std::string hint;
+    if (std::string near = closest_match(key, level.names()); !near.empty()) {
+      hint = fmt::format(" (did you mean '{}'?)", near);
+    }
+    const std::string section = path.substr(0, path.size() - key.size());
+    if (hint.empty()) {
+      hint = fmt::format("; allowed keys in '{}': see docs/configuration.md",
+                         section.empty() ? "<top level>" : section.substr(0, section.size() - 1));
+    }
+    error(at, fmt::format("unknown key '{}'", path), hint);
+  }
+
+  void type_error(const YAML::Node& node, const std::string& path, const FieldInfo& f) {
+    error(node, fmt::format("'{}' expects {}, got {}", path, field_type_name(f), describe_value(node)));
+  }
+
+  // "string 'abc'", "float 3.5", "null", "a list": what the user actually wrote.
+  static std::string describe_value(const YAML::Node& node) {
+    if (is_null(node)) return "null";
+    if (node.IsSequence()) return "a list";
+    if (node.IsMap()) return "a mapping";
+    const std::string& text = node.Scalar();
+    if (is_quoted(node)) return fmt::format("string '{}'", text);
+    int64_t i = 0;
+    double d = 0;
+    bool b = false;
+    if (YAML::convert<int64_t>::decode(node, i)) return fmt::format("int {}", text);
+    if (YAML::convert<double>::decode(node, d)) return fmt::format("float {}", text);
+    if (YAML::convert<bool>::decode(node, b)) return fmt::format("bool {}", text);
+    return fmt::format("string '{}'", text);
+  }
+
+  template <class T>
+  bool convert_scalar(const YAML::Node& node, T& out) {
+    if (!node.IsScalar() || is_quoted(node)) return false;
+    try {
+      out = node.as<T>();
+      return true;
+    } catch (const YAML::Exception&) {
+      return false;
+    }
+  }
+
+  template <class T>
+  bool convert_list(const YAML::Node& node, std::vector<T>& out) {
+    if (!node.IsSequence()) return false;
+    std::vector<T> values;
+    for (const auto& item : node) {
+      T v{};
+      if constexpr (std::is_same_v<T, std::string>) {
+        if (!item.IsScalar()) return false;
+        v = item.Scalar();
+      } else if (!convert_scalar(item, v)) {
+        return false;
+      }
+      values.push_back(std::move(v));
+    }
+    out = std::move(values);
+    return true;
+  }
+
+  void assign(const FieldInfo& f, const YAML::Node& node, const std::string& path) {
+    bool ok = std::visit(
+        [&](auto* target) -> bool {
+          using T = std::remove_pointer_t<decltype(target)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (!node.IsScalar() || is_null(node)) return false;
+            const std::string value = node.Scalar();
+            if (!f.choices.empty() && std::find(f.choices.begin(), f.choices.end(), value) == f.choices.end()) {
+              std::string hint;
+              std::vector<std::string> options(f.choices.begin(), f.choices.end());
+              if (std::string near = closest_match(value, options); !near.empty()) hint = fmt::format(" (did you mean '{}'?)", near);
+              error(node, fmt::format("'{}' must be {}, got '{}'", path, field_type_name(f), value), hint);
+              return true;  // reported
+            }
+            *target = value;
+            return true;
+          } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
+            if (is_null(node)) {
+              target->reset();
+              return true;
+            }
+            int64_t v = 0;
+            if (!convert_scalar(node, v)) return false;
+            *target = v;
+            return true;
+          } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                               std::is_same_v<T, std::vector<std::string>>) {
+            return convert_list(node, *target);
+          } else {
+            return convert_scalar(node, *target);
+          }
+        },
+        f.ref);
+    if (!ok) type_error(node, path, f);
+  }
+
+  std::string source_;
+  std::vector<std::string> errors_;
+};
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, sep)) out.push_back(part);
+  return out;
+}
+
+}  // namespace
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  auto distance = [](const std::string& a, const std::string& b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= b.size(); ++j) {
+        const size_t above = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        diagonal = above;
+      }
+    }
+    return row[b.size()];
+  };
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    const size_t d = distance(word, c);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(LATENTMOE_CONFIG_DIR, ec)) {
+    if (entry.path().extension() == ".yaml") names.push_back(entry.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string resolve_config_path(const std::string& name_or_path) {
+  if (fs::is_regular_file(name_or_path)) return name_or_path;
+  const fs::path preset = fs::path(LATENTMOE_CONFIG_DIR) / (name_or_path + ".yaml");
+  if (name_or_path.find('/') == std::string::npos && fs::is_regular_file(preset)) return preset.string();
+  std::string names;
+  for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+  throw ConfigError(fmt::format("--config '{}': no such file, and not a preset name (presets: {})", name_or_path, names));
+}
+
+Config load_config_file(const std::string& path) {
+  const std::string ext = fs::path(path).extension().string();
+  if (ext != ".yaml" && ext != ".yml" && ext != ".json") {
+    throw ConfigError(fmt::format("{}: unsupported config file extension '{}' (allowed: .yaml, .yml, .json)", path, ext));
+  }
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(fmt::format("{}: cannot open config file", path));
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("{}:{}:{}: {} syntax error: {}", path, e.mark.line + 1, e.mark.column + 1,
+                                  ext == ".json" ? "JSON" : "YAML", e.msg));
+  }
+  Config cfg;
+  if (root.IsNull()) return cfg;  // an empty file is the defaults
+  Loader loader(path);
+  loader.apply_map(describe_root(cfg), root, "");
+  loader.throw_if_errors();
+  return cfg;
+}
+
+void apply_override(Config& cfg, const std::string& assignment) {
+  const std::string origin = "--set " + assignment;
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError(fmt::format("{}: expected KEY=VALUE with a dotted key, e.g. model.hidden_size=256", origin));
+  }
+  const std::string key = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("{}: cannot parse the value: {}", origin, e.msg));
+  }
+  const std::vector<std::string> parts = split(key, '.');
+  if (std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); })) {
+    throw ConfigError(fmt::format("{}: empty component in key '{}'", origin, key));
+  }
+  Config updated = cfg;  // all or nothing: a failed override leaves cfg untouched
+  Loader loader(origin);
+  loader.apply_path(describe_root(updated), parts, 0, value, "");
+  loader.throw_if_errors();
+  cfg = std::move(updated);
+}
+
+Config load_config(const std::string& name_or_path, const std::vector<std::string>& overrides) {
+  Config cfg = load_config_file(resolve_config_path(name_or_path));
+  for (const auto& o : overrides) apply_override(cfg, o);
+  return cfg;
+}
+
+}  // namespace latentmoe::config

@@ -1,0 +1,152 @@
+// The schema itself: every config field's key and one-line doc, declared once. Defaults live in
+// the struct initializers (include/latentmoe/config/config.h); docs/configuration.md is generated
+// from this file (`latentmoe config --docs`), and a test fails when the two drift.
+#include "latentmoe/config/config.h"
+
+namespace latentmoe::config {
+
+void RopeScalingConfig::describe(FieldVisitor& v) {
+  v.field({"type", &type, "Context-extension method applied to the rotary frequencies", {"none", "yarn"}});
+  v.field({"factor", &factor, "YaRN scale factor: target context / original_max_position_embeddings"});
+  v.field({"original_max_position_embeddings", &original_max_position_embeddings,
+           "Context length the rotary frequencies were trained for"});
+  v.field({"beta_fast", &beta_fast, "YaRN: rotations per context above which dims are extrapolated"});
+  v.field({"beta_slow", &beta_slow, "YaRN: rotations per context below which dims are interpolated"});
+  v.field({"mscale", &mscale, "YaRN attention-temperature coefficient (numerator of the mscale ratio)"});
+  v.field({"mscale_all_dim", &mscale_all_dim,
+           "YaRN attention-temperature coefficient (denominator); the softmax scale gets mscale^2"});
+}
+
+void ModelConfig::describe(FieldVisitor& v) {
+  v.field({"vocab_size", &vocab_size, "Number of token ids (embedding rows and head outputs)"});
+  v.field({"hidden_size", &hidden_size, "Residual stream width"});
+  v.field({"intermediate_size", &intermediate_size, "SwiGLU inner width of the dense FFN layers"});
+  v.field({"moe_intermediate_size", &moe_intermediate_size,
+           "SwiGLU inner width of each routed and shared expert"});
+  v.field({"num_hidden_layers", &num_hidden_layers, "Decoder blocks in the main model (MTP not counted)"});
+  v.field({"num_attention_heads", &num_attention_heads, "MLA query heads"});
+  v.field({"q_lora_rank", &q_lora_rank, "Query compression rank; null = plain q projection (V2-Lite)"});
+  v.field({"kv_lora_rank", &kv_lora_rank, "Key/value latent width (what the inference cache stores)"});
+  v.field({"qk_nope_head_dim", &qk_nope_head_dim, "Per-head query/key dims without rotary embedding"});
+  v.field({"qk_rope_head_dim", &qk_rope_head_dim,
+           "Per-head query rotary dims; also the width of the one rotary key shared by all heads"});
+  v.field({"v_head_dim", &v_head_dim, "Per-head value dims"});
+  v.field({"n_routed_experts", &n_routed_experts, "Routed experts per MoE layer (0 = all layers dense)"});
+  v.field({"n_shared_experts", &n_shared_experts, "Always-active shared experts per MoE layer"});
+  v.field({"num_experts_per_tok", &num_experts_per_tok, "Routed experts chosen per token (top-k)"});
+  v.field({"n_group", &n_group, "Expert groups for group-limited routing (1 = plain top-k)"});
+  v.field({"topk_group", &topk_group, "Groups kept per token before the expert top-k"});
+  v.field({"routed_scaling_factor", &routed_scaling_factor, "Multiplier on the routed experts' gate weights"});
+  v.field({"norm_topk_prob", &norm_topk_prob, "Normalize the chosen experts' gate weights to sum to 1"});
+  v.field({"scoring_func", &scoring_func, "Router affinity function", {"sigmoid", "softmax"}});
+  v.field({"first_k_dense_replace", &first_k_dense_replace, "Leading layers that use the dense FFN instead of MoE"});
+  v.field({"rms_norm_eps", &rms_norm_eps, "RMSNorm epsilon"});
+  v.field({"max_position_embeddings", &max_position_embeddings, "Longest sequence the model is built for"});
+  v.field({"rope_theta", &rope_theta, "Rotary base frequency"});
+  v.field({"rope_interleave", &rope_interleave,
+           "Rotary dims are interleaved pairs (DeepSeek checkpoints); false = rotate-half layout"});
+  v.section("rope_scaling", "Rotary context extension (YaRN)",
+            [this](FieldVisitor& s) { rope_scaling.describe(s); });
+  v.field({"attention_bias", &attention_bias, "Bias terms on the attention projections"});
+  v.field({"num_nextn_predict_layers", &num_nextn_predict_layers, "Multi-Token Prediction depth D (0 = off)"});
+  v.field({"init_std", &init_std, "Std of the normal init of every weight matrix (paper: 0.006)"});
+}
+
+void TrainConfig::describe(FieldVisitor& v) {
+  v.field({"steps", &steps, "Optimizer steps to run"});
+  v.field({"global_batch_size", &global_batch_size, "Sequences per optimizer step, over all data-parallel ranks"});
+  v.field({"micro_batch_size", &micro_batch_size, "Sequences per forward/backward on one rank"});
+  v.field({"grad_accum_steps", &grad_accum_steps,
+           "Micro-batches per optimizer step on one rank; 0 = global / (micro x data-parallel ranks)"});
+  v.field({"seq_len", &seq_len, "Tokens per training sequence"});
+  v.field({"grad_clip_norm", &grad_clip_norm, "Global gradient-norm clip (0 = off)"});
+  v.field({"device", &device, "Where to train; auto = cuda when available", {"auto", "cpu", "cuda"}});
+  v.field({"mtp_loss_weight", &mtp_loss_weight, "MTP loss weight lambda (loss adds lambda/D x sum of MTP CEs)"});
+  v.field({"seq_aux_loss_alpha", &seq_aux_loss_alpha, "Sequence-wise balance loss weight alpha (0 = off)"});
+  v.field({"router_z_loss_weight", &router_z_loss_weight, "Router z-loss weight (0 = off)"});
+  v.field({"bias_update_speed", &bias_update_speed,
+           "Aux-loss-free balancing speed gamma: b += gamma*sign(mean_load - load) per step (0 = off)"});
+  v.field({"bias_update_freeze_tokens", &bias_update_freeze_tokens,
+           "Tokens after which the expert biases stop updating (0 = never freeze)"});
+  v.field({"eval_interval", &eval_interval, "Steps between validation passes (0 = only at the end)"});
+  v.field({"eval_batches", &eval_batches, "Micro-batches per validation pass"});
+}
+
+void OptimizerConfig::describe(FieldVisitor& v) {
+  v.field({"type", &type, "Optimizer", {"adamw"}});
+  v.field({"lr", &lr, "Peak learning rate"});
+  v.field({"beta1", &beta1, "AdamW first-moment decay"});
+  v.field({"beta2", &beta2, "AdamW second-moment decay"});
+  v.field({"eps", &eps, "AdamW epsilon"});
+  v.field({"weight_decay", &weight_decay, "Decoupled weight decay"});
+  v.field({"decay_1d_params", &decay_1d_params, "Also decay norms, biases and other 1-D tensors"});
+}
+
+void ScheduleConfig::describe(FieldVisitor& v) {
+  v.field({"type", &type,
+           "LR schedule: constant after warmup; cosine to min_lr; multiphase = DeepSeek (warmup, "
+           "constant, cosine decay, step-downs)",
+           {"constant", "cosine", "multiphase"}});
+  v.field({"unit", &unit, "Unit of decay_start, decay_length and stepdown_at", {"steps", "tokens"}});
+  v.field({"warmup", &warmup, "Linear warmup from 0 to optimizer.lr, in steps"});
+  v.field({"decay_start", &decay_start, "multiphase: where the cosine decay starts (0 = right after warmup)"});
+  v.field({"decay_length", &decay_length, "Cosine decay length (0 = until the end of training)"});
+  v.field({"min_lr", &min_lr, "LR at the end of the cosine decay"});
+  v.field({"stepdown_at", &stepdown_at, "multiphase: boundaries after the decay where the LR steps down"});
+  v.field({"stepdown_lr", &stepdown_lr, "multiphase: LR from each stepdown_at boundary on"});
+}
+
+void DataConfig::describe(FieldVisitor& v) {
+  v.field({"tokenizer", &tokenizer, "HF tokenizer.json; empty = the bundled default tokenizer"});
+  v.field({"paths", &paths, "Dataset prefixes (.bin/.idx); empty = the bundled default corpus"});
+  v.field({"weights", &weights, "Blend weights, one per path (empty = proportional to size)"});
+  v.field({"valid_fraction", &valid_fraction, "Fraction of documents held out for validation"});
+  v.field({"fim_rate", &fim_rate, "Fill-in-the-middle (PSM) rate per document (0 = off)"});
+  v.field({"num_workers", &num_workers, "Background threads preparing batches"});
+}
+
+void ParallelConfig::describe(FieldVisitor& v) {
+  v.field({"ep", &ep, "Expert-parallel degree (divides the world size and n_routed_experts)"});
+  v.field({"zero_stage", &zero_stage, "0 = replicated optimizer state, 1 = ZeRO-1 sharded over data-parallel ranks"});
+  v.field({"backend", &backend, "c10d backend; auto = nccl on CUDA, gloo on CPU", {"auto", "gloo", "nccl"}});
+  v.field({"bucket_size_mb", &bucket_size_mb, "Gradient all-reduce bucket size"});
+  v.field({"timeout_s", &timeout_s, "Collective timeout before a rank gives up"});
+}
+
+void PrecisionConfig::describe(FieldVisitor& v) {
+  v.field({"compute_dtype", &compute_dtype, "Dtype of forward/backward compute", {"fp32", "bf16"}});
+  v.field({"master_dtype", &master_dtype, "Dtype of master weights and optimizer state", {"fp32"}});
+}
+
+void CheckpointConfig::describe(FieldVisitor& v) {
+  v.field({"dir", &dir, "Directory holding one sub-directory per saved step"});
+  v.field({"interval", &interval, "Steps between checkpoints (0 = only at the end)"});
+  v.field({"keep_last", &keep_last, "Committed checkpoints to keep; older ones are deleted"});
+}
+
+void LoggingConfig::describe(FieldVisitor& v) {
+  v.field({"level", &level, "Console/file log level", {"trace", "debug", "info", "warn", "error"}});
+  v.field({"interval", &interval, "Steps between metric lines"});
+  v.field({"file", &file, "Also log to this file (empty = console only)"});
+  v.field({"dir", &dir, "Run directory for metrics (JSONL, TensorBoard events)"});
+  v.field({"jsonl", &jsonl, "Write metrics.jsonl in logging.dir"});
+  v.field({"tensorboard", &tensorboard, "Write TensorBoard event files in logging.dir"});
+  v.field({"peak_tflops", &peak_tflops, "Peak TFLOP/s per device for MFU (0 = do not report MFU)"});
+}
+
+void Config::describe(FieldVisitor& v) {
+  v.field({"name", &name, "Run name (used in log lines and default paths)"});
+  v.field({"seed", &seed, "Seed for initialization and data order"});
+  v.section("model", "Architecture (DeepSeek-V3 naming, as in HF config.json)", [this](FieldVisitor& s) { model.describe(s); });
+  v.section("train", "Training loop, batch and losses", [this](FieldVisitor& s) { train.describe(s); });
+  v.section("optimizer", "Optimizer", [this](FieldVisitor& s) { optimizer.describe(s); });
+  v.section("schedule", "Learning-rate schedule", [this](FieldVisitor& s) { schedule.describe(s); });
+  v.section("data", "Tokenizer and datasets", [this](FieldVisitor& s) { data.describe(s); });
+  v.section("parallel", "Distributed layout (world size comes from the launcher)",
+            [this](FieldVisitor& s) { parallel.describe(s); });
+  v.section("precision", "Numeric formats", [this](FieldVisitor& s) { precision.describe(s); });
+  v.section("checkpoint", "Checkpointing", [this](FieldVisitor& s) { checkpoint.describe(s); });
+  v.section("logging", "Logs and metrics", [this](FieldVisitor& s) { logging.describe(s); });
+}
+
+}  // namespace latentmoe::config

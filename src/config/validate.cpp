@@ -1,0 +1,244 @@
+// Cross-field rules, one per check; each message names the keys involved and their values, so
+// the fix is obvious. Single-field type errors are the loader's job; ranges are checked here.
+#include "latentmoe/config/validate.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "latentmoe/util/error.h"
+
+namespace latentmoe::config {
+
+namespace {
+class Rules {
+ public:
+  void require(bool ok, const std::string& message) {
+    if (!ok) violations.push_back(message);
+  }
+  void positive(int64_t value, const char* key) { require(value > 0, fmt::format("{} must be > 0, got {}", key, value)); }
+  void non_negative(int64_t value, const char* key) {
+    require(value >= 0, fmt::format("{} must be >= 0, got {}", key, value));
+  }
+  void positive(double value, const char* key) { require(value > 0, fmt::format("{} must be > 0, got {}", key, value)); }
+  void non_negative(double value, const char* key) {
+    require(value >= 0, fmt::format("{} must be >= 0, got {}", key, value));
+  }
+  void in_unit_interval(double value, const char* key, bool allow_zero) {
+    require((allow_zero ? value >= 0 : value > 0) && value < 1,
+            fmt::format("{} must be in {}0, 1), got {}", key, allow_zero ? "[" : "(", value));
+  }
+  std::vector<std::string> violations;
+};
+
+void check_model(const ModelConfig& m, Rules& r) {
+  r.positive(m.vocab_size, "model.vocab_size");
+  r.positive(m.hidden_size, "model.hidden_size");
+  r.positive(m.num_hidden_layers, "model.num_hidden_layers");
+  r.positive(m.num_attention_heads, "model.num_attention_heads");
+  r.positive(m.kv_lora_rank, "model.kv_lora_rank");
+  r.non_negative(m.qk_nope_head_dim, "model.qk_nope_head_dim");
+  r.positive(m.qk_rope_head_dim, "model.qk_rope_head_dim");
+  r.positive(m.v_head_dim, "model.v_head_dim");
+  r.require(m.qk_rope_head_dim % 2 == 0,
+            fmt::format("model.qk_rope_head_dim must be even (rotary dims come in pairs), got {}", m.qk_rope_head_dim));
+  if (m.q_lora_rank) r.positive(*m.q_lora_rank, "model.q_lora_rank (use null for no query compression)");
+  r.positive(m.rms_norm_eps, "model.rms_norm_eps");
+  r.positive(m.init_std, "model.init_std");
+  r.positive(m.rope_theta, "model.rope_theta");
+  r.positive(m.max_position_embeddings, "model.max_position_embeddings");
+  r.non_negative(m.num_nextn_predict_layers, "model.num_nextn_predict_layers");
+  r.non_negative(m.first_k_dense_replace, "model.first_k_dense_replace");
+  r.non_negative(m.n_routed_experts, "model.n_routed_experts");
+  r.non_negative(m.n_shared_experts, "model.n_shared_experts");
+
+  const bool has_dense = m.first_k_dense_replace > 0 || m.n_routed_experts == 0;
+  if (has_dense) r.positive(m.intermediate_size, "model.intermediate_size (dense FFN layers exist)");
+  r.require(m.first_k_dense_replace <= m.num_hidden_layers,
+            fmt::format("model.first_k_dense_replace ({}) must be <= model.num_hidden_layers ({})",
+                        m.first_k_dense_replace, m.num_hidden_layers));
+
+  if (m.n_routed_experts > 0) {
+    r.positive(m.moe_intermediate_size, "model.moe_intermediate_size");
+    r.positive(m.routed_scaling_factor, "model.routed_scaling_factor");
+    r.positive(m.n_group, "model.n_group");
+    r.positive(m.topk_group, "model.topk_group");
+    r.require(m.num_experts_per_tok >= 1 && m.num_experts_per_tok <= m.n_routed_experts,
+              fmt::format("model.num_experts_per_tok ({}) must be in [1, model.n_routed_experts ({})]",
+                          m.num_experts_per_tok, m.n_routed_experts));
+    if (m.n_group > 0 && m.topk_group > 0) {
+      r.require(m.n_routed_experts % m.n_group == 0,
+                fmt::format("model.n_routed_experts ({}) must be divisible by model.n_group ({}): "
+                            "group-limited routing splits experts into equal groups",
+                            m.n_routed_experts, m.n_group));
+      r.require(m.topk_group <= m.n_group, fmt::format("model.topk_group ({}) must be <= model.n_group ({})",
+                                                       m.topk_group, m.n_group));
+      const int64_t per_group = m.n_routed_experts / m.n_group;
+      r.require(m.topk_group * per_group >= m.num_experts_per_tok,
+                fmt::format("model.num_experts_per_tok ({}) is unreachable: model.topk_group ({}) groups of "
+                            "model.n_routed_experts/model.n_group ({}/{} = {}) experts keep only {}",
+                            m.num_experts_per_tok, m.topk_group, m.n_routed_experts, m.n_group, per_group,
+                            m.topk_group * per_group));
+      if (m.scoring_func == "sigmoid" && m.n_group > 1) {
+        r.require(per_group >= 2, fmt::format("model.n_routed_experts/model.n_group ({}/{}) must be >= 2 with "
+                                              "model.scoring_func 'sigmoid': a group scores as its top-2 experts",
+                                              m.n_routed_experts, m.n_group));
+      }
+    }
+  }
+  const RopeScalingConfig& y = m.rope_scaling;
+  if (y.type == "yarn") {
+    r.require(y.factor >= 1.0, fmt::format("model.rope_scaling.factor must be >= 1 with type 'yarn', got {}", y.factor));
+    r.positive(y.original_max_position_embeddings, "model.rope_scaling.original_max_position_embeddings");
+    r.require(y.beta_fast > y.beta_slow && y.beta_slow > 0,
+              fmt::format("model.rope_scaling.beta_fast ({}) must be > model.rope_scaling.beta_slow ({}) > 0",
+                          y.beta_fast, y.beta_slow));
+    r.positive(y.mscale_all_dim, "model.rope_scaling.mscale_all_dim");
+  }
+}
+
+void check_train(const Config& c, int64_t world_size, Rules& r) {
+  const TrainConfig& t = c.train;
+  r.positive(t.steps, "train.steps");
+  r.positive(t.global_batch_size, "train.global_batch_size");
+  r.positive(t.micro_batch_size, "train.micro_batch_size");
+  r.non_negative(t.grad_accum_steps, "train.grad_accum_steps");
+  r.positive(t.seq_len, "train.seq_len");
+  r.non_negative(t.grad_clip_norm, "train.grad_clip_norm");
+  r.non_negative(t.mtp_loss_weight, "train.mtp_loss_weight");
+  r.non_negative(t.seq_aux_loss_alpha, "train.seq_aux_loss_alpha");
+  r.non_negative(t.router_z_loss_weight, "train.router_z_loss_weight");
+  r.non_negative(t.bias_update_speed, "train.bias_update_speed");
+  r.non_negative(t.bias_update_freeze_tokens, "train.bias_update_freeze_tokens");
+  r.non_negative(t.eval_interval, "train.eval_interval");
+  r.non_negative(t.eval_batches, "train.eval_batches");
+  r.require(t.seq_len <= c.model.max_position_embeddings,
+            fmt::format("train.seq_len ({}) must be <= model.max_position_embeddings ({})", t.seq_len,
+                        c.model.max_position_embeddings));
+  if (t.global_batch_size <= 0 || t.micro_batch_size <= 0) return;
+  if (world_size == kUnknownWorldSize) {
+    r.require(t.global_batch_size % t.micro_batch_size == 0,
+              fmt::format("train.global_batch_size ({}) must be divisible by train.micro_batch_size ({})",
+                          t.global_batch_size, t.micro_batch_size));
+    return;
+  }
+  const int64_t per_pass = t.micro_batch_size * world_size;
+  if (t.grad_accum_steps > 0) {
+    r.require(per_pass * t.grad_accum_steps == t.global_batch_size,
+              fmt::format("train.global_batch_size ({}) must equal train.micro_batch_size ({}) x "
+                          "train.grad_accum_steps ({}) x data-parallel ranks ({}) = {}; set "
+                          "train.grad_accum_steps=0 to derive it",
+                          t.global_batch_size, t.micro_batch_size, t.grad_accum_steps, world_size,
+                          per_pass * t.grad_accum_steps));
+  } else {
+    r.require(t.global_batch_size % per_pass == 0,
+              fmt::format("train.global_batch_size ({}) must be divisible by train.micro_batch_size ({}) x "
+                          "data-parallel ranks ({}) = {}",
+                          t.global_batch_size, t.micro_batch_size, world_size, per_pass));
+  }
+}
+
+void check_schedule(const Config& c, Rules& r) {
+  const ScheduleConfig& s = c.schedule;
+  r.positive(c.optimizer.lr, "optimizer.lr");
+  r.in_unit_interval(c.optimizer.beta1, "optimizer.beta1", true);
+  r.in_unit_interval(c.optimizer.beta2, "optimizer.beta2", true);
+  r.positive(c.optimizer.eps, "optimizer.eps");
+  r.non_negative(c.optimizer.weight_decay, "optimizer.weight_decay");
+  r.non_negative(s.warmup, "schedule.warmup");
+  r.non_negative(s.decay_start, "schedule.decay_start");
+  r.non_negative(s.decay_length, "schedule.decay_length");
+  r.non_negative(s.min_lr, "schedule.min_lr");
+  r.require(s.min_lr <= c.optimizer.lr, fmt::format("schedule.min_lr ({}) must be <= optimizer.lr ({})", s.min_lr,
+                                                    c.optimizer.lr));
+  r.require(s.warmup <= c.train.steps,
+            fmt::format("schedule.warmup ({} steps) must be <= train.steps ({})", s.warmup, c.train.steps));
+  r.require(s.stepdown_at.size() == s.stepdown_lr.size(),
+            fmt::format("schedule.stepdown_at ({} entries) and schedule.stepdown_lr ({} entries) must have the same length",
+                        s.stepdown_at.size(), s.stepdown_lr.size()));
+  if (s.type != "multiphase") {
+    r.require(s.stepdown_at.empty() && s.decay_start == 0,
+              fmt::format("schedule.stepdown_at/decay_start are only used with schedule.type 'multiphase', got type '{}'",
+                          s.type));
+  }
+  for (size_t i = 1; i < s.stepdown_at.size(); ++i) {
+    r.require(s.stepdown_at[i] > s.stepdown_at[i - 1],
+              fmt::format("schedule.stepdown_at must be strictly increasing, got {} then {}", s.stepdown_at[i - 1],
+                          s.stepdown_at[i]));
+  }
+  if (s.type == "multiphase" && !s.stepdown_at.empty()) {
+    const int64_t decay_end = s.decay_start + s.decay_length;
+    r.require(s.decay_length > 0 && s.stepdown_at.front() >= decay_end,
+              fmt::format("schedule.stepdown_at[0] ({}) must come after the cosine decay ends at "
+                          "schedule.decay_start + schedule.decay_length = {} (with decay_length > 0)",
+                          s.stepdown_at.front(), decay_end));
+  }
+}
+
+void check_rest(const Config& c, int64_t world_size, Rules& r) {
+  const DataConfig& d = c.data;
+  r.require(d.weights.empty() || d.weights.size() == d.paths.size(),
+            fmt::format("data.weights has {} entries but data.paths has {}; give one weight per path or none",
+                        d.weights.size(), d.paths.size()));
+  for (double w : d.weights) r.require(w >= 0, fmt::format("data.weights must be >= 0, got {}", w));
+  r.in_unit_interval(d.valid_fraction, "data.valid_fraction", true);
+  r.require(d.fim_rate >= 0 && d.fim_rate <= 1, fmt::format("data.fim_rate must be in [0, 1], got {}", d.fim_rate));
+  r.positive(d.num_workers, "data.num_workers");
+
+  const ParallelConfig& p = c.parallel;
+  r.positive(p.ep, "parallel.ep");
+  r.require(p.zero_stage == 0 || p.zero_stage == 1,
+            fmt::format("parallel.zero_stage must be 0 or 1, got {}", p.zero_stage));
+  r.positive(p.bucket_size_mb, "parallel.bucket_size_mb");
+  r.positive(p.timeout_s, "parallel.timeout_s");
+  if (p.ep > 0) {
+    r.require(world_size == kUnknownWorldSize || world_size % p.ep == 0, fmt::format("parallel.ep ({}) must divide the world size ({} ranks)", p.ep,
+                                                  world_size));
+    if (c.model.n_routed_experts > 0) {
+      r.require(c.model.n_routed_experts % p.ep == 0,
+                fmt::format("model.n_routed_experts ({}) must be divisible by parallel.ep ({})",
+                            c.model.n_routed_experts, p.ep));
+    }
+  }
+  r.require(!(p.backend == "nccl" && c.train.device == "cpu"),
+            "parallel.backend 'nccl' needs train.device 'cuda' or 'auto', got train.device 'cpu'");
+
+  r.non_negative(c.checkpoint.interval, "checkpoint.interval");
+  r.positive(c.checkpoint.keep_last, "checkpoint.keep_last");
+  r.require(!c.checkpoint.dir.empty(), "checkpoint.dir must not be empty");
+  r.positive(c.logging.interval, "logging.interval");
+  r.non_negative(c.logging.peak_tflops, "logging.peak_tflops");
+}
+}  // namespace
+
+std::vector<std::string> config_violations(const Config& cfg, int64_t world_size) {
+  Rules rules;
+  rules.require(world_size >= 1 || world_size == kUnknownWorldSize,
+                fmt::format("world size must be >= 1, got {}", world_size));
+  Config copy = cfg;
+  for_each_field(describe_root(copy), [&](const std::string& path, const FieldInfo& f) {
+    auto check_finite = [&](double v) {
+      rules.require(std::isfinite(v), fmt::format("{} must be a finite number, got {}", path, v));
+    };
+    if (auto* d = std::get_if<double*>(&f.ref)) check_finite(**d);
+    if (auto* list = std::get_if<std::vector<double>*>(&f.ref)) {
+      for (double v : **list) check_finite(v);
+    }
+  });
+  check_model(cfg.model, rules);
+  check_train(cfg, world_size, rules);
+  check_schedule(cfg, rules);
+  check_rest(cfg, world_size, rules);
+  return rules.violations;
+}
+
+void validate_config(const Config& cfg, int64_t world_size) {
+  const std::vector<std::string> violations = config_violations(cfg, world_size);
+  if (violations.empty()) return;
+  std::string msg = fmt::format("invalid configuration ({} rule{} violated):", violations.size(),
+                                violations.size() == 1 ? "" : "s");
+  for (const auto& v : violations) msg += "\n  " + v;
+  throw ConfigError(msg);
+}
+
+}  // namespace latentmoe::config

@@ -1,0 +1,68 @@
+// Runtime capability report. A CUDA binary on a machine without a GPU gets "driver version
+// insufficient" or "no CUDA GPUs": that is reported as "not available", not as an error.
+#include "latentmoe/util/runtime_info.h"
+
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+#include "latentmoe/version.h"
+
+namespace latentmoe {
+
+CudaStatus cuda_status() {
+  CudaStatus status;
+  try {
+    status.device_count = static_cast<int>(c10::cuda::device_count_ensure_non_zero());
+    status.available = status.device_count > 0;
+  } catch (const c10::Error& e) {
+    status.reason = e.what_without_backtrace();
+  }
+  if (!status.available && status.reason.empty()) status.reason = "no CUDA devices found";
+  return status;
+}
+
+namespace {
+// The "MKL-DNN v3.x" / "CPU capability" lines of torch's build description.
+std::string config_lines_with(const std::string& config, const std::vector<std::string>& needles) {
+  std::istringstream in(config);
+  std::string line, out;
+  while (std::getline(in, line)) {
+    for (const auto& n : needles) {
+      if (line.find(n) != std::string::npos) {
+        const size_t start = line.find_first_not_of(" -");
+        out += "    " + line.substr(start == std::string::npos ? 0 : start) + "\n";
+        break;
+      }
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::string runtime_report() {
+  std::ostringstream out;
+  out << "latentmoe " << kVersion << "\n";
+  out << "torch      " << TORCH_VERSION << "\n";
+  const CudaStatus cuda = cuda_status();
+  out << "cuda       ";
+  if (cuda.available) {
+    out << "available, " << cuda.device_count << " device(s)\n";
+  } else {
+    out << "not available: " << cuda.reason << "\n";
+  }
+  out << "kernels    latentmoe CUDA kernels " << (kBuiltWithCuda ? "compiled in" : "not compiled (LATENTMOE_CUDA=OFF or no nvcc)")
+      << "\n";
+  out << "threads    intra-op " << at::get_num_threads() << ", inter-op " << at::get_num_interop_threads()
+      << " (set OMP_NUM_THREADS to change)\n";
+  out << "blas       MKL " << (at::hasMKL() ? "yes" : "no") << ", oneDNN " << (at::hasMKLDNN() ? "yes" : "no")
+      << ", OpenMP " << (at::hasOpenMP() ? "yes" : "no") << "\n";
+  out << config_lines_with(at::show_config(), {"Math Kernel Library", "MKL-DNN", "CPU capability"});
+  return out.str();
+}
+
+}  // namespace latentmoe

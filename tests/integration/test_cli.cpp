@@ -1,0 +1,100 @@
+// The CLI end to end: exit codes and messages of `latentmoe config` and `version`.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "test_util.h"
+
+using latentmoe::testing::TempDir;
+
+namespace {
+struct CliRun {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+CliRun run_cli(const std::string& args) {
+  const std::string command = std::string(LATENTMOE_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  std::array<char, 4096> buffer{};
+  size_t n = 0;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+std::string preset(const std::string& name) { return std::string(LATENTMOE_SOURCE_DIR) + "/configs/" + name + ".yaml"; }
+}  // namespace
+
+TEST(Cli, HelpForEverySubcommand) {
+  for (const char* sub : {"", "config ", "version "}) {
+    const CliRun r = run_cli(std::string(sub) + "--help");
+    EXPECT_EQ(r.exit_code, 0) << sub;
+    EXPECT_NE(r.output.find("Usage"), std::string::npos) << r.output;
+  }
+  EXPECT_NE(run_cli("config --help").output.find("--set"), std::string::npos);
+}
+
+TEST(Cli, UsageErrorsExit2) {
+  EXPECT_EQ(run_cli("").exit_code, 2);
+  EXPECT_EQ(run_cli("frobnicate").exit_code, 2);
+  EXPECT_EQ(run_cli("config --no-such-flag").exit_code, 2);
+}
+
+TEST(Cli, DumpV3PrintsTheFullConfigAndReloads) {
+  TempDir dir;
+  const CliRun r = run_cli("config --config " + preset("deepseek-v3") + " --dump");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* key : {"n_routed_experts: 256", "hidden_size: 7168", "q_lora_rank: 1536", "type: yarn",
+                          "stepdown_lr: [7.3e-06]", "ep: 64", "bias_update_freeze_tokens: 14300000000000"}) {
+    EXPECT_NE(r.output.find(key), std::string::npos) << key;
+  }
+  const std::string dumped = dir.write("v3.yaml", r.output);
+  const CliRun again = run_cli("config --config " + dumped + " --dump");
+  EXPECT_EQ(again.exit_code, 0);
+  EXPECT_EQ(again.output, r.output) << "--dump output must re-load to the identical config";
+}
+
+TEST(Cli, ConflictingOverrideNamesBothKeys) {
+  const CliRun r = run_cli("config --config " + preset("deepseek-v3") + " --set model.n_routed_experts=255");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("model.n_routed_experts (255) must be divisible by model.n_group (8)"), std::string::npos)
+      << r.output;
+}
+
+TEST(Cli, TypoAndWrongTypeFailWithLocation) {
+  TempDir dir;
+  const std::string typo = dir.write("typo.yaml", "model:\n  n_routed_expert: 4\n");
+  CliRun r = run_cli("config --config " + typo);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown key 'model.n_routed_expert' at " + typo + ":2 (did you mean 'n_routed_experts'?)"),
+            std::string::npos)
+      << r.output;
+  const std::string wrong = dir.write("wrong.yaml", "train:\n  steps: lots\n");
+  r = run_cli("config --config " + wrong);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("'train.steps' expects int, got string 'lots' at " + wrong + ":2"), std::string::npos)
+      << r.output;
+}
+
+TEST(Cli, PresetNamesAndWorldSize) {
+  CliRun r = run_cli("config --config small");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("config OK"), std::string::npos);
+  r = run_cli("config --config deepseek-v3 --world-size 8");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("parallel.ep (64) must divide the world size (8 ranks)"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli("config --config deepseek-v3 --world-size 128").exit_code, 0);
+  EXPECT_EQ(run_cli("config --config nope").exit_code, 2);
+}
+
+TEST(Cli, VersionReportsRuntime) {
+  const CliRun r = run_cli("version");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* fragment : {"torch      2.11.0", "cuda       ", "threads    intra-op", "oneDNN"}) {
+    EXPECT_NE(r.output.find(fragment), std::string::npos) << fragment << " in\n" << r.output;
+  }
+}

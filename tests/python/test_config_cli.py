@@ -1,0 +1,63 @@
+"""The config CLI seen from outside: dumps are valid YAML that independent parsers agree with,
+and a JSON rendering of a dump loads to the same config."""
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+PRESETS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_dump_is_yaml_and_json_twin_loads_identically(preset, run_cli, tmp_path):
+    dumped = run_cli("config", "--config", preset, "--dump")
+    assert dumped.returncode == 0, dumped.stderr
+    as_dict = yaml.safe_load(dumped.stdout)
+    assert as_dict["name"] == preset
+    json_file = tmp_path / f"{preset}.json"
+    json_file.write_text(json.dumps(as_dict, indent=2))
+    again = run_cli("config", "--config", str(json_file), "--dump")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == dumped.stdout
+
+
+def test_preset_values_match_the_public_deepseek_v3_config(run_cli):
+    cfg = yaml.safe_load(run_cli("config", "--config", "deepseek-v3", "--dump").stdout)["model"]
+    expected = {
+        "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+        "num_hidden_layers": 61, "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 256,
+        "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+        "routed_scaling_factor": 2.5, "norm_topk_prob": True, "scoring_func": "sigmoid",
+        "first_k_dense_replace": 3, "num_nextn_predict_layers": 1,
+    }
+    assert {k: cfg[k] for k in expected} == expected
+    assert cfg["rope_scaling"]["type"] == "yarn" and cfg["rope_scaling"]["factor"] == 40.0
+
+
+def test_every_dumped_key_is_documented(run_cli):
+    docs = (REPO / "docs" / "configuration.md").read_text()
+    tree = yaml.safe_load(run_cli("config", "--dump").stdout)
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+
+    missing = [k for k in keys(tree) if f"`{k}`" not in docs]
+    assert not missing
+
+
+def test_config_errors_exit_2_with_message(run_cli, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"hidden_size": "wide"}}')
+    result = run_cli("config", "--config", str(bad))
+    assert result.returncode == 2
+    assert "'model.hidden_size' expects int, got string 'wide'" in result.stderr
+    result = run_cli("config", "--set", "train.micro_batch_size=3")
+    assert result.returncode == 2
+    assert "train.global_batch_size (16) must be divisible by train.micro_batch_size (3)" in result.stderr

@@ -1,0 +1,168 @@
+// Loader: types, unknown keys with did-you-mean, duplicates, file:line, JSON, --set overrides.
+#include <gtest/gtest.h>
+
+#include "latentmoe/config/loader.h"
+#include "test_util.h"
+
+using latentmoe::ConfigError;
+using latentmoe::testing::expect_error_contains;
+using latentmoe::testing::TempDir;
+namespace cfg = latentmoe::config;
+
+TEST(ConfigLoader, EmptyFileGivesDefaults) {
+  TempDir dir;
+  EXPECT_EQ(cfg::load_config_file(dir.write("empty.yaml", "")), cfg::Config{});
+}
+
+TEST(ConfigLoader, ReadsNestedValuesOfEveryType) {
+  TempDir dir;
+  const auto path = dir.write("c.yaml",
+                              "name: demo\n"
+                              "model:\n"
+                              "  hidden_size: 256\n"
+                              "  q_lora_rank: null\n"
+                              "  routed_scaling_factor: 1\n"
+                              "  norm_topk_prob: false\n"
+                              "  scoring_func: softmax\n"
+                              "  rope_scaling:\n"
+                              "    type: yarn\n"
+                              "    factor: 40\n"
+                              "schedule:\n"
+                              "  stepdown_at: [10, 20]\n"
+                              "  stepdown_lr: [1.0e-5, 2e-6]\n"
+                              "data:\n"
+                              "  paths: [a/b, 'c d']\n");
+  const cfg::Config c = cfg::load_config_file(path);
+  EXPECT_EQ(c.name, "demo");
+  EXPECT_EQ(c.model.hidden_size, 256);
+  EXPECT_FALSE(c.model.q_lora_rank.has_value());
+  EXPECT_DOUBLE_EQ(c.model.routed_scaling_factor, 1.0);
+  EXPECT_FALSE(c.model.norm_topk_prob);
+  EXPECT_EQ(c.model.scoring_func, "softmax");
+  EXPECT_EQ(c.model.rope_scaling.type, "yarn");
+  EXPECT_DOUBLE_EQ(c.model.rope_scaling.factor, 40.0);
+  EXPECT_EQ(c.schedule.stepdown_at, (std::vector<int64_t>{10, 20}));
+  EXPECT_EQ(c.schedule.stepdown_lr, (std::vector<double>{1e-5, 2e-6}));
+  EXPECT_EQ(c.data.paths, (std::vector<std::string>{"a/b", "c d"}));
+  EXPECT_EQ(c.model.vocab_size, cfg::Config{}.model.vocab_size) << "unset keys keep their defaults";
+}
+
+TEST(ConfigLoader, UnknownKeyNamesFileLineAndSuggests) {
+  TempDir dir;
+  const auto path = dir.write("typo.yaml", "model:\n  hidden_size: 64\n  n_routed_expert: 4\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(path); },
+                                     {"unknown key 'model.n_routed_expert' at " + path + ":3",
+                                      "(did you mean 'n_routed_experts'?)"});
+}
+
+TEST(ConfigLoader, UnknownSectionAndFarOffKey) {
+  TempDir dir;
+  const auto path = dir.write("bad.yaml", "modle:\n  hidden_size: 64\ntrain:\n  zzzzzz: 1\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(path); },
+                                     {"2 errors", "unknown key 'modle' at " + path + ":1 (did you mean 'model'?)",
+                                      "unknown key 'train.zzzzzz' at " + path + ":4; allowed keys in 'train'"});
+}
+
+TEST(ConfigLoader, WrongTypeNamesKeyPathValueAndExpectedType) {
+  TempDir dir;
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("t.yaml", "model:\n  hidden_size: wide\n")); },
+      {"'model.hidden_size' expects int, got string 'wide'", "t.yaml:2"});
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("q.yaml", "model:\n  hidden_size: \"128\"\n")); },
+      {"'model.hidden_size' expects int, got string '128'"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("f.yaml", "train:\n  steps: 1.5\n")); },
+                                     {"'train.steps' expects int, got float 1.5"});
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("b.yaml", "model:\n  norm_topk_prob: 3\n")); },
+      {"'model.norm_topk_prob' expects bool, got int 3"});
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("l.yaml", "schedule:\n  stepdown_at: [1, x]\n")); },
+      {"'schedule.stepdown_at' expects list of int, got a list"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("s.yaml", "model: 5\n")); },
+                                     {"'model' must be a mapping of keys, got int 5"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("n.yaml", "model:\n  hidden_size: null\n")); },
+                                     {"'model.hidden_size' expects int, got null"});
+}
+
+TEST(ConfigLoader, ChoiceFieldsListAllowedValues) {
+  TempDir dir;
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("c.yaml", "model:\n  scoring_func: sigmod\n")); },
+      {"'model.scoring_func' must be one of 'sigmoid', 'softmax', got 'sigmod'", "(did you mean 'sigmoid'?)"});
+}
+
+TEST(ConfigLoader, DuplicateKeysAreRejected) {
+  TempDir dir;
+  const auto path = dir.write("dup.yaml", "model:\n  hidden_size: 64\n  hidden_size: 128\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(path); },
+                                     {"duplicate key 'model.hidden_size' at " + path + ":3 (first defined at line 2)"});
+}
+
+TEST(ConfigLoader, JsonSharesTheSchemaAndLineNumbers) {
+  TempDir dir;
+  const auto ok = dir.write("ok.json", "{\n  \"model\": {\"hidden_size\": 96, \"q_lora_rank\": null},\n  \"seed\": 7\n}\n");
+  const cfg::Config c = cfg::load_config_file(ok);
+  EXPECT_EQ(c.model.hidden_size, 96);
+  EXPECT_FALSE(c.model.q_lora_rank);
+  EXPECT_EQ(c.seed, 7);
+  const auto bad = dir.write("bad.json", "{\n  \"model\": {\n    \"n_group\": \"8\"\n  }\n}\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(bad); },
+                                     {"'model.n_group' expects int, got string '8' at " + bad + ":3"});
+  const auto dup = dir.write("dup.json", "{\"seed\": 1,\n \"seed\": 2}\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dup); }, {"duplicate key 'seed'"});
+}
+
+TEST(ConfigLoader, SyntaxErrorsAndBadFiles) {
+  TempDir dir;
+  expect_error_contains<ConfigError>(
+      [&] { cfg::load_config_file(dir.write("s.yaml", "model:\n  hidden_size: [1, 2\n")); }, {"s.yaml:", "YAML syntax error"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("s.json", "{\"seed\": 1,\n \"model\": {\"hidden_size\": 2}")); },
+                                     {"JSON syntax error"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file((dir.path() / "missing.yaml").string()); },
+                                     {"missing.yaml: cannot open config file"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("c.toml", "")); },
+                                     {"unsupported config file extension '.toml'"});
+  expect_error_contains<ConfigError>([&] { cfg::resolve_config_path("no-such-preset"); },
+                                     {"'no-such-preset': no such file, and not a preset name", "debug", "deepseek-v3"});
+}
+
+TEST(ConfigOverride, SetsScalarsListsAndNull) {
+  cfg::Config c;
+  cfg::apply_override(c, "model.hidden_size=256");
+  cfg::apply_override(c, "model.q_lora_rank=null");
+  cfg::apply_override(c, "model.rope_scaling.factor=4");
+  cfg::apply_override(c, "data.paths=[x, y]");
+  cfg::apply_override(c, "name=has spaces");
+  EXPECT_EQ(c.model.hidden_size, 256);
+  EXPECT_FALSE(c.model.q_lora_rank);
+  EXPECT_DOUBLE_EQ(c.model.rope_scaling.factor, 4.0);
+  EXPECT_EQ(c.data.paths, (std::vector<std::string>{"x", "y"}));
+  EXPECT_EQ(c.name, "has spaces");
+  cfg::apply_override(c, "model.rope_scaling={type: yarn, factor: 8}");
+  EXPECT_EQ(c.model.rope_scaling.type, "yarn");
+  EXPECT_DOUBLE_EQ(c.model.rope_scaling.factor, 8.0);
+}
+
+TEST(ConfigOverride, ErrorsNameTheOverride) {
+  cfg::Config c;
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "model.n_routed_expert=4"); },
+                                     {"unknown key 'model.n_routed_expert' at --set model.n_routed_expert=4",
+                                      "did you mean 'n_routed_experts'"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "train.steps=many"); },
+                                     {"'train.steps' expects int, got string 'many' at --set train.steps=many"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "train.steps"); }, {"expected KEY=VALUE"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "model..x=1"); }, {"empty component"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "model.hidden_size.x=1"); },
+                                     {"'model.hidden_size' is a value (int), not a section"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "model=3"); }, {"'model' must be a mapping"});
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(c, "model.rope_scaling={type: yarn, factor: big}"); },
+                                     {"'model.rope_scaling.factor' expects float, got string 'big'"});
+  EXPECT_EQ(c, cfg::Config{}) << "failed overrides leave the config untouched";
+}
+
+TEST(ConfigLoader, ClosestMatch) {
+  EXPECT_EQ(cfg::closest_match("n_routed_expert", {"n_group", "n_routed_experts"}), "n_routed_experts");
+  EXPECT_EQ(cfg::closest_match("hiden_size", {"hidden_size", "vocab_size"}), "hidden_size");
+  EXPECT_EQ(cfg::closest_match("zzzz", {"hidden_size", "vocab_size"}), "");
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: ctest (C++ unit/integration) then pytest (Python reference tests). Both always
+# run; the exit code is non-zero if either failed. Output ends with each runner's summary line.
+set -uo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=$(cd "${1:-$repo_root/build}" && pwd)
+python_bin="$(cat "$repo_root/.venv-path")/bin/python"
+
+ctest --test-dir "$build_dir" --output-on-failure --parallel "$(nproc)"
+ctest_rc=$?
+
+export LATENTMOE_BUILD_DIR="$build_dir"
+cd "$repo_root" && "$python_bin" -m pytest tests/python -q -p no:cacheprovider
+pytest_rc=$?
+
+if ((ctest_rc != 0 || pytest_rc != 0)); then
+  echo "tests failed: ctest exit $ctest_rc, pytest exit $pytest_rc" >&2
+  exit 1
+fi
