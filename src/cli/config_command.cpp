@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
+#include "latentmoe/model/param_count.h"
 
 namespace latentmoe::cli {
 
@@ -42,10 +43,12 @@ void add_config_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ConfigArgs>();
   auto dump = std::make_shared<bool>(false);
   auto docs = std::make_shared<bool>(false);
+  auto summary = std::make_shared<bool>(false);
   args->add_to(*cmd);
   cmd->add_flag("--dump", *dump, "Print the full effective config as YAML (re-loadable)");
+  cmd->add_flag("--summary", *summary, "Print parameter counts (total, activated, MTP) and FLOPs per token");
   cmd->add_flag("--docs", *docs, "Print the Markdown reference of every key (docs/configuration.md)");
-  cmd->callback([args, dump, docs, &exit_code] {
+  cmd->callback([args, dump, docs, summary, &exit_code] {
     if (*docs) {
       std::cout << config::config_reference_markdown();
       exit_code = kExitOk;
@@ -53,9 +56,9 @@ void add_config_command(CLI::App& app, int& exit_code) {
     }
     const config::Config cfg = args->load();
     const int64_t world = args->effective_world_size();
-    if (*dump) {
-      std::cout << config::dump_config_yaml(cfg);
-    } else {
+    if (*dump) std::cout << config::dump_config_yaml(cfg);
+    if (*summary) std::cout << model::model_summary(cfg);
+    if (!*dump && !*summary) {
       std::cout << "config OK: " << config::resolve_config_path(args->config) << " (name '" << cfg.name << "', "
                 << args->overrides.size() << " override(s), world size "
                 << (world > 0 ? std::to_string(world) : std::string("not set")) << ")\n";

@@ -1,0 +1,40 @@
+// Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)); the FFN is dense SwiGLU for the
+// first first_k_dense_replace layers and DeepSeekMoE after (when experts are configured).
+#pragma once
+
+#include <optional>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/mla.h"
+#include "latentmoe/model/mlp.h"
+#include "latentmoe/model/moe.h"
+#include "latentmoe/model/rms_norm.h"
+
+namespace latentmoe::model {
+
+struct BlockOutput {
+  torch::Tensor hidden;
+  std::optional<RouterOutput> routing;  // set for MoE blocks
+};
+
+// Whether block `layer_index` (MTP blocks continue the numbering) uses MoE.
+bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index);
+
+class DecoderBlockImpl : public torch::nn::Module {
+ public:
+  DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index);
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
+
+  int64_t layer_index;
+  RMSNorm input_layernorm{nullptr};
+  MultiHeadLatentAttention self_attn{nullptr};
+  RMSNorm post_attention_layernorm{nullptr};
+  MLP dense_mlp{nullptr};  // registered as "mlp" when dense
+  MoE moe{nullptr};        // registered as "mlp" when MoE
+};
+TORCH_MODULE(DecoderBlock);
+
+}  // namespace latentmoe::model

@@ -1,0 +1,69 @@
+// The DeepSeek-V3 language model: embedding, dense-then-MoE decoder blocks, final norm, untied
+// head, and D Multi-Token-Prediction modules that reuse the SAME embedding and head tensors.
+// Parameter names equal HF transformers' keys ("model.layers.3.mlp.experts.7.up_proj.weight",
+// "lm_head.weight"); MTP modules live under "mtp.{k}.". Written for one device.
+#pragma once
+
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/decoder_block.h"
+
+namespace latentmoe::model {
+
+// Embedding, main blocks and final norm: the HF "model." prefix.
+class DecoderStackImpl : public torch::nn::Module {
+ public:
+  explicit DecoderStackImpl(const config::ModelConfig& cfg);
+  torch::nn::Embedding embed_tokens{nullptr};  // [vocab, hidden]
+  torch::nn::ModuleList layers{nullptr};       // num_hidden_layers x DecoderBlock
+  RMSNorm norm{nullptr};                       // [hidden]
+};
+TORCH_MODULE(DecoderStack);
+
+// MTP module k: h' = eh_proj([enorm(emb(t_{i+k})) ; hnorm(h_i^{k-1})]), one block, final norm;
+// the caller applies the shared head.
+class MTPModuleImpl : public torch::nn::Module {
+ public:
+  MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index);
+  RMSNorm enorm{nullptr};             // [hidden]
+  RMSNorm hnorm{nullptr};             // [hidden]
+  torch::nn::Linear eh_proj{nullptr};  // [hidden, 2*hidden]
+  DecoderBlock block{nullptr};
+  RMSNorm norm{nullptr};  // [hidden], HF/release name: shared_head.norm
+};
+TORCH_MODULE(MTPModule);
+
+struct ModelOutput {
+  torch::Tensor logits;                   // [batch, seq, vocab]
+  torch::Tensor hidden;                   // [batch, seq, hidden], last block output before the final norm
+  std::vector<torch::Tensor> mtp_logits;  // D x [batch, seq - k, vocab]: depth k at i predicts t_{i+k+1}
+  std::vector<RouterOutput> routing;      // one per MoE block: main blocks first, then MTP blocks
+};
+
+class DeepSeekV3Impl : public torch::nn::Module {
+ public:
+  explicit DeepSeekV3Impl(const config::ModelConfig& cfg);
+
+  // input_ids [batch, seq]. with_mtp: also run the MTP modules (training). caches: one per main
+  // block for cached generation (positions continue from caches[0].length); MTP is skipped then.
+  ModelOutput forward(const torch::Tensor& input_ids, bool with_mtp = true,
+                      std::vector<LatentKVCache>* caches = nullptr);
+
+  // Normal(0, init_std) for every weight matrix and the embedding; norms 1; biases 0.
+  void reset_parameters(double init_std);
+
+  config::ModelConfig cfg;
+  DecoderStack model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // [vocab, hidden]
+  torch::nn::ModuleList mtp{nullptr};  // num_nextn_predict_layers x MTPModule
+};
+TORCH_MODULE(DeepSeekV3);
+
+}  // namespace latentmoe::model

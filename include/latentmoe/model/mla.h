@@ -1,0 +1,59 @@
+// Multi-head Latent Attention (DeepSeek-V2/V3): optional low-rank query compression, a shared
+// low-rank key/value latent with its own norm, decoupled RoPE (per-head query rope slice and one
+// rope key shared by all heads), causal attention with qk head dim != v head dim.
+// Training runs the expanded form; generation runs the "absorbed" form over a cache holding only
+// the normalized latent and the rotated rope key per token.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/rms_norm.h"
+#include "latentmoe/model/rotary.h"
+
+namespace latentmoe::model {
+
+// Per-layer generation cache: (kv_lora_rank + qk_rope_head_dim) values per token.
+struct LatentKVCache {
+  torch::Tensor latent;    // [batch, capacity, kv_lora_rank], normalized latent
+  torch::Tensor rope_key;  // [batch, capacity, qk_rope_head_dim], already rotated
+  int64_t length = 0;      // tokens stored
+
+  void allocate(int64_t batch, int64_t capacity, const config::ModelConfig& cfg, const torch::TensorOptions& options);
+  int64_t bytes_per_token() const;
+};
+
+class MultiHeadLatentAttentionImpl : public torch::nn::Module {
+ public:
+  explicit MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg);
+
+  // x [batch, seq, hidden]; positions [seq] or [batch, seq]. Without a cache: causal attention
+  // over x. With a cache: appends x's latents and attends over everything cached (absorbed form).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
+
+  config::ModelConfig cfg;
+  RotaryEmbedding rotary;
+  double softmax_scale;
+  torch::nn::Linear q_proj{nullptr};             // [heads*(nope+rope), hidden] when q_lora_rank is null
+  torch::nn::Linear q_a_proj{nullptr};           // [q_lora_rank, hidden]
+  RMSNorm q_a_layernorm{nullptr};                // [q_lora_rank]
+  torch::nn::Linear q_b_proj{nullptr};           // [heads*(nope+rope), q_lora_rank]
+  torch::nn::Linear kv_a_proj_with_mqa{nullptr};  // [kv_lora_rank + rope, hidden]
+  RMSNorm kv_a_layernorm{nullptr};               // [kv_lora_rank]
+  torch::nn::Linear kv_b_proj{nullptr};          // [heads*(nope+v), kv_lora_rank]
+  torch::nn::Linear o_proj{nullptr};             // [hidden, heads*v]
+
+ private:
+  // q_nope [b,h,s,nope], q_rope [b,h,s,rope] (rotated), latent [b,s,r] (normed), k_rope [b,s,rope] (rotated)
+  struct Projected {
+    torch::Tensor q_nope, q_rope, latent, k_rope;
+  };
+  Projected project(const torch::Tensor& x, const torch::Tensor& positions);
+  torch::Tensor attend_expanded(const Projected& p);
+  torch::Tensor attend_absorbed(const Projected& p, LatentKVCache& cache);
+};
+TORCH_MODULE(MultiHeadLatentAttention);
+
+}  // namespace latentmoe::model

@@ -1,0 +1,29 @@
+// SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Dense layers, each expert, shared experts.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+namespace latentmoe::model {
+
+struct MLPOptions {
+  MLPOptions(int64_t hidden_size, int64_t intermediate_size)
+      : hidden_size_(hidden_size), intermediate_size_(intermediate_size) {}
+  TORCH_ARG(int64_t, hidden_size);
+  TORCH_ARG(int64_t, intermediate_size);
+};
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  explicit MLPImpl(const MLPOptions& options);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  MLPOptions options;
+  torch::nn::Linear gate_proj{nullptr};  // [intermediate, hidden]
+  torch::nn::Linear up_proj{nullptr};    // [intermediate, hidden]
+  torch::nn::Linear down_proj{nullptr};  // [hidden, intermediate]
+};
+TORCH_MODULE(MLP);
+
+}  // namespace latentmoe::model

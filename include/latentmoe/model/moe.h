@@ -1,0 +1,36 @@
+// DeepSeekMoE layer: dropless routing over fine-grained experts plus always-on shared experts.
+// Tokens are sorted by expert (permute), each expert's SwiGLU runs on its contiguous slice, and
+// results are weighted and scattered back (unpermute). No per-expert masks over all tokens.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/mlp.h"
+#include "latentmoe/model/router.h"
+
+namespace latentmoe::model {
+
+struct MoEOutput {
+  torch::Tensor hidden;  // same shape as the input
+  RouterOutput routing;
+};
+
+class MoEImpl : public torch::nn::Module {
+ public:
+  explicit MoEImpl(const config::ModelConfig& cfg);
+  // x [..., hidden]
+  MoEOutput forward(const torch::Tensor& x);
+  // The routed part alone for given routing (exposed for tests and expert-parallel dispatch).
+  torch::Tensor routed_experts(const torch::Tensor& tokens, const RouterOutput& routing);
+
+  config::ModelConfig cfg;
+  Router gate{nullptr};
+  torch::nn::ModuleList experts{nullptr};  // n_routed_experts x MLP(hidden, moe_intermediate_size)
+  MLP shared_experts{nullptr};             // MLP(hidden, moe_intermediate_size x n_shared_experts)
+};
+TORCH_MODULE(MoE);
+
+}  // namespace latentmoe::model

@@ -1,0 +1,88 @@
+// Model assembly and forward. MTP depth k consumes the previous depth's hidden states (depth 0 =
+// the main model's last block output, before the final norm) at positions [0, seq - k).
+#include "latentmoe/model/deepseek_v3.h"
+
+#include <torch/nn/init.h>
+
+namespace latentmoe::model {
+
+DecoderStackImpl::DecoderStackImpl(const config::ModelConfig& cfg) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) layers->push_back(DecoderBlock(cfg, i));
+  norm = register_module("norm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
+}
+
+MTPModuleImpl::MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index) {
+  const auto norm_options = RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps);
+  enorm = register_module("enorm", RMSNorm(norm_options));
+  hnorm = register_module("hnorm", RMSNorm(norm_options));
+  eh_proj = register_module("eh_proj",
+                            torch::nn::Linear(torch::nn::LinearOptions(2 * cfg.hidden_size, cfg.hidden_size).bias(false)));
+  block = register_module("block", DecoderBlock(cfg, layer_index));
+  norm = register_module("norm", RMSNorm(norm_options));
+}
+
+DeepSeekV3Impl::DeepSeekV3Impl(const config::ModelConfig& cfg_) : cfg(cfg_) {
+  model = register_module("model", DecoderStack(cfg));
+  lm_head = register_module("lm_head",
+                            torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
+  mtp = register_module("mtp", torch::nn::ModuleList());
+  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
+    mtp->push_back(MTPModule(cfg, cfg.num_hidden_layers + k));
+  }
+  reset_parameters(cfg.init_std);
+}
+
+void DeepSeekV3Impl::reset_parameters(double init_std) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : named_parameters()) {
+    const std::string& name = p.key();
+    torch::Tensor& t = p.value();
+    if (t.dim() >= 2) {
+      t.normal_(0.0, init_std);
+    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+      t.zero_();
+    } else {
+      t.fill_(1.0);  // norm weights
+    }
+  }
+}
+
+ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches) {
+  TORCH_CHECK(input_ids.dim() == 2, "DeepSeekV3: input_ids must be [batch, seq], got ", input_ids.sizes());
+  TORCH_CHECK(!caches || static_cast<int64_t>(caches->size()) == cfg.num_hidden_layers,
+              "DeepSeekV3: need one cache per layer (", cfg.num_hidden_layers, "), got ", caches ? caches->size() : 0);
+  const int64_t seq = input_ids.size(1);
+  const int64_t start = caches ? (*caches)[0].length : 0;
+  const auto long_options = torch::TensorOptions(torch::kLong).device(input_ids.device());
+  const torch::Tensor positions = torch::arange(start, start + seq, long_options);
+
+  ModelOutput out;
+  const torch::Tensor embedded = model->embed_tokens(input_ids);
+  torch::Tensor h = embedded;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    BlockOutput b = model->layers[i]->as<DecoderBlockImpl>()->forward(h, positions, caches ? &(*caches)[i] : nullptr);
+    h = b.hidden;
+    if (b.routing) out.routing.push_back(std::move(*b.routing));
+  }
+  out.hidden = h;
+  out.logits = lm_head(model->norm(h));
+  if (!with_mtp || caches) return out;
+
+  torch::Tensor previous = h;
+  for (int64_t k = 1; k <= cfg.num_nextn_predict_layers && k < seq; ++k) {
+    auto* module = mtp[k - 1]->as<MTPModuleImpl>();
+    const int64_t len = seq - k;
+    const torch::Tensor next_embedding = embedded.narrow(1, k, len);  // emb(t_{i+k})
+    const torch::Tensor combined = module->eh_proj(
+        torch::cat({module->enorm(next_embedding), module->hnorm(previous.narrow(1, 0, len))}, -1));
+    BlockOutput b = module->block->forward(combined, positions.narrow(0, 0, len));
+    if (b.routing) out.routing.push_back(std::move(*b.routing));
+    out.mtp_logits.push_back(lm_head(module->norm(b.hidden)));
+    previous = b.hidden;
+  }
+  return out;
+}
+
+}  // namespace latentmoe::model

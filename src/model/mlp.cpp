@@ -1,0 +1,19 @@
+// SwiGLU MLP with bias-free projections (DeepSeek layout and HF key names).
+#include "latentmoe/model/mlp.h"
+
+#include <torch/nn/functional/activation.h>
+
+namespace latentmoe::model {
+
+MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
+  const auto linear = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
+  gate_proj = register_module("gate_proj", torch::nn::Linear(linear(options.hidden_size(), options.intermediate_size())));
+  up_proj = register_module("up_proj", torch::nn::Linear(linear(options.hidden_size(), options.intermediate_size())));
+  down_proj = register_module("down_proj", torch::nn::Linear(linear(options.intermediate_size(), options.hidden_size())));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+}  // namespace latentmoe::model

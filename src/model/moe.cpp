@@ -1,0 +1,52 @@
+// MoE forward: permute tokens by expert with a stable sort, run each expert on its slice, then
+// weighted unpermute with index_add. Deterministic: same routing → same summation order.
+#include "latentmoe/model/moe.h"
+
+namespace latentmoe::model {
+
+MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
+  gate = register_module("gate", Router(cfg));
+  experts = register_module("experts", torch::nn::ModuleList());
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
+    experts->push_back(MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size)));
+  }
+  if (cfg.n_shared_experts > 0) {
+    shared_experts = register_module(
+        "shared_experts", MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)));
+  }
+}
+
+torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
+  const int64_t top_k = routing.expert_ids.size(1);
+  const torch::Tensor flat_ids = routing.expert_ids.reshape(-1);
+  const torch::Tensor order = flat_ids.argsort(/*stable=*/true);
+  const torch::Tensor source_token = order.div(top_k, "floor");
+  const torch::Tensor permuted = tokens.index_select(0, source_token);
+  const torch::Tensor counts = routing.expert_counts.cpu();
+  const int64_t* count = counts.data_ptr<int64_t>();
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_cast<size_t>(cfg.n_routed_experts));
+  int64_t offset = 0;
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
+    if (count[e] == 0) continue;
+    outputs.push_back(experts[e]->as<MLPImpl>()->forward(permuted.narrow(0, offset, count[e])));
+    offset += count[e];
+  }
+  torch::Tensor result = torch::zeros_like(tokens);
+  if (outputs.empty()) return result;
+  const torch::Tensor weights = routing.gate_weights.reshape(-1).index_select(0, order).unsqueeze(1);
+  const torch::Tensor expert_out = torch::cat(outputs, 0);
+  return result.index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()));
+}
+
+MoEOutput MoEImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor tokens = x.reshape({-1, cfg.hidden_size});
+  MoEOutput out;
+  out.routing = gate(tokens);
+  torch::Tensor hidden = routed_experts(tokens, out.routing);
+  if (shared_experts) hidden = hidden + shared_experts(tokens);
+  out.hidden = hidden.view(x.sizes());
+  return out;
+}
+
+}  // namespace latentmoe::model

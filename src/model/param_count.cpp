@@ -1,0 +1,130 @@
+// Closed-form counts mirroring the modules in src/model/ (a test checks them against the built
+// model's tensors, so the two cannot drift).
+#include "latentmoe/model/param_count.h"
+
+#include <fmt/format.h>
+
+namespace latentmoe::model {
+
+namespace {
+struct BlockCounts {
+  int64_t attention = 0, dense_ffn = 0, routed = 0, routed_activated = 0, shared = 0, router = 0, norms = 0;
+  int64_t total() const { return attention + dense_ffn + routed + shared + router + norms; }
+  int64_t activated() const { return attention + dense_ffn + routed_activated + shared + router + norms; }
+};
+
+int64_t attention_parameters(const config::ModelConfig& m) {
+  const int64_t heads = m.num_attention_heads, qk = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t bias = m.attention_bias ? 1 : 0;
+  int64_t n = 0;
+  if (m.q_lora_rank) {
+    const int64_t r = *m.q_lora_rank;
+    n += m.hidden_size * r + bias * r + r + r * heads * qk;  // q_a, its bias, q_a_layernorm, q_b
+  } else {
+    n += m.hidden_size * heads * qk;
+  }
+  const int64_t kv_a = m.kv_lora_rank + m.qk_rope_head_dim;
+  n += m.hidden_size * kv_a + bias * kv_a + m.kv_lora_rank;               // kv_a (+bias), kv_a_layernorm
+  n += m.kv_lora_rank * heads * (m.qk_nope_head_dim + m.v_head_dim);     // kv_b
+  n += heads * m.v_head_dim * m.hidden_size + bias * m.hidden_size;       // o_proj
+  return n;
+}
+
+BlockCounts block_counts(const config::ModelConfig& m, int64_t layer_index) {
+  BlockCounts b;
+  b.attention = attention_parameters(m);
+  b.norms = 2 * m.hidden_size;
+  const int64_t swiglu = 3 * m.hidden_size;
+  if (m.n_routed_experts > 0 && layer_index >= m.first_k_dense_replace) {
+    b.routed = m.n_routed_experts * swiglu * m.moe_intermediate_size;
+    b.routed_activated = m.num_experts_per_tok * swiglu * m.moe_intermediate_size;
+    b.shared = m.n_shared_experts * swiglu * m.moe_intermediate_size;
+    b.router = m.n_routed_experts * m.hidden_size;
+  } else {
+    b.dense_ffn = swiglu * m.intermediate_size;
+  }
+  return b;
+}
+
+std::string billions(int64_t n) {
+  if (n >= 1'000'000'000) return fmt::format("{:.2f}B", static_cast<double>(n) / 1e9);
+  return fmt::format("{:.2f}M", static_cast<double>(n) / 1e6);
+}
+}  // namespace
+
+ParameterCounts count_parameters(const config::ModelConfig& m) {
+  ParameterCounts c;
+  c.embedding = m.vocab_size * m.hidden_size;
+  c.head = m.vocab_size * m.hidden_size;
+  int64_t activated_blocks = 0;
+  for (int64_t i = 0; i < m.num_hidden_layers; ++i) {
+    const BlockCounts b = block_counts(m, i);
+    c.attention += b.attention;
+    c.dense_ffn += b.dense_ffn;
+    c.routed_experts += b.routed;
+    c.shared_experts += b.shared;
+    c.routers += b.router;
+    c.norms += b.norms;
+    activated_blocks += b.activated();
+  }
+  c.norms += m.hidden_size;  // final norm
+  c.total = c.embedding + c.head + c.attention + c.dense_ffn + c.routed_experts + c.shared_experts + c.routers + c.norms;
+  c.activated = c.embedding + c.head + activated_blocks + m.hidden_size;
+  for (int64_t k = 0; k < m.num_nextn_predict_layers; ++k) {
+    const BlockCounts b = block_counts(m, m.num_hidden_layers + k);
+    const int64_t extra = 3 * m.hidden_size + 2 * m.hidden_size * m.hidden_size;  // enorm, hnorm, norm, eh_proj
+    c.mtp_total += b.total() + extra;
+    c.mtp_activated += b.activated() + extra;
+  }
+  return c;
+}
+
+FlopCounts forward_flops_per_token(const config::ModelConfig& m, int64_t seq_len) {
+  FlopCounts f;
+  const ParameterCounts c = count_parameters(m);
+  // Norm weights and router biases are not matmul weights; the embedding is a lookup.
+  int64_t norm_like = c.norms;
+  if (m.q_lora_rank) norm_like += m.num_hidden_layers * *m.q_lora_rank;
+  norm_like += m.num_hidden_layers * m.kv_lora_rank;
+  const double matmul_weights = static_cast<double>(c.activated - c.embedding - norm_like);
+  f.matmul = 2.0 * matmul_weights;
+  const double context = (static_cast<double>(seq_len) + 1.0) / 2.0;
+  const double per_layer_attention =
+      2.0 * m.num_attention_heads * context * static_cast<double>(m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim);
+  f.attention = per_layer_attention * static_cast<double>(m.num_hidden_layers);
+  f.forward = f.matmul + f.attention;
+  if (m.num_nextn_predict_layers > 0) {
+    const int64_t mtp_norm_like = m.num_nextn_predict_layers *
+                                  (5 * m.hidden_size + m.kv_lora_rank + (m.q_lora_rank ? *m.q_lora_rank : 0));
+    f.mtp_forward = 2.0 * static_cast<double>(c.mtp_activated - mtp_norm_like + m.num_nextn_predict_layers * c.head) +
+                    per_layer_attention * static_cast<double>(m.num_nextn_predict_layers);
+  }
+  return f;
+}
+
+std::string model_summary(const config::Config& cfg) {
+  const config::ModelConfig& m = cfg.model;
+  const ParameterCounts c = count_parameters(m);
+  const FlopCounts f = forward_flops_per_token(m, cfg.train.seq_len);
+  const int64_t moe_layers = m.n_routed_experts > 0 ? m.num_hidden_layers - m.first_k_dense_replace : 0;
+  std::string out;
+  out += fmt::format("model '{}': {} layers ({} dense, {} MoE), hidden {}, {} heads, vocab {}\n", cfg.name,
+                     m.num_hidden_layers, m.num_hidden_layers - moe_layers, moe_layers, m.hidden_size,
+                     m.num_attention_heads, m.vocab_size);
+  out += fmt::format("parameters   total {} ({}), activated per token {} ({})\n", billions(c.total), c.total,
+                     billions(c.activated), c.activated);
+  out += fmt::format("  embedding {} | head {} | attention {} | dense FFN {} | routed experts {} | shared experts {} | "
+                     "routers {} | norms {}\n",
+                     billions(c.embedding), billions(c.head), billions(c.attention), billions(c.dense_ffn),
+                     billions(c.routed_experts), billions(c.shared_experts), billions(c.routers), billions(c.norms));
+  out += fmt::format("MTP (D={})    {} extra parameters ({}), {} activated (embedding and head shared)\n",
+                     m.num_nextn_predict_layers, billions(c.mtp_total), c.mtp_total, billions(c.mtp_activated));
+  out += fmt::format("forward FLOPs per token at seq_len {} (causal): {:.4g} GFLOP (matmul {:.4g}, attention {:.4g}); "
+                     "MTP {:.4g} GFLOP\n",
+                     cfg.train.seq_len, f.forward / 1e9, f.matmul / 1e9, f.attention / 1e9, f.mtp_forward / 1e9);
+  out += fmt::format("training FLOPs per token (3x forward, MTP included): {:.4g} GFLOP\n",
+                     3.0 * (f.forward + f.mtp_forward) / 1e9);
+  return out;
+}
+
+}  // namespace latentmoe::model

@@ -1,0 +1,72 @@
+// YaRN frequencies computed in fp32 exactly as HF's _compute_yarn_parameters (truncated correction
+// range, linear ramp over rope_dim/2), so imported checkpoints see identical angles.
+#include "latentmoe/model/rotary.h"
+
+#include <cmath>
+
+namespace latentmoe::model {
+
+double yarn_mscale(double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; }
+
+namespace {
+double correction_dim(double rotations, int64_t dim, double base, int64_t max_positions) {
+  return (static_cast<double>(dim) * std::log(static_cast<double>(max_positions) / (rotations * 2.0 * M_PI))) /
+         (2.0 * std::log(base));
+}
+}  // namespace
+
+RotaryEmbedding::RotaryEmbedding(const config::ModelConfig& cfg) : interleaved_(cfg.rope_interleave) {
+  const int64_t dim = cfg.qk_rope_head_dim;
+  const double base = cfg.rope_theta;
+  const torch::Tensor exponents = torch::arange(0, dim, 2, torch::kFloat) / static_cast<float>(dim);
+  const torch::Tensor pos_freqs = torch::pow(torch::tensor(static_cast<float>(base)), exponents);
+  const torch::Tensor extrapolated = 1.0 / pos_freqs;
+  const auto& y = cfg.rope_scaling;
+  if (y.type != "yarn") {
+    inv_freq_ = extrapolated;
+    return;
+  }
+  const torch::Tensor interpolated = 1.0 / (static_cast<float>(y.factor) * pos_freqs);
+  double low = std::floor(correction_dim(y.beta_fast, dim, base, y.original_max_position_embeddings));
+  double high = std::ceil(correction_dim(y.beta_slow, dim, base, y.original_max_position_embeddings));
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;  // avoid a zero-width ramp
+  const torch::Tensor ramp =
+      torch::clamp((torch::arange(dim / 2, torch::kFloat) - static_cast<float>(low)) / static_cast<float>(high - low), 0, 1);
+  const torch::Tensor extrapolation_weight = 1 - ramp;
+  inv_freq_ = interpolated * (1 - extrapolation_weight) + extrapolated * extrapolation_weight;
+  attention_factor_ = (y.mscale != 0 && y.mscale_all_dim != 0)
+                          ? yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim)
+                          : yarn_mscale(y.factor, 1.0);
+  if (y.mscale_all_dim != 0) {
+    const double m = yarn_mscale(y.factor, y.mscale_all_dim);
+    softmax_scale_multiplier_ = m * m;
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Tensor& positions) const {
+  const torch::Tensor freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_.to(positions.device());
+  torch::Tensor cos = freqs.cos(), sin = freqs.sin();
+  if (attention_factor_ != 1.0) {
+    cos = cos * attention_factor_;
+    sin = sin * attention_factor_;
+  }
+  return {cos, sin};
+}
+
+torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) const {
+  const torch::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
+  const int64_t half = x.size(-1) / 2;
+  torch::Tensor first, second;
+  if (interleaved_) {
+    first = x.slice(-1, 0, x.size(-1), 2);
+    second = x.slice(-1, 1, x.size(-1), 2);
+  } else {
+    first = x.slice(-1, 0, half);
+    second = x.slice(-1, half);
+  }
+  return torch::cat({first * c - second * s, second * c + first * s}, -1);
+}
+
+}  // namespace latentmoe::model

@@ -1,0 +1,102 @@
+// Whole model: MTP shares the embedding/head tensors, cached generation equals the full forward,
+// the cache holds (kv_lora_rank + rope) values per token, determinism of init.
+#include <gtest/gtest.h>
+
+#include "latentmoe/model/deepseek_v3.h"
+#include "model_fixtures.h"
+
+namespace model = latentmoe::model;
+
+TEST(Model, OutputShapesAndRouting) {
+  torch::manual_seed(0);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  model::DeepSeekV3 m(cfg);
+  const torch::Tensor ids = torch::randint(cfg.vocab_size, {2, 9});
+  const model::ModelOutput out = m(ids);
+  EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{2, 9, cfg.vocab_size}));
+  ASSERT_EQ(out.mtp_logits.size(), 1u);
+  EXPECT_EQ(out.mtp_logits[0].sizes(), (std::vector<int64_t>{2, 8, cfg.vocab_size}));
+  EXPECT_EQ(out.routing.size(), 3u) << "2 main MoE blocks + 1 MTP block";
+  EXPECT_EQ(out.routing[0].expert_ids.sizes(), (std::vector<int64_t>{18, cfg.num_experts_per_tok}));
+}
+
+TEST(Model, MtpSharesEmbeddingAndHead) {
+  torch::manual_seed(1);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  model::DeepSeekV3 m(cfg);
+  for (const auto& p : m->named_parameters()) {
+    if (p.key().rfind("mtp.", 0) == 0) {
+      EXPECT_EQ(p.key().find("embed"), std::string::npos) << p.key();
+      EXPECT_EQ(p.key().find("head"), std::string::npos) << p.key();
+    }
+  }
+  const torch::Tensor ids = torch::randint(cfg.vocab_size, {1, 7});
+  // Gradient of the MTP logits alone reaches the main head and embedding: same tensors.
+  m(ids).mtp_logits[0].pow(2).sum().backward();
+  EXPECT_GT(m->lm_head->weight.grad().abs().sum().item<double>(), 0);
+  const torch::Tensor emb_grad = m->model->embed_tokens->weight.grad();
+  // MTP depth 1 embeds tokens 1..6 (and, through h, the main model embeds 0..5).
+  EXPECT_GT(emb_grad[ids[0][6].item<int64_t>()].abs().sum().item<double>(), 0);
+  // Gradients add: main + MTP loss gives the sum of the separate gradients.
+  m->zero_grad();
+  auto out = m(ids);
+  (out.logits.pow(2).sum() + out.mtp_logits[0].pow(2).sum()).backward();
+  const torch::Tensor both = m->lm_head->weight.grad().clone();
+  m->zero_grad();
+  m(ids).logits.pow(2).sum().backward();
+  const torch::Tensor main_only = m->lm_head->weight.grad().clone();
+  m->zero_grad();
+  m(ids).mtp_logits[0].pow(2).sum().backward();
+  const torch::Tensor mtp_only = m->lm_head->weight.grad().clone();
+  EXPECT_TRUE(torch::allclose(both, main_only + mtp_only, 1e-5, 1e-7));
+}
+
+TEST(Model, CachedGenerationEqualsFullForward) {
+  torch::manual_seed(2);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  cfg.rope_scaling.type = "yarn";
+  cfg.rope_scaling.factor = 4.0;
+  cfg.rope_scaling.original_max_position_embeddings = 8;
+  cfg.rope_scaling.mscale_all_dim = 0.707;
+  for (bool q_lora : {true, false}) {
+    if (!q_lora) cfg.q_lora_rank.reset();
+    model::DeepSeekV3 m(cfg);
+    torch::NoGradGuard no_grad;
+    const int64_t batch = 2, seq = 11;
+    const torch::Tensor ids = torch::randint(cfg.vocab_size, {batch, seq});
+    const torch::Tensor full = m(ids, /*with_mtp=*/false).logits;
+    std::vector<model::LatentKVCache> caches(static_cast<size_t>(cfg.num_hidden_layers));
+    for (auto& c : caches) c.allocate(batch, seq, cfg, torch::TensorOptions(torch::kFloat));
+    // A 4-token prompt, then one token at a time.
+    std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, 4), false, &caches).logits};
+    for (int64_t t = 4; t < seq; ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
+    const torch::Tensor cached = torch::cat(pieces, 1);
+    EXPECT_LE((cached - full).abs().max().item<double>(), 1e-4) << "q_lora " << q_lora;
+    EXPECT_EQ(caches[0].length, seq);
+    EXPECT_EQ(caches[0].bytes_per_token(), (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4);
+  }
+}
+
+TEST(Model, CacheBytesPerTokenForV3Shapes) {
+  latentmoe::config::ModelConfig v3;
+  v3.kv_lora_rank = 512;
+  v3.qk_rope_head_dim = 64;
+  model::LatentKVCache cache;
+  cache.allocate(1, 2, v3, torch::TensorOptions(torch::kBFloat16));
+  EXPECT_EQ(cache.bytes_per_token(), 576 * 2);
+}
+
+TEST(Model, InitIsDeterministicAndUsesInitStd) {
+  auto cfg = latentmoe::testing::tiny_model_config();
+  cfg.init_std = 0.02;
+  cfg.hidden_size = 256;
+  cfg.vocab_size = 512;
+  torch::manual_seed(42);
+  model::DeepSeekV3 a(cfg);
+  torch::manual_seed(42);
+  model::DeepSeekV3 b(cfg);
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  EXPECT_NEAR(a->model->embed_tokens->weight.std().item<double>(), 0.02, 0.001);
+  EXPECT_TRUE(torch::equal(a->model->norm->weight, torch::ones({256})));
+}

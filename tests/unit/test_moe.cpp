@@ -1,0 +1,86 @@
+// The permuted MoE equals a per-token loop over its chosen experts, forward and backward.
+#include <gtest/gtest.h>
+
+#include "latentmoe/model/moe.h"
+#include "model_fixtures.h"
+
+namespace model = latentmoe::model;
+
+namespace {
+// fp32 results of different summation orders: compare relative to the tensor's scale.
+::testing::AssertionResult close_at_scale(const torch::Tensor& got, const torch::Tensor& want) {
+  const double diff = (got - want).abs().max().item<double>();
+  const double scale = std::max(1.0, want.abs().max().item<double>());
+  if (diff <= 1e-5 * scale) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max |diff| " << diff << " at scale " << scale;
+}
+
+torch::Tensor loop_reference(model::MoE& moe, const torch::Tensor& tokens, const model::RouterOutput& routing) {
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < tokens.size(0); ++t) {
+    const torch::Tensor x = tokens[t].unsqueeze(0);
+    torch::Tensor y = moe->shared_experts(x);
+    for (int64_t j = 0; j < routing.expert_ids.size(1); ++j) {
+      const int64_t e = routing.expert_ids[t][j].item<int64_t>();
+      y = y + routing.gate_weights[t][j] * moe->experts[e]->as<model::MLPImpl>()->forward(x);
+    }
+    rows.push_back(y);
+  }
+  return torch::cat(rows, 0);
+}
+}  // namespace
+
+TEST(MoE, EqualsPerTokenLoopForwardAndBackward) {
+  torch::manual_seed(11);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  model::MoE moe(cfg);
+  for (auto& p : moe->parameters()) {
+    torch::NoGradGuard g;
+    p.normal_(0, 0.3);
+  }
+  for (int64_t tokens : {1, 7, 19}) {
+    const torch::Tensor x = torch::randn({tokens, cfg.hidden_size}, torch::requires_grad());
+    const torch::Tensor probe = torch::randn({tokens, cfg.hidden_size});
+    moe->zero_grad();
+    const model::MoEOutput fast = moe(x);
+    (fast.hidden * probe).sum().backward();
+    const torch::Tensor fast_x_grad = x.grad().clone();
+    std::vector<torch::Tensor> fast_grads;
+    for (auto& p : moe->parameters()) fast_grads.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+
+    x.mutable_grad().reset();
+    moe->zero_grad();
+    const model::RouterOutput routing = moe->gate(x);
+    const torch::Tensor reference = loop_reference(moe, x, routing);
+    (reference * probe).sum().backward();
+    EXPECT_TRUE(close_at_scale(fast.hidden, reference)) << tokens << " tokens";
+    EXPECT_TRUE(close_at_scale(fast_x_grad, x.grad()));
+    size_t i = 0;
+    for (auto& p : moe->parameters()) {
+      const torch::Tensor g = p.grad().defined() ? p.grad() : torch::zeros_like(p);
+      EXPECT_TRUE(close_at_scale(fast_grads[i], g)) << "parameter " << i;
+      ++i;
+    }
+    EXPECT_EQ(fast.routing.expert_counts.sum().item<int64_t>(), tokens * cfg.num_experts_per_tok);
+  }
+}
+
+TEST(MoE, ExpertWithNoTokensGetsZeroGradient) {
+  auto cfg = latentmoe::testing::tiny_model_config();
+  cfg.n_group = 1;
+  cfg.topk_group = 1;
+  cfg.num_experts_per_tok = 1;
+  model::MoE moe(cfg);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : moe->parameters()) p.normal_(0, 0.3);
+    moe->gate->e_score_correction_bias.fill_(-10.0);
+    moe->gate->e_score_correction_bias[5] = 10.0;  // every token picks expert 5
+  }
+  const model::MoEOutput out = moe(torch::randn({6, cfg.hidden_size}));
+  out.hidden.sum().backward();
+  EXPECT_EQ(out.routing.expert_counts[5].item<int64_t>(), 6);
+  auto* unused = moe->experts[0]->as<model::MLPImpl>();
+  EXPECT_TRUE(!unused->up_proj->weight.grad().defined() || unused->up_proj->weight.grad().abs().sum().item<double>() == 0);
+  EXPECT_GT(moe->experts[5]->as<model::MLPImpl>()->up_proj->weight.grad().abs().sum().item<double>(), 0);
+}

@@ -1,0 +1,97 @@
+// Router on hand-computed cases: group masking, bias changes the selection but not the weights,
+// normalization and scaling.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "latentmoe/model/router.h"
+#include "model_fixtures.h"
+
+namespace model = latentmoe::model;
+
+namespace {
+// A router over 4 one-hot hidden dims whose logits equal the given per-expert values.
+model::Router router_with_logits(const std::vector<float>& logits, int64_t n_group, int64_t topk_group, int64_t top_k,
+                                 bool normalize, double scaling, const std::string& scoring = "sigmoid") {
+  latentmoe::config::ModelConfig cfg;
+  const int64_t experts = static_cast<int64_t>(logits.size());
+  cfg.hidden_size = 1;
+  cfg.n_routed_experts = experts;
+  cfg.n_group = n_group;
+  cfg.topk_group = topk_group;
+  cfg.num_experts_per_tok = top_k;
+  cfg.norm_topk_prob = normalize;
+  cfg.routed_scaling_factor = scaling;
+  cfg.scoring_func = scoring;
+  model::Router r(cfg);
+  torch::NoGradGuard no_grad;
+  r->weight.copy_(torch::tensor(logits).view({experts, 1}));
+  return r;
+}
+
+std::set<int64_t> ids_of(const model::RouterOutput& out) {
+  const torch::Tensor ids = out.expert_ids[0];
+  return {ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel()};
+}
+
+const torch::Tensor kOneToken = torch::ones({1, 1});
+}  // namespace
+
+TEST(Router, GroupMaskingKeepsOnlyTheBestGroups) {
+  // 4 groups of 2. Group sums of the top-2 sigmoid scores rank groups 1 and 3 highest although
+  // expert 0 alone has the largest logit.
+  auto r = router_with_logits({5.0, -5.0, 2.0, 2.0, -3.0, -3.0, 1.5, 1.5}, 4, 2, 2, true, 1.0);
+  EXPECT_EQ(ids_of(r(kOneToken)), (std::set<int64_t>{2, 3}));
+  // Without groups the plain top-2 wins.
+  auto plain = router_with_logits({5.0, -5.0, 2.0, 2.0, -3.0, -3.0, 1.5, 1.5}, 1, 1, 2, true, 1.0);
+  const auto ids = ids_of(plain(kOneToken));
+  EXPECT_TRUE(ids.count(0) == 1 && ids.size() == 2);
+}
+
+TEST(Router, BiasChangesSelectionButNotWeights) {
+  auto r = router_with_logits({1.0, 0.5, 0.0, -0.5}, 1, 1, 1, false, 1.0);
+  auto before = r(kOneToken);
+  EXPECT_EQ(ids_of(before), (std::set<int64_t>{0}));
+  EXPECT_FLOAT_EQ(before.gate_weights.item<float>(), 1.0f / (1.0f + std::exp(-1.0f)));
+  {
+    torch::NoGradGuard no_grad;
+    r->e_score_correction_bias.copy_(torch::tensor({0.0f, 0.0f, 0.0f, 0.5f}));
+  }
+  auto after = r(kOneToken);
+  EXPECT_EQ(ids_of(after), (std::set<int64_t>{3})) << "sigmoid(-0.5)+0.5 > sigmoid(1)";
+  EXPECT_FLOAT_EQ(after.gate_weights.item<float>(), 1.0f / (1.0f + std::exp(0.5f)))
+      << "the gate weight is the unbiased score";
+}
+
+TEST(Router, NormalizationAndScaling) {
+  auto r = router_with_logits({0.0, 1.0, 2.0, 3.0}, 1, 1, 2, true, 2.5);
+  auto out = r(kOneToken);
+  EXPECT_EQ(ids_of(out), (std::set<int64_t>{2, 3}));
+  const double s2 = 1.0 / (1.0 + std::exp(-2.0)), s3 = 1.0 / (1.0 + std::exp(-3.0));
+  const auto w = out.gate_weights[0];
+  const auto pos3 = out.expert_ids[0][0].item<int64_t>() == 3 ? 0 : 1;
+  EXPECT_NEAR(w[pos3].item<double>(), 2.5 * s3 / (s2 + s3), 1e-6);
+  EXPECT_NEAR(w[1 - pos3].item<double>(), 2.5 * s2 / (s2 + s3), 1e-6);
+  EXPECT_NEAR(out.gate_weights.sum().item<double>(), 2.5, 1e-6);
+  // token_scores are the per-token normalized scores s' used by the balance loss.
+  EXPECT_NEAR(out.token_scores.sum().item<double>(), 1.0, 1e-6);
+}
+
+TEST(Router, SoftmaxScoringAndCounts) {
+  auto r = router_with_logits({0.0, 1.0, 2.0, 3.0}, 1, 1, 2, false, 1.0, "softmax");
+  const torch::Tensor x = torch::ones({5, 1});
+  auto out = r(x);
+  const auto p = torch::softmax(torch::tensor({0.0, 1.0, 2.0, 3.0}), 0);
+  EXPECT_NEAR(out.gate_weights.sum(-1)[0].item<double>(), (p[2] + p[3]).item<double>(), 1e-6);
+  EXPECT_TRUE(torch::equal(out.expert_counts, torch::tensor({0, 0, 5, 5}, torch::kLong)));
+}
+
+TEST(Router, BiasReceivesNoGradientAndIsABuffer) {
+  auto r = router_with_logits({0.0, 1.0, 2.0, 3.0}, 1, 1, 2, true, 1.0);
+  auto out = r(torch::randn({4, 1}));
+  out.gate_weights.sum().backward();
+  EXPECT_TRUE(r->weight.grad().defined());
+  EXPECT_FALSE(r->e_score_correction_bias.requires_grad());
+  EXPECT_EQ(r->named_parameters().size(), 1u);
+  EXPECT_EQ(r->named_buffers().size(), 1u);
+}
