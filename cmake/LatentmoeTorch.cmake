@@ -41,3 +41,10 @@ set(LATENTMOE_TORCH_LIB_DIR "${LATENTMOE_TORCH_DIR}/lib")
 add_library(latentmoe_torch INTERFACE)
 target_link_libraries(latentmoe_torch INTERFACE torch)
 target_compile_definitions(latentmoe_torch INTERFACE FMT_HEADER_ONLY=1)
+
+# libtorch.so and libtorch_cpu.so export the std::filesystem functions of the GCC 13 libstdc++
+# they were built with (statically linked). When libtorch precedes libstdc++.so.6 in an
+# executable's DT_NEEDED list, the dynamic linker binds OUR std::filesystem calls to those copies,
+# and some of them crash (remove_all jumps to address 0). Linking libstdc++ first puts the
+# system's definitions first in the global lookup scope.
+target_link_options(latentmoe_torch INTERFACE "LINKER:--no-as-needed" "-lstdc++")

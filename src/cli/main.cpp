@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "commands.h"
+#include "latentmoe/io/safetensors.h"
 #include "latentmoe/util/error.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +17,10 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   cli::add_config_command(app, exit_code);
   cli::add_version_command(app, exit_code);
+  cli::add_init_command(app, exit_code);
+  cli::add_convert_command(app, exit_code);
+  cli::add_forward_command(app, exit_code);
+  cli::add_generate_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -26,6 +31,12 @@ int main(int argc, char** argv) {
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "latentmoe: config error: %s\n", e.what());
     return kExitConfigError;
+  } catch (const io::SafetensorsError& e) {
+    std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());
+    return kExitFailure;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "latentmoe: error: %s\n", e.what_without_backtrace());
+    return kExitFailure;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "latentmoe: error: %s\n", e.what());
     return kExitFailure;

@@ -12,9 +12,9 @@ void RopeScalingConfig::describe(FieldVisitor& v) {
            "Context length the rotary frequencies were trained for"});
   v.field({"beta_fast", &beta_fast, "YaRN: rotations per context above which dims are extrapolated"});
   v.field({"beta_slow", &beta_slow, "YaRN: rotations per context below which dims are interpolated"});
-  v.field({"mscale", &mscale, "YaRN attention-temperature coefficient (numerator of the mscale ratio)"});
+  v.field({"mscale", &mscale, "YaRN attention-temperature coefficient (numerator of the cos/sin factor; 0 = absent)"});
   v.field({"mscale_all_dim", &mscale_all_dim,
-           "YaRN attention-temperature coefficient (denominator); the softmax scale gets mscale^2"});
+           "YaRN coefficient: the softmax scale gets mscale(factor, this)^2 (0 = absent, as in HF)"});
 }
 
 void ModelConfig::describe(FieldVisitor& v) {

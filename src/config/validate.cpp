@@ -93,7 +93,8 @@ void check_model(const ModelConfig& m, Rules& r) {
     r.require(y.beta_fast > y.beta_slow && y.beta_slow > 0,
               fmt::format("model.rope_scaling.beta_fast ({}) must be > model.rope_scaling.beta_slow ({}) > 0",
                           y.beta_fast, y.beta_slow));
-    r.positive(y.mscale_all_dim, "model.rope_scaling.mscale_all_dim");
+    r.non_negative(y.mscale, "model.rope_scaling.mscale");
+    r.non_negative(y.mscale_all_dim, "model.rope_scaling.mscale_all_dim");
   }
 }
 

@@ -1,0 +1,42 @@
+// Moving model weights between the module and files: strict state loading (nothing is copied
+// unless every tensor is present with the right shape), latentmoe model directories
+// (config.yaml + model.safetensors), and HF transformers DeepseekV3 directories (config.json +
+// safetensors, sharded or not, FP8 blockwise weights dequantized on import).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/deepseek_v3.h"
+
+namespace latentmoe::io {
+
+// Parameters and persistent buffers (the expert correction biases) by name.
+std::map<std::string, at::Tensor> model_state(model::DeepSeekV3Impl& model);
+
+// Copies `tensors` into the model after checking that the names match exactly (no missing, no
+// unexpected) and every shape agrees; otherwise throws SafetensorsError listing the offenders
+// and leaves the model untouched. `source` names the file/dir in messages.
+void load_model_state(model::DeepSeekV3Impl& model, const std::map<std::string, at::Tensor>& tensors,
+                      const std::string& source);
+
+// latentmoe model directory: config.yaml (the full config) + model.safetensors.
+void save_model_dir(const std::string& dir, const config::Config& cfg, model::DeepSeekV3Impl& model);
+config::Config load_model_dir_config(const std::string& dir);
+model::DeepSeekV3 load_model_dir(const std::string& dir, config::Config* cfg_out = nullptr);
+
+// HF transformers DeepseekV3 (config.json keys, both the v4 `rope_scaling` and v5
+// `rope_parameters` forms are read; the MTP block sits at layer index num_hidden_layers).
+config::ModelConfig model_config_from_hf(const std::string& hf_dir);
+// Imports weights; if the checkpoint has no MTP weights, num_nextn_predict_layers in
+// *cfg is set to 0 (and a warning logged).
+model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg);
+// Writes config.json (both rope forms) and model.safetensors; include_mtp writes the MTP modules
+// as layer num_hidden_layers + k, with embed_tokens/shared_head.head copies as in the release.
+void export_hf(const std::string& out_dir, const config::ModelConfig& cfg, model::DeepSeekV3Impl& model,
+               bool include_mtp);
+
+}  // namespace latentmoe::io
