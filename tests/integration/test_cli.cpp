@@ -1,7 +1,9 @@
 // The CLI end to end: exit codes and messages of `latentmoe config` and `version`.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <filesystem>
 #include <cstdio>
 #include <string>
 
@@ -30,7 +32,7 @@ std::string preset(const std::string& name) { return std::string(LATENTMOE_SOURC
 }  // namespace
 
 TEST(Cli, HelpForEverySubcommand) {
-  for (const char* sub : {"", "config ", "version "}) {
+  for (const char* sub : {"", "config ", "version ", "init ", "convert ", "forward ", "generate "}) {
     const CliRun r = run_cli(std::string(sub) + "--help");
     EXPECT_EQ(r.exit_code, 0) << sub;
     EXPECT_NE(r.output.find("Usage"), std::string::npos) << r.output;
@@ -97,4 +99,41 @@ TEST(Cli, VersionReportsRuntime) {
   for (const char* fragment : {"torch      2.11.0", "cuda       ", "threads    intra-op", "oneDNN"}) {
     EXPECT_NE(r.output.find(fragment), std::string::npos) << fragment << " in\n" << r.output;
   }
+}
+
+TEST(Cli, InitGenerateAndBadTokenIds) {
+  TempDir dir;
+  const std::string model_dir = (dir.path() / "m").string();
+  CliRun r = run_cli("init --set model.num_hidden_layers=2 --out " + model_dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1,2,3 --max-tokens 4");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), ','), 3) << r.output;
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1,99999");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("--prompt-ids: token id 99999 is outside [0, model.vocab_size=8192)"), std::string::npos)
+      << r.output;
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1,x");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("'x' is not an integer token id"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1 --top-p 0");
+  EXPECT_EQ(r.exit_code, 2);
+  r = run_cli("generate --checkpoint " + (dir.path() / "none").string() + " --prompt-ids 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("not a latentmoe model directory"), std::string::npos) << r.output;
+}
+
+TEST(Cli, ConvertRejectsCorruptCheckpoints) {
+  TempDir dir;
+  const std::string model_dir = (dir.path() / "m").string();
+  ASSERT_EQ(run_cli("init --set model.num_hidden_layers=2 --out " + model_dir).exit_code, 0);
+  // Truncate the weights: the error names the file and a tensor, and nothing is written.
+  const auto weights = std::filesystem::path(model_dir) / "model.safetensors";
+  std::filesystem::resize_file(weights, std::filesystem::file_size(weights) / 2);
+  const CliRun r = run_cli("convert --checkpoint " + model_dir + " --to-hf " + (dir.path() / "hf").string());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("model.safetensors: tensor '"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("exceed the data buffer"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "hf" / "model.safetensors"));
+  EXPECT_EQ(run_cli("convert --from-hf " + model_dir).exit_code, 2) << "--from-hf needs --out";
 }
