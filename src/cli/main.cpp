@@ -6,6 +6,8 @@
 #include <exception>
 
 #include "commands.h"
+#include "latentmoe/data/indexed_dataset.h"
+#include "latentmoe/data/tokenizer.h"
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/util/error.h"
 
@@ -21,6 +23,9 @@ int main(int argc, char** argv) {
   cli::add_convert_command(app, exit_code);
   cli::add_forward_command(app, exit_code);
   cli::add_generate_command(app, exit_code);
+  cli::add_prepare_data_command(app, exit_code);
+  cli::add_tokenize_command(app, exit_code);
+  cli::add_inspect_data_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -31,6 +36,12 @@ int main(int argc, char** argv) {
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "latentmoe: config error: %s\n", e.what());
     return kExitConfigError;
+  } catch (const data::TokenizerError& e) {
+    std::fprintf(stderr, "latentmoe: tokenizer error: %s\n", e.what());
+    return kExitConfigError;
+  } catch (const data::DataError& e) {
+    std::fprintf(stderr, "latentmoe: data error: %s\n", e.what());
+    return kExitFailure;
   } catch (const io::SafetensorsError& e) {
     std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());
     return kExitFailure;

@@ -1,0 +1,224 @@
+// Megatron IndexedDataset files (round trip, corruption), the deterministic loader (resume, data
+// parallel slicing, changing the DP degree, epochs, blending) and tokenizer input errors.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <numeric>
+#include <set>
+
+#include "latentmoe/data/indexed_dataset.h"
+#include "latentmoe/data/loader.h"
+#include "latentmoe/data/tokenizer.h"
+#include "test_util.h"
+
+using latentmoe::testing::expect_error_contains;
+using latentmoe::testing::TempDir;
+namespace data = latentmoe::data;
+
+namespace {
+// Documents of lengths 1..n with token values encoding (document, position).
+std::string write_dataset(const TempDir& dir, const std::string& name, int docs, int base = 0) {
+  const std::string prefix = (dir.path() / name).string();
+  data::IndexedDatasetWriter w(prefix, data::TokenDtype::u16);
+  for (int d = 0; d < docs; ++d) {
+    std::vector<int32_t> tokens;
+    for (int i = 0; i < 5 + (d * 7) % 23; ++i) tokens.push_back(base + d * 100 + i);
+    w.add_document(tokens);
+  }
+  w.finalize();
+  return prefix;
+}
+
+std::vector<std::vector<int32_t>> rows(const data::Batch& b) {
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t r = 0; r < b.size; ++r) out.emplace_back(b.tokens.begin() + r * b.width, b.tokens.begin() + (r + 1) * b.width);
+  return out;
+}
+
+void patch(const std::string& path, size_t offset, const std::string& bytes) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+}  // namespace
+
+TEST(IndexedDataset, RoundTripAndLayout) {
+  TempDir dir;
+  const std::string prefix = write_dataset(dir, "d", 6);
+  const data::IndexedDataset d(prefix);
+  EXPECT_EQ(d.num_sequences(), 6);
+  EXPECT_EQ(d.num_documents(), 6);
+  EXPECT_EQ(d.dtype(), data::TokenDtype::u16);
+  std::vector<int32_t> ids;
+  d.read(2, 1, 3, ids);
+  EXPECT_EQ(ids, (std::vector<int32_t>{201, 202, 203}));
+  EXPECT_EQ(std::filesystem::file_size(prefix + ".idx"), 9u + 8 + 1 + 8 + 8 + 6 * 12 + 7 * 8);
+  EXPECT_FALSE(std::filesystem::exists(prefix + ".bin.tmp"));
+}
+
+TEST(IndexedDataset, CorruptFilesNameFileExpectedAndActual) {
+  TempDir dir;
+  const std::string prefix = write_dataset(dir, "d", 4);
+  const auto copy = [&](const std::string& name) {
+    const std::string p = (dir.path() / name).string();
+    std::filesystem::copy_file(prefix + ".bin", p + ".bin");
+    std::filesystem::copy_file(prefix + ".idx", p + ".idx");
+    return p;
+  };
+  const std::string magic = copy("magic");
+  patch(magic + ".idx", 0, "XXXX");
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(magic); }, {"magic.idx: wrong magic"});
+  const std::string version = copy("version");
+  patch(version + ".idx", 9, std::string("\x02", 1));
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(version); }, {"version.idx: version 2 is not supported (expected 1)"});
+  const std::string count = copy("count");
+  patch(count + ".idx", 18, std::string("\x09", 1));  // claims 9 sequences
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(count); }, {"count.idx: 9 sequences", "the file has"});
+  const std::string trunc = copy("trunc");
+  std::filesystem::resize_file(trunc + ".bin", std::filesystem::file_size(trunc + ".bin") - 2);
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(trunc); }, {"trunc.bin:", "truncated or mismatched"});
+  const std::string code = copy("code");
+  patch(code + ".idx", 17, std::string("\x09", 1));
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(code); }, {"unknown dtype code 9"});
+  const std::string tiny = copy("tiny");
+  std::filesystem::resize_file(tiny + ".idx", 10);
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d(tiny); }, {"tiny.idx: truncated: 10 bytes"});
+  expect_error_contains<data::DataError>([&] { data::IndexedDataset d((dir.path() / "none").string()); }, {"none.idx: cannot open"});
+}
+
+TEST(IndexPermutation, IsABijectionAndKeyed) {
+  for (uint64_t n : {1ull, 2ull, 7ull, 100ull, 1000ull, 4097ull}) {
+    const data::IndexPermutation p(n, 42);
+    std::set<uint64_t> seen;
+    for (uint64_t i = 0; i < n; ++i) seen.insert(p(i));
+    EXPECT_EQ(seen.size(), n);
+    EXPECT_EQ(*seen.rbegin(), n - 1);
+  }
+  const data::IndexPermutation a(1000, 1), b(1000, 2);
+  int same = 0;
+  for (uint64_t i = 0; i < 1000; ++i) same += a(i) == b(i);
+  EXPECT_LT(same, 20);
+}
+
+TEST(Loader, SamplesArePackedDocumentsWithOverlap) {
+  TempDir dir;
+  const data::DataLoader loader({write_dataset(dir, "d", 30)}, {.seq_len = 8, .valid_fraction = 0.0});
+  std::set<std::vector<int32_t>> samples;
+  for (int64_t i = 0; i < loader.samples_per_epoch(); ++i) {
+    const auto s = loader.sample(i);
+    ASSERT_EQ(s.size(), 9u);
+    samples.insert(s);
+  }
+  EXPECT_EQ(static_cast<int64_t>(samples.size()), loader.samples_per_epoch()) << "each packed sample once per epoch";
+  EXPECT_NE(loader.sample(0), loader.sample(loader.samples_per_epoch())) << "epochs are reshuffled";
+}
+
+TEST(Loader, ResumeEqualsUninterruptedAndRanksPartitionTheBatch) {
+  TempDir dir;
+  const std::string prefix = write_dataset(dir, "d", 40);
+  const data::LoaderOptions options{.seq_len = 6, .seed = 7, .valid_fraction = 0.1};
+  const int64_t global_batch = 4;
+  std::vector<std::vector<int32_t>> straight;
+  {
+    const data::DataLoader loader({prefix}, options);
+    for (int64_t step = 0; step < 10; ++step) {
+      for (auto& r : rows(loader.rank_batch(step * global_batch, global_batch, 0, 1))) straight.push_back(r);
+    }
+  }
+  // Stop after 4 steps; a fresh loader resumes from consumed_samples = 16.
+  std::vector<std::vector<int32_t>> resumed;
+  {
+    const data::DataLoader first({prefix}, options);
+    for (int64_t step = 0; step < 4; ++step) {
+      for (auto& r : rows(first.rank_batch(step * global_batch, global_batch, 0, 1))) resumed.push_back(r);
+    }
+  }
+  const data::DataLoader second({prefix}, options);
+  for (int64_t step = 4; step < 10; ++step) {
+    for (auto& r : rows(second.rank_batch(step * global_batch, global_batch, 0, 1))) resumed.push_back(r);
+  }
+  EXPECT_EQ(resumed, straight);
+
+  // Two ranks: the union (in rank order) of each global batch is the one-rank batch.
+  std::vector<std::vector<int32_t>> two_ranks;
+  for (int64_t step = 0; step < 10; ++step) {
+    for (int64_t rank = 0; rank < 2; ++rank) {
+      for (auto& r : rows(second.rank_batch(step * global_batch, global_batch, rank, 2))) two_ranks.push_back(r);
+    }
+  }
+  EXPECT_EQ(two_ranks, straight);
+
+  // Save at 1 rank after 3 steps, resume at 4 ranks (and 2): the sample index sets do not overlap
+  // and leave no gap.
+  std::set<int64_t> consumed;
+  for (int64_t step = 0; step < 3; ++step) {
+    for (int64_t i : second.rank_batch(step * global_batch, global_batch, 0, 1).sample_indices) consumed.insert(i);
+  }
+  for (int64_t step = 3; step < 6; ++step) {
+    for (int64_t rank = 0; rank < 4; ++rank) {
+      for (int64_t i : second.rank_batch(step * global_batch, global_batch, rank, 4).sample_indices) {
+        EXPECT_TRUE(consumed.insert(i).second) << "sample " << i << " repeated";
+      }
+    }
+  }
+  EXPECT_EQ(consumed.size(), 24u);
+  EXPECT_EQ(*consumed.rbegin(), 23) << "no sample skipped";
+}
+
+TEST(Loader, ValidationSplitIsDisjointByDocument) {
+  TempDir dir;
+  const std::string prefix = write_dataset(dir, "d", 200);
+  const data::DataLoader train({prefix}, {.seq_len = 4, .valid_fraction = 0.2, .split = data::Split::train});
+  const data::DataLoader valid({prefix}, {.seq_len = 4, .valid_fraction = 0.2, .split = data::Split::valid});
+  std::set<int32_t> train_docs, valid_docs;
+  for (int64_t i = 0; i < train.samples_per_epoch(); ++i) for (int32_t t : train.sample(i)) train_docs.insert(t / 100);
+  for (int64_t i = 0; i < valid.samples_per_epoch(); ++i) for (int32_t t : valid.sample(i)) valid_docs.insert(t / 100);
+  for (int32_t d : valid_docs) EXPECT_FALSE(train_docs.count(d)) << "document " << d << " in both splits";
+  EXPECT_GT(valid_docs.size(), 20u);
+  EXPECT_LT(valid_docs.size(), 60u);
+}
+
+TEST(Loader, BlendingFollowsTheWeights) {
+  TempDir dir;
+  const std::string a = write_dataset(dir, "a", 50, 0), b = write_dataset(dir, "b", 50, 10000);
+  const data::DataLoader loader({a, b}, {.seq_len = 4, .valid_fraction = 0.0, .weights = {3.0, 1.0}});
+  int from_b = 0;
+  const int n = 400;
+  for (int i = 0; i < n; ++i) from_b += loader.sample(i)[0] >= 10000;
+  EXPECT_NEAR(from_b, n / 4, 5);
+}
+
+TEST(Loader, BadInputs) {
+  TempDir dir;
+  const std::string prefix = write_dataset(dir, "d", 10);
+  expect_error_contains<data::DataError>([&] { data::DataLoader l({prefix}, {.seq_len = 4, .vocab_size = 500}); },
+                                         {"d.bin: token id 9", ">= model.vocab_size 500"});
+  expect_error_contains<data::DataError>([&] { data::DataLoader l({prefix}, {.seq_len = 100000}); },
+                                         {"fewer than one sample of train.seq_len + 1 = 100001 tokens"});
+  {
+    data::IndexedDatasetWriter empty((dir.path() / "empty").string(), data::TokenDtype::u16);
+    empty.finalize();
+  }
+  expect_error_contains<data::DataError>([&] { data::DataLoader l({(dir.path() / "empty").string()}, {.seq_len = 4}); },
+                                         {"empty: the train split has 0 tokens in 0 documents"});
+  expect_error_contains<data::DataError>([&] { data::DataLoader l({}, {}); }, {"data.paths is empty"});
+  const data::DataLoader ok({prefix}, {.seq_len = 4, .valid_fraction = 0.0});
+  expect_error_contains<data::DataError>([&] { ok.rank_batch(0, 5, 0, 2); }, {"global batch 5 must split evenly over 2 ranks"});
+}
+
+TEST(Tokenizer, RejectsBadFilesAndInvalidUtf8) {
+  TempDir dir;
+  expect_error_contains<data::TokenizerError>([&] { data::Tokenizer::from_file((dir.path() / "none.json").string()); },
+                                              {"none.json: cannot open tokenizer file"});
+  expect_error_contains<data::TokenizerError>([&] { data::Tokenizer::from_file(dir.write("bad.json", "{oops")); },
+                                              {"bad.json: malformed tokenizer.json"});
+  const data::Tokenizer tok =
+      data::Tokenizer::from_file(std::string(LATENTMOE_SOURCE_DIR) + "/data/tokenizer/python-docs-bpe-8k.json");
+  EXPECT_EQ(tok.vocab_size(), 8192);
+  EXPECT_EQ(tok.eos_id(), tok.token_id("<|end_of_text|>"));
+  expect_error_contains<data::TokenizerError>([&] { tok.encode("ok \xC3\x28 bad"); }, {"not valid UTF-8 (bad byte 0xc3 at offset 3)"});
+  expect_error_contains<data::TokenizerError>([&] { tok.encode("\xED\xA0\x80"); }, {"not valid UTF-8"});  // surrogate
+  expect_error_contains<data::TokenizerError>([&] { tok.decode({9000}); }, {"cannot decode id 9000"});
+  const std::string text = "round trip: ünïcode 🎉 <|end_of_text|>\r\n  end";
+  EXPECT_EQ(tok.decode(tok.encode(text)), text);
+}
