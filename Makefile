@@ -6,7 +6,7 @@ CONFIG ?= debug
 CMAKE_ARGS ?=
 export LATENTMOE_CACHE ?= $(HOME)/.cache/latentmoe
 
-.PHONY: all setup configure build test train docs bench gpu-check clean
+.PHONY: all setup configure build test train data docs bench gpu-check clean
 
 all: build
 
@@ -29,6 +29,13 @@ test: build
 train: build
 	@./$(BUILD)/latentmoe version
 	@./$(BUILD)/latentmoe config --config $(CONFIG)
+
+# The default corpus as a Megatron dataset (prepared once; ~1 s).
+DEFAULT_CORPUS := /usr/share/doc/python3.11/html/_sources
+data: build
+	@if [ ! -f $(BUILD)/data/python-docs.idx ]; then \
+	  ./$(BUILD)/latentmoe prepare-data --input $(DEFAULT_CORPUS) --output $(BUILD)/data/python-docs; \
+	fi
 
 # Regenerate docs/configuration.md from the schema.
 docs: build
