@@ -9,6 +9,7 @@
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/data/tokenizer.h"
 #include "latentmoe/io/safetensors.h"
+#include "latentmoe/train/checkpoint.h"
 #include "latentmoe/util/error.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +20,8 @@ int main(int argc, char** argv) {
   int exit_code = kExitOk;
   cli::add_config_command(app, exit_code);
   cli::add_version_command(app, exit_code);
+  cli::add_train_command(app, exit_code);
+  cli::add_eval_command(app, exit_code);
   cli::add_init_command(app, exit_code);
   cli::add_convert_command(app, exit_code);
   cli::add_forward_command(app, exit_code);
@@ -41,6 +44,9 @@ int main(int argc, char** argv) {
     return kExitConfigError;
   } catch (const data::DataError& e) {
     std::fprintf(stderr, "latentmoe: data error: %s\n", e.what());
+    return kExitFailure;
+  } catch (const train::CheckpointError& e) {
+    std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());
     return kExitFailure;
   } catch (const io::SafetensorsError& e) {
     std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());

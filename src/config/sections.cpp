@@ -70,6 +70,11 @@ void TrainConfig::describe(FieldVisitor& v) {
            "Tokens after which the expert biases stop updating (0 = never freeze)"});
   v.field({"eval_interval", &eval_interval, "Steps between validation passes (0 = only at the end)"});
   v.field({"eval_batches", &eval_batches, "Micro-batches per validation pass"});
+  v.field({"spike_zscore", &spike_zscore,
+           "Skip the update when the loss z-score over the last spike_window steps exceeds this (0 = off)"});
+  v.field({"spike_window", &spike_window, "Steps of loss history for the spike detector"});
+  v.field({"collapse_warn_steps", &collapse_warn_steps,
+           "Warn when a routed expert gets no tokens for this many consecutive steps (0 = off)"});
 }
 
 void OptimizerConfig::describe(FieldVisitor& v) {

@@ -2,6 +2,8 @@
 // biased scores without gradient, gate weights gathered from the unbiased scores.
 #include "latentmoe/model/router.h"
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include <limits>
 
 #include "latentmoe/ops/expert_counts.h"
@@ -15,6 +17,9 @@ RouterImpl::RouterImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
 
 RouterOutput RouterImpl::forward(const torch::Tensor& x) {
   const int64_t experts = cfg.n_routed_experts;
+  // Gating stays in fp32 under bf16 autocast (DeepSeek-V3 keeps MoE gating in high precision).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
   RouterOutput out;
   out.logits = torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));
   const bool sigmoid = cfg.scoring_func == "sigmoid";

@@ -70,6 +70,9 @@ struct TrainConfig {
   int64_t bias_update_freeze_tokens = 0;
   int64_t eval_interval = 100;
   int64_t eval_batches = 8;
+  double spike_zscore = 0.0;
+  int64_t spike_window = 50;
+  int64_t collapse_warn_steps = 20;
   void describe(FieldVisitor& v);
 };
 

@@ -1,0 +1,33 @@
+// Training losses from a model output: next-token CE, MTP CE per depth (weighted lambda/D),
+// the sequence-wise balance loss (alpha * sum_i f_i * P_i per sequence and MoE layer) and the
+// router z-loss. Each component is returned separately for logging.
+#pragma once
+
+#include <torch/types.h>
+
+#include <vector>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/model/deepseek_v3.h"
+
+namespace latentmoe::train {
+
+struct LossBreakdown {
+  torch::Tensor total;            // what backward() runs on
+  double lm = 0, mtp = 0, balance = 0, z = 0;  // detached values (mtp = mean CE over depths)
+};
+
+// tokens [batch, seq + 1]: inputs are tokens[:, :seq], labels tokens[:, 1:]; MTP depth k
+// predicts tokens[:, k+1:].
+LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor& tokens, const config::Config& cfg,
+                             double mtp_weight);
+
+// Cross entropy in fp32 over [N, vocab] logits without keeping a second full-vocabulary copy
+// beyond log-softmax's own (the logits are upcast row-chunk by row-chunk when not fp32).
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// alpha * mean over sequences of sum_i f_i P_i for one MoE layer's routing.
+torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t batch, int64_t seq,
+                                    int64_t n_experts, int64_t top_k);
+
+}  // namespace latentmoe::train

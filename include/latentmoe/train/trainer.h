@@ -1,0 +1,82 @@
+// The trainer, composed of components built from their config sections: data loaders, model,
+// AdamW, LR schedule, expert balancer, checkpointer and metrics. Single process here; the
+// distributed issue wraps the same pieces (counts and gradients are the only things to reduce).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "latentmoe/config/config.h"
+#include "latentmoe/data/loader.h"
+#include "latentmoe/model/deepseek_v3.h"
+#include "latentmoe/train/balancer.h"
+#include "latentmoe/train/checkpoint.h"
+#include "latentmoe/train/metrics.h"
+#include "latentmoe/train/optimizer.h"
+#include "latentmoe/train/schedule.h"
+
+namespace latentmoe::train {
+
+// Exit codes of `latentmoe train` beyond the common ones (README "Exit codes").
+enum TrainExit : int {
+  kExitInterrupted = 3,  // SIGTERM/SIGINT: the current step finished and a checkpoint was committed
+  kExitNonFinite = 4,    // non-finite loss or gradient norm: stopped before the update
+};
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based optimizer step
+  double loss = 0, lm = 0, mtp = 0, balance = 0, z = 0, grad_norm = 0, lr = 0;
+  bool skipped = false;  // loss spike: update skipped
+};
+
+// Resolves data.paths (default: the bundled corpus, prepared on first use) and data.tokenizer.
+std::vector<std::string> resolve_data_paths(const config::Config& cfg);
+std::string resolve_tokenizer_path(const config::Config& cfg);
+
+class Trainer {
+ public:
+  explicit Trainer(config::Config cfg);
+  // "auto" (newest committed checkpoint in checkpoint.dir, if any) or a checkpoint directory.
+  void resume(const std::string& spec);
+  // Trains until train.steps (or a signal / non-finite stop). Returns the process exit code.
+  int run();
+  // Mean next-token CE over train.eval_batches validation micro-batches.
+  double evaluate();
+  // Entropy (nats) of the training split's token distribution: the loss of a unigram model.
+  double unigram_entropy() const;
+  std::string save_checkpoint();
+
+  model::DeepSeekV3& model() { return model_; }
+  const std::vector<StepRecord>& history() const { return history_; }
+  int64_t step() const { return step_; }
+  const std::optional<std::string>& last_checkpoint() const { return last_checkpoint_; }
+
+ private:
+  StepRecord train_step();
+  void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
+  std::string trainer_state_json() const;
+
+  config::Config cfg_;
+  int64_t accum_steps_ = 1, tokens_per_step_ = 0;
+  std::vector<std::string> data_paths_;
+  std::unique_ptr<data::DataLoader> train_data_, valid_data_;
+  model::DeepSeekV3 model_{nullptr};
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::unique_ptr<ExpertBalancer> balancer_;
+  std::unique_ptr<Checkpointer> checkpointer_;
+  std::unique_ptr<MetricsLogger> metrics_;
+  int64_t step_ = 0, tokens_seen_ = 0, consumed_samples_ = 0, spikes_skipped_ = 0;
+  std::vector<double> loss_window_;
+  std::vector<int64_t> idle_steps_;  // per (MoE layer, expert): consecutive steps without tokens
+  std::vector<std::string> moe_layer_names_;  // e.g. "model.layers.2", "mtp.0.block" 
+  std::vector<StepRecord> history_;
+  std::optional<std::string> last_checkpoint_;
+  double train_flops_per_token_ = 0;
+  bool bf16_ = false;
+};
+
+}  // namespace latentmoe::train

@@ -1,0 +1,53 @@
+// `latentmoe train` and `latentmoe eval`.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "commands.h"
+#include "latentmoe/train/trainer.h"
+#include "latentmoe/util/log.h"
+
+namespace latentmoe::cli {
+
+void add_train_command(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("train", "Train a model (single process; see the README for torchrun)");
+  auto args = std::make_shared<ConfigArgs>();
+  auto resume = std::make_shared<std::string>();
+  args->add_to(*cmd);
+  cmd->add_option("--resume", *resume, "'auto' (newest committed checkpoint in checkpoint.dir) or a checkpoint directory");
+  cmd->callback([args, resume, &exit_code] {
+    const config::Config cfg = args->load();
+    log_init({.level = cfg.logging.level, .file = cfg.logging.file});
+    train::Trainer trainer(cfg);
+    if (!resume->empty()) trainer.resume(*resume);
+    exit_code = trainer.run();
+    if (exit_code == kExitOk && !trainer.history().empty()) {
+      const double entropy = trainer.unigram_entropy();
+      LMOE_INFO("final training loss {:.4f} nats; unigram entropy of the training tokens {:.4f} nats",
+                trainer.history().back().lm, entropy);
+    }
+  });
+}
+
+void add_eval_command(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("eval", "Validation loss and perplexity of a checkpoint on the held-out split");
+  auto args = std::make_shared<ConfigArgs>();
+  auto checkpoint = std::make_shared<std::string>();
+  args->add_to(*cmd);
+  cmd->add_option("--checkpoint", *checkpoint, "Checkpoint directory (committed)")->required();
+  cmd->callback([args, checkpoint, &exit_code] {
+    const config::Config cfg = args->load();
+    log_init({.level = cfg.logging.level, .file = cfg.logging.file});
+    config::Config quiet = cfg;
+    quiet.logging.jsonl = quiet.logging.tensorboard = false;
+    train::Trainer trainer(quiet);
+    trainer.resume(*checkpoint);
+    const double loss = trainer.evaluate();
+    const double entropy = trainer.unigram_entropy();
+    std::cout << fmt::format("{{\"valid_loss\": {:.6f}, \"perplexity\": {:.4f}, \"unigram_entropy\": {:.6f}, \"step\": {}}}\n",
+                             loss, std::exp(loss), entropy, trainer.step());
+    exit_code = kExitOk;
+  });
+}
+
+}  // namespace latentmoe::cli

@@ -1,0 +1,71 @@
+// Losses. The balance loss follows the paper: f_i = N_r/(K_r T) * #tokens routed to i in the
+// sequence, P_i = mean over the sequence's tokens of the normalized score s'_{i,t}.
+#include "latentmoe/train/losses.h"
+
+#include <torch/nn/functional/loss.h>
+
+namespace latentmoe::train {
+
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.scalar_type() == torch::kFloat) return torch::nn::functional::cross_entropy(logits, labels);
+  // Low-precision logits: fp32 log-softmax on chunks of rows keeps one fp32 chunk alive at a time.
+  constexpr int64_t kRows = 4096;
+  torch::Tensor total = torch::zeros({}, logits.options().dtype(torch::kFloat));
+  for (int64_t start = 0; start < logits.size(0); start += kRows) {
+    const int64_t n = std::min(kRows, logits.size(0) - start);
+    total = total + torch::nn::functional::cross_entropy(
+                        logits.narrow(0, start, n).to(torch::kFloat), labels.narrow(0, start, n),
+                        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  }
+  return total / static_cast<double>(logits.size(0));
+}
+
+torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t batch, int64_t seq, int64_t n_experts,
+                                    int64_t top_k) {
+  const torch::Tensor chosen = torch::zeros({batch * seq, n_experts}, routing.token_scores.options())
+                                   .scatter_(1, routing.expert_ids, 1.0)
+                                   .view({batch, seq, n_experts});
+  const torch::Tensor f = chosen.sum(1) * (static_cast<double>(n_experts) / static_cast<double>(top_k * seq));
+  const torch::Tensor p = routing.token_scores.view({batch, seq, n_experts}).mean(1);
+  return (f * p).sum(-1).mean();
+}
+
+LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor& tokens, const config::Config& cfg,
+                             double mtp_weight) {
+  const auto& m = cfg.model;
+  const int64_t batch = tokens.size(0), seq = tokens.size(1) - 1;
+  LossBreakdown b;
+  const torch::Tensor lm = cross_entropy(out.logits.reshape({-1, m.vocab_size}), tokens.narrow(1, 1, seq).reshape(-1));
+  torch::Tensor total = lm;
+  b.lm = lm.item<double>();
+  if (!out.mtp_logits.empty()) {
+    torch::Tensor mtp_sum = torch::zeros({}, lm.options());
+    for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
+      const int64_t depth = static_cast<int64_t>(k) + 1;
+      const int64_t len = seq - depth;
+      mtp_sum = mtp_sum + cross_entropy(out.mtp_logits[k].reshape({-1, m.vocab_size}),
+                                        tokens.narrow(1, depth + 1, len).reshape(-1));
+    }
+    const double depth_count = static_cast<double>(out.mtp_logits.size());
+    b.mtp = mtp_sum.item<double>() / depth_count;
+    if (mtp_weight != 0.0) total = total + mtp_sum * (mtp_weight / depth_count);
+  }
+  if (cfg.train.seq_aux_loss_alpha > 0 || cfg.train.router_z_loss_weight > 0) {
+    torch::Tensor balance = torch::zeros({}, lm.options()), z = torch::zeros({}, lm.options());
+    for (const auto& r : out.routing) {
+      const int64_t tokens_in_layer = r.expert_ids.size(0);
+      const int64_t layer_seq = tokens_in_layer / batch;  // MTP layers see seq - k tokens per row
+      if (cfg.train.seq_aux_loss_alpha > 0) {
+        balance = balance + sequence_balance_loss(r, batch, layer_seq, m.n_routed_experts, m.num_experts_per_tok);
+      }
+      if (cfg.train.router_z_loss_weight > 0) z = z + torch::logsumexp(r.logits, -1).pow(2).mean();
+    }
+    b.balance = balance.item<double>() * cfg.train.seq_aux_loss_alpha;
+    b.z = z.item<double>() * cfg.train.router_z_loss_weight;
+    total = total + balance * cfg.train.seq_aux_loss_alpha + z * cfg.train.router_z_loss_weight;
+  }
+  b.total = total;
+  return b;
+}
+
+}  // namespace latentmoe::train

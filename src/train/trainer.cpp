@@ -1,0 +1,381 @@
+// The training loop: micro-batches with gradient accumulation, losses, the non-finite guard and
+// spike skip, global-norm clipping, AdamW, then once per step the expert-bias update.
+#include "latentmoe/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <nlohmann/json.hpp>
+
+#include "latentmoe/config/loader.h"
+#include "latentmoe/data/prepare.h"
+#include "latentmoe/io/model_io.h"
+#include "latentmoe/model/param_count.h"
+#include "latentmoe/train/losses.h"
+#include "latentmoe/util/error.h"
+#include "latentmoe/util/log.h"
+
+namespace latentmoe::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+std::atomic<int> g_signal{0};
+extern "C" void on_signal(int sig) { g_signal = sig; }
+
+// bf16 autocast for the duration of a scope (fp32 master weights stay untouched).
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, c10::DeviceType device) : enabled_(enabled), device_(device) {
+    if (!enabled_) return;
+    previous_ = at::autocast::is_autocast_enabled(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(device_, previous_);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool enabled_, previous_ = false;
+  c10::DeviceType device_;
+};
+
+torch::Tensor to_tensor(const data::Batch& b) {
+  return torch::from_blob(const_cast<int32_t*>(b.tokens.data()), {b.size, b.width}, torch::kInt).to(torch::kLong);
+}
+
+std::string human_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::stoll(v) : fallback;
+}
+}  // namespace
+
+std::string resolve_tokenizer_path(const config::Config& cfg) {
+  return cfg.data.tokenizer.empty() ? std::string(LATENTMOE_SOURCE_DIR) + "/data/tokenizer/python-docs-bpe-8k.json"
+                                    : cfg.data.tokenizer;
+}
+
+std::vector<std::string> resolve_data_paths(const config::Config& cfg) {
+  if (!cfg.data.paths.empty()) return cfg.data.paths;
+  const char* dir = std::getenv("LATENTMOE_DATA_DIR");
+  const std::string prefix = std::string(dir && *dir ? dir : LATENTMOE_DEFAULT_DATA_DIR) + "/python-docs";
+  if (!fs::exists(prefix + ".idx")) {
+    LMOE_INFO("preparing the default corpus (Debian python3.11-doc sources) into {}", prefix);
+    data::PrepareOptions options;
+    options.tokenizer = resolve_tokenizer_path(cfg);
+    options.inputs = {"/usr/share/doc/python3.11/html/_sources"};
+    options.output_prefix = prefix;
+    options.workers = std::max(1u, std::thread::hardware_concurrency());
+    data::prepare_data(options);
+  }
+  return {prefix};
+}
+
+Trainer::Trainer(config::Config cfg) : cfg_(std::move(cfg)) {
+  const auto& t = cfg_.train;
+  accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / t.micro_batch_size;
+  tokens_per_step_ = t.global_batch_size * t.seq_len;
+  if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
+  bf16_ = cfg_.precision.compute_dtype == "bf16";
+  data_paths_ = resolve_data_paths(cfg_);
+  data::LoaderOptions options{.seq_len = t.seq_len, .seed = static_cast<uint64_t>(cfg_.seed),
+                              .valid_fraction = cfg_.data.valid_fraction, .split = data::Split::train,
+                              .weights = cfg_.data.weights, .vocab_size = cfg_.model.vocab_size};
+  train_data_ = std::make_unique<data::DataLoader>(data_paths_, options);
+  if (cfg_.data.valid_fraction > 0 && t.eval_batches > 0) {
+    options.split = data::Split::valid;
+    valid_data_ = std::make_unique<data::DataLoader>(data_paths_, options);
+  }
+  torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
+  model_ = model::DeepSeekV3(cfg_.model);
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
+  optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
+  schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
+  std::vector<torch::Tensor> biases;
+  for (const auto& b : model_->named_buffers()) {
+    if (b.key().find("e_score_correction_bias") != std::string::npos) {
+      biases.push_back(b.value());
+      moe_layer_names_.push_back(b.key().substr(0, b.key().find(".mlp.gate")));
+    }
+  }
+  balancer_ = std::make_unique<ExpertBalancer>(biases, t.bias_update_speed, t.bias_update_freeze_tokens);
+  idle_steps_.assign(biases.size() * static_cast<size_t>(cfg_.model.n_routed_experts), 0);
+  checkpointer_ = std::make_unique<Checkpointer>(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
+  metrics_ = std::make_unique<MetricsLogger>(cfg_.logging.dir, cfg_.logging.jsonl, cfg_.logging.tensorboard);
+  const auto flops = model::forward_flops_per_token(cfg_.model, t.seq_len);
+  train_flops_per_token_ = 3.0 * (flops.forward + flops.mtp_forward);
+}
+
+std::string Trainer::trainer_state_json() const {
+  return json{{"step", step_},
+              {"tokens_seen", tokens_seen_},
+              {"consumed_samples", consumed_samples_},
+              {"spikes_skipped", spikes_skipped_},
+              {"loss_window", loss_window_},
+              {"idle_steps", idle_steps_},
+              {"data_paths", data_paths_},
+              {"name", cfg_.name}}
+      .dump(2);
+}
+
+std::string Trainer::save_checkpoint() {
+  CheckpointData data{io::model_state(*model_), optimizer_->state(), trainer_state_json(), config::dump_config_yaml(cfg_)};
+  last_checkpoint_ = checkpointer_->save(step_, data);
+  LMOE_INFO("checkpoint committed: {}", *last_checkpoint_);
+  return *last_checkpoint_;
+}
+
+void Trainer::resume(const std::string& spec) {
+  std::string path = spec;
+  if (spec == "auto") {
+    std::vector<std::string> skipped;
+    const auto latest = checkpointer_->latest(&skipped);
+    for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
+    if (!latest) {
+      LMOE_INFO("resume auto: no committed checkpoint in {}, starting from scratch", cfg_.checkpoint.dir);
+      return;
+    }
+    path = *latest;
+  }
+  CheckpointData data = Checkpointer::load(path);
+  const config::Config saved = [&] {
+    const std::string tmp = (fs::temp_directory_path() / fmt::format("latentmoe-resume-{}.yaml", ::getpid())).string();
+    std::ofstream(tmp) << data.config_yaml;
+    config::Config c = config::load_config_file(tmp);
+    fs::remove(tmp);
+    return c;
+  }();
+  config::Config saved_model_only, current_model_only;
+  saved_model_only.model = saved.model;
+  current_model_only.model = cfg_.model;
+  if (!(saved_model_only == current_model_only)) {
+    throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
+                                  "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
+  }
+  io::load_model_state(*model_, data.model, path);
+  optimizer_->load_state(data.optimizer);
+  const json state = json::parse(data.trainer_state_json);
+  step_ = state.at("step").get<int64_t>();
+  tokens_seen_ = state.at("tokens_seen").get<int64_t>();
+  consumed_samples_ = state.at("consumed_samples").get<int64_t>();
+  spikes_skipped_ = state.at("spikes_skipped").get<int64_t>();
+  loss_window_ = state.at("loss_window").get<std::vector<double>>();
+  idle_steps_ = state.at("idle_steps").get<std::vector<int64_t>>();
+  last_checkpoint_ = path;
+  LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
+}
+
+StepRecord Trainer::train_step() {
+  const auto& t = cfg_.train;
+  StepRecord r;
+  r.step = step_ + 1;
+  r.lr = schedule_->lr(step_, tokens_seen_);
+  optimizer_->zero_grad();
+  model_->train();
+  const double mtp_weight = t.mtp_loss_weight;
+  for (int64_t micro = 0; micro < accum_steps_; ++micro) {
+    const data::Batch batch = train_data_->rank_batch(consumed_samples_ + micro * t.micro_batch_size, t.micro_batch_size, 0, 1);
+    const torch::Tensor tokens = to_tensor(batch);
+    LossBreakdown losses;
+    {
+      AutocastScope autocast(bf16_, c10::DeviceType::CPU);
+      const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), cfg_.model.num_nextn_predict_layers > 0);
+      losses = compute_losses(out, tokens, cfg_, mtp_weight);
+      for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
+    }
+    (losses.total / static_cast<double>(accum_steps_)).backward();
+    const double scale = 1.0 / static_cast<double>(accum_steps_);
+    r.loss += losses.total.item<double>() * scale;
+    r.lm += losses.lm * scale;
+    r.mtp += losses.mtp * scale;
+    r.balance += losses.balance * scale;
+    r.z += losses.z * scale;
+  }
+  if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
+  double norm_sq = 0;
+  for (const auto& p : model_->parameters()) {
+    if (p.grad().defined()) norm_sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  r.grad_norm = std::sqrt(norm_sq);
+  return r;
+}
+
+void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
+  const double tokens_per_s = static_cast<double>(tokens_per_step_) / seconds;
+  const double tflops = tokens_per_s * train_flops_per_token_ / 1e12;
+  std::map<std::string, double> scalars{{"loss/total", r.loss}, {"loss/lm", r.lm}, {"loss/mtp", r.mtp},
+                                        {"loss/balance", r.balance}, {"loss/z", r.z}, {"grad_norm", r.grad_norm},
+                                        {"lr", r.lr}, {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds},
+                                        {"tflops", tflops}, {"tokens_seen", static_cast<double>(tokens_seen_)}};
+  if (cfg_.logging.peak_tflops > 0) scalars["mfu"] = tflops / cfg_.logging.peak_tflops;
+  for (size_t l = 0; l < loads.size(); ++l) {
+    scalars[fmt::format("moe/layer{}/max_violation", l)] = loads[l].max_violation;
+    scalars[fmt::format("moe/layer{}/bias_range", l)] = loads[l].bias_max - loads[l].bias_min;
+  }
+  metrics_->log(r.step, scalars);
+  const int64_t total = cfg_.train.steps;
+  const double eta = seconds * static_cast<double>(total - r.step);
+  const std::string line = fmt::format("step {}/{} loss {:.4f} (lm {:.4f} mtp {:.4f}) gnorm {:.3f} lr {:.2e} {:.0f} tok/s {:.3f} TFLOP/s ETA {}",
+                                       r.step, total, r.loss, r.lm, r.mtp, r.grad_norm, r.lr, tokens_per_s, tflops,
+                                       human_duration(eta));
+  if (::isatty(STDERR_FILENO)) {
+    const int width = 20, done = static_cast<int>(width * r.step / std::max<int64_t>(total, 1));
+    std::fprintf(stderr, "\r[%s%s] %s   ", std::string(static_cast<size_t>(done), '#').c_str(),
+                 std::string(static_cast<size_t>(width - done), '.').c_str(), line.c_str());
+    if (r.step == total) std::fprintf(stderr, "\n");
+  } else if (r.step % cfg_.logging.interval == 0 || r.step == total || r.step == 1) {
+    LMOE_INFO("{}", line);
+  }
+}
+
+int Trainer::run() {
+  const auto& t = cfg_.train;
+  g_signal = 0;
+  auto previous_term = std::signal(SIGTERM, on_signal);
+  auto previous_int = std::signal(SIGINT, on_signal);
+  struct RestoreSignals {
+    decltype(previous_term) term, intr;
+    ~RestoreSignals() {
+      std::signal(SIGTERM, term);
+      std::signal(SIGINT, intr);
+    }
+  } restore{previous_term, previous_int};
+  LMOE_INFO("training '{}': {} steps x {} sequences x {} tokens ({} micro-batches of {}), {} threads, {}", cfg_.name,
+            t.steps, t.global_batch_size, t.seq_len, accum_steps_, t.micro_batch_size, at::get_num_threads(),
+            cfg_.precision.compute_dtype);
+  while (step_ < t.steps) {
+    const auto start = std::chrono::steady_clock::now();
+    StepRecord r = train_step();
+    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+      LMOE_ERROR("non-finite {} at step {} (loss {}, lm {}, mtp {}, balance {}, z {}, grad norm {}): stopped before the "
+                 "optimizer update; parameters are unchanged. Lower optimizer.lr or check the data; resume from {}",
+                 std::isfinite(r.loss) ? "gradient norm" : "loss", r.step, r.loss, r.lm, r.mtp, r.balance, r.z,
+                 r.grad_norm, last_checkpoint_.value_or("scratch"));
+      optimizer_->zero_grad();
+      metrics_->flush();
+      return kExitNonFinite;
+    }
+    if (t.spike_zscore > 0 && static_cast<int64_t>(loss_window_.size()) >= t.spike_window) {
+      double mean = 0, var = 0;
+      for (double l : loss_window_) mean += l;
+      mean /= static_cast<double>(loss_window_.size());
+      for (double l : loss_window_) var += (l - mean) * (l - mean);
+      const double std_dev = std::sqrt(var / static_cast<double>(loss_window_.size() - 1));
+      if (std_dev > 0 && (r.loss - mean) / std_dev > t.spike_zscore) {
+        LMOE_WARN("loss spike at step {}: {:.4f} is {:.1f} std above the mean {:.4f} of the last {} steps; update skipped",
+                  r.step, r.loss, (r.loss - mean) / std_dev, mean, loss_window_.size());
+        r.skipped = true;
+        ++spikes_skipped_;
+      }
+    }
+    std::vector<LayerLoadStats> loads;
+    if (!r.skipped) {
+      if (t.grad_clip_norm > 0 && r.grad_norm > t.grad_clip_norm) {
+        const double scale = t.grad_clip_norm / (r.grad_norm + 1e-6);
+        for (auto& p : model_->parameters()) {
+          if (p.grad().defined()) p.mutable_grad().mul_(scale);
+        }
+      }
+      optimizer_->step(r.lr);
+      loads = balancer_->step(tokens_seen_);
+      loss_window_.push_back(r.loss);
+      if (static_cast<int64_t>(loss_window_.size()) > t.spike_window) loss_window_.erase(loss_window_.begin());
+    } else {
+      balancer_->counts().zero_();
+    }
+    ++step_;
+    tokens_seen_ += tokens_per_step_;
+    consumed_samples_ += t.global_batch_size;
+    history_.push_back(r);
+    log_step(r, loads, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const size_t experts = static_cast<size_t>(cfg_.model.n_routed_experts);
+    for (size_t l = 0; l < loads.size(); ++l) {
+      for (size_t e = 0; e < experts; ++e) {
+        int64_t& idle = idle_steps_[l * experts + e];
+        idle = loads[l].load[e] == 0 ? idle + 1 : 0;
+        if (t.collapse_warn_steps > 0 && idle == t.collapse_warn_steps) {
+          LMOE_WARN("router collapse in {}: expert {} has received no tokens for {} steps (train.collapse_warn_steps)",
+                    moe_layer_names_[l], e, idle);
+        }
+      }
+    }
+    const bool last = step_ == t.steps;
+    if (valid_data_ && ((t.eval_interval > 0 && step_ % t.eval_interval == 0) || last)) {
+      const double loss = evaluate();
+      metrics_->log(step_, {{"valid/loss", loss}, {"valid/perplexity", std::exp(loss)}});
+      LMOE_INFO("step {}: validation loss {:.4f} (perplexity {:.2f})", step_, loss, std::exp(loss));
+    }
+    metrics_->flush();
+    if ((cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0) || last) save_checkpoint();
+    if (env_int("LATENTMOE_TEST_STOP_AFTER_STEP", -1) == step_) g_signal = SIGTERM;  // test hook: as if signalled
+    if (g_signal != 0) {
+      LMOE_WARN("received signal {} at step {}: saving and exiting with code {}", g_signal.load(), step_,
+                static_cast<int>(kExitInterrupted));
+      if (!last && !(cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0)) save_checkpoint();
+      return kExitInterrupted;
+    }
+  }
+  return kExitOk;
+}
+
+double Trainer::evaluate() {
+  if (!valid_data_) throw ConfigError("evaluation needs data.valid_fraction > 0 and train.eval_batches > 0");
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const auto& t = cfg_.train;
+  double total = 0;
+  for (int64_t b = 0; b < t.eval_batches; ++b) {
+    const data::Batch batch = valid_data_->rank_batch(b * t.micro_batch_size, t.micro_batch_size, 0, 1);
+    const torch::Tensor tokens = to_tensor(batch);
+    AutocastScope autocast(bf16_, c10::DeviceType::CPU);
+    const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), /*with_mtp=*/false);
+    total += cross_entropy(out.logits.reshape({-1, cfg_.model.vocab_size}), tokens.narrow(1, 1, t.seq_len).reshape(-1))
+                 .item<double>();
+  }
+  model_->train();
+  return total / static_cast<double>(t.eval_batches);
+}
+
+double Trainer::unigram_entropy() const {
+  std::vector<double> counts(static_cast<size_t>(cfg_.model.vocab_size), 0.0);
+  double total = 0;
+  std::vector<int32_t> ids;
+  for (const auto& prefix : data_paths_) {
+    const data::IndexedDataset d(prefix);
+    const auto& docs = d.document_indices();
+    for (int64_t doc = 0; doc + 1 < static_cast<int64_t>(docs.size()); ++doc) {
+      if (data::is_validation_document(doc, cfg_.data.valid_fraction)) continue;
+      for (int64_t s = docs[doc]; s < docs[doc + 1]; ++s) {
+        ids.clear();
+        d.read(s, 0, d.sequence_length(s), ids);
+        for (int32_t id : ids) counts[static_cast<size_t>(id)] += 1;
+        total += static_cast<double>(ids.size());
+      }
+    }
+  }
+  double h = 0;
+  for (double c : counts) {
+    if (c > 0) h -= (c / total) * std::log(c / total);
+  }
+  return h;
+}
+
+}  // namespace latentmoe::train

@@ -1,0 +1,94 @@
+"""Training end to end through the CLI: TensorBoard files read back by the `tensorboard`
+package, bit-exact resume in a fresh process, a crash between writing and the commit marker,
+and a corrupted checkpoint."""
+import json
+import pathlib
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+SMALL = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.moe_intermediate_size=16",
+         "--set", "model.num_hidden_layers=2", "--set", "model.num_attention_heads=2", "--set", "model.q_lora_rank=16",
+         "--set", "model.kv_lora_rank=16", "--set", "model.qk_nope_head_dim=8", "--set", "model.qk_rope_head_dim=4",
+         "--set", "model.v_head_dim=8", "--set", "train.seq_len=32", "--set", "train.global_batch_size=4",
+         "--set", "train.micro_batch_size=2", "--set", "train.eval_interval=0", "--set", "train.eval_batches=1",
+         "--set", "schedule.warmup=2", "--set", "logging.interval=1"]
+
+
+def train(run_cli, tmp_path: pathlib.Path, steps: int, *extra: str, env=None):
+    args = ["train", *SMALL, "--set", f"train.steps={steps}", "--set", f"checkpoint.dir={tmp_path / 'ckpt'}",
+            "--set", f"logging.dir={tmp_path / 'run'}", *extra]
+    if env is None:
+        return run_cli(*args)
+    import os
+    from conftest import REPO as _  # noqa: F401
+    binary = pathlib.Path(os.environ.get("LATENTMOE_BUILD_DIR", REPO / "build")) / "latentmoe"
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+
+def metrics(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_files_read_back(run_cli, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    result = train(run_cli, tmp_path, 4)
+    assert result.returncode == 0, result.stderr
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    rows = [r for r in metrics(tmp_path) if "loss/total" in r]
+    assert len(rows) == 4
+    for tag in ["loss/total", "loss/lm", "loss/mtp", "grad_norm", "lr", "tokens_per_s", "moe/layer0/max_violation"]:
+        assert tag in acc.Tags()["scalars"], tag
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [r["step"] for r in rows]
+        for e, r in zip(events, rows):
+            assert e.value == pytest.approx(r[tag], rel=1e-6, abs=1e-30)  # float32 in the event file
+
+
+def test_resume_in_a_fresh_process_is_bit_exact(run_cli, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(run_cli, straight, 20).returncode == 0
+    first = train(run_cli, split, 20, "--set", "checkpoint.interval=10", env={"LATENTMOE_TEST_STOP_AFTER_STEP": "10"})
+    assert first.returncode == 3, first.stderr  # stopped like a SIGTERM: checkpoint committed, exit 3
+    resumed = train(run_cli, split, 20, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "step-00000010" in resumed.stderr
+    a = [r["loss/total"] for r in metrics(straight) if "loss/total" in r]
+    b = [r["loss/total"] for r in metrics(split) if "loss/total" in r]
+    assert len(a) == 20 and len(b) == 20
+    assert a[10:] == b[10:]  # exact float equality: JSONL holds round-trip doubles
+    final_a = (straight / "ckpt" / "step-00000020" / "model.safetensors").read_bytes()
+    final_b = (split / "ckpt" / "step-00000020" / "model.safetensors").read_bytes()
+    assert final_a == final_b
+
+
+def test_crash_before_commit_marker_is_skipped(run_cli, tmp_path):
+    crashed = train(run_cli, tmp_path, 3, "--set", "checkpoint.interval=3", env={"LATENTMOE_TEST_CRASH_BEFORE_COMMIT": "1"})
+    assert crashed.returncode == 86
+    partial = tmp_path / "ckpt" / "step-00000003"
+    assert partial.exists() and not (partial / "COMMITTED").exists()
+    again = train(run_cli, tmp_path, 3, "--resume", "auto")
+    assert again.returncode == 0, again.stderr
+    assert "skipped" in again.stderr and "step-00000003: no COMMITTED marker" in again.stderr
+    assert "starting from scratch" in again.stderr
+    assert (partial / "COMMITTED").exists()
+
+
+def test_flipped_byte_fails_integrity_naming_the_file(run_cli, tmp_path):
+    assert train(run_cli, tmp_path, 2).returncode == 0
+    target = tmp_path / "ckpt" / "step-00000002" / "optimizer.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01
+    target.write_bytes(bytes(data))
+    result = train(run_cli, tmp_path, 4, "--resume", str(tmp_path / "ckpt" / "step-00000002"))
+    assert result.returncode == 1
+    assert "step-00000002/optimizer.safetensors: SHA-256 mismatch" in result.stderr
+
+
+def test_nan_injection_exits_nonzero_before_the_update(run_cli, tmp_path):
+    result = train(run_cli, tmp_path, 5, env={"LATENTMOE_TEST_NAN_AT_STEP": "3"})
+    assert result.returncode == 4
+    assert "non-finite loss at step 3" in result.stderr and "stopped before the optimizer update" in result.stderr

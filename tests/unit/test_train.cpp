@@ -1,0 +1,261 @@
+// Trainer components: schedules vs closed forms, AdamW vs torch's, the balancing rule, MTP loss
+// weighting, checkpoint integrity, and the trainer's non-finite guard, determinism and resume.
+#include <gtest/gtest.h>
+#include <torch/optim/adamw.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "latentmoe/data/indexed_dataset.h"
+#include "latentmoe/io/model_io.h"
+#include "latentmoe/train/balancer.h"
+#include "latentmoe/train/checkpoint.h"
+#include "latentmoe/train/losses.h"
+#include "latentmoe/train/optimizer.h"
+#include "latentmoe/train/schedule.h"
+#include "latentmoe/train/trainer.h"
+#include "model_fixtures.h"
+#include "test_util.h"
+
+namespace cfg = latentmoe::config;
+namespace train = latentmoe::train;
+using latentmoe::testing::expect_error_contains;
+using latentmoe::testing::TempDir;
+
+TEST(Schedule, WarmupCosineMatchesClosedForm) {
+  cfg::ScheduleConfig s;
+  s.type = "cosine";
+  s.warmup = 10;
+  s.min_lr = 1e-4;
+  const train::LrSchedule lr(s, 1e-3, 110, 1000);
+  EXPECT_DOUBLE_EQ(lr.lr(0, 0), 1e-3 * 1 / 10);
+  EXPECT_DOUBLE_EQ(lr.lr(9, 0), 1e-3);
+  EXPECT_DOUBLE_EQ(lr.lr(10, 0), 1e-3);
+  EXPECT_DOUBLE_EQ(lr.lr(60, 0), 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + std::cos(M_PI * 0.5)));
+  EXPECT_DOUBLE_EQ(lr.lr(110, 0), 1e-4);
+  s.type = "constant";
+  EXPECT_DOUBLE_EQ(train::LrSchedule(s, 1e-3, 110, 1000).lr(80, 0), 1e-3);
+}
+
+TEST(Schedule, DeepSeekMultiphaseInTokens) {
+  cfg::ScheduleConfig s;
+  s.type = "multiphase";
+  s.unit = "tokens";
+  s.warmup = 2;
+  s.decay_start = 1000;
+  s.decay_length = 400;
+  s.min_lr = 2.2e-5;
+  s.stepdown_at = {1500};
+  s.stepdown_lr = {7.3e-6};
+  const train::LrSchedule lr(s, 2.2e-4, 100, 50);
+  EXPECT_DOUBLE_EQ(lr.lr(0, 0), 1.1e-4);
+  EXPECT_DOUBLE_EQ(lr.lr(5, 900), 2.2e-4) << "constant phase";
+  EXPECT_DOUBLE_EQ(lr.lr(25, 1100), 2.2e-5 + 0.5 * (2.2e-4 - 2.2e-5) * (1 + std::cos(M_PI * 0.25)));
+  EXPECT_DOUBLE_EQ(lr.lr(29, 1450), 2.2e-5) << "after the decay, before the step-down";
+  EXPECT_DOUBLE_EQ(lr.lr(31, 1550), 7.3e-6);
+}
+
+TEST(AdamW, MatchesTorchAdamWWithParameterGroups) {
+  torch::manual_seed(0);
+  const torch::Tensor w0 = torch::randn({4, 3}), b0 = torch::randn({4});
+  torch::Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+  torch::Tensor tw = w0.clone().requires_grad_(), tb = b0.clone().requires_grad_();
+  cfg::OptimizerConfig o;
+  o.weight_decay = 0.1;
+  train::AdamW ours({{"w", w}, {"b", b}}, o);
+  EXPECT_TRUE(ours.decays("w"));
+  EXPECT_FALSE(ours.decays("b")) << "1-D tensors are not decayed by default";
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{tw}, std::make_unique<torch::optim::AdamWOptions>(
+                                                          torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1)));
+  groups.emplace_back(std::vector<torch::Tensor>{tb}, std::make_unique<torch::optim::AdamWOptions>(
+                                                          torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.0)));
+  torch::optim::AdamW reference(groups);
+  const torch::Tensor x = torch::randn({5, 3});
+  for (int step = 0; step < 5; ++step) {
+    ours.zero_grad();
+    reference.zero_grad();
+    (torch::matmul(x, w.t()) + b).pow(2).sum().backward();
+    (torch::matmul(x, tw.t()) + tb).pow(2).sum().backward();
+    ours.step(1e-2);
+    reference.step();
+  }
+  EXPECT_TRUE(torch::allclose(w, tw, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(b, tb, 1e-6, 1e-7));
+}
+
+TEST(Balancer, BiasUpdateFollowsTheRuleOncePerStep) {
+  torch::Tensor bias = torch::zeros({4});
+  train::ExpertBalancer balancer({bias}, 0.001, /*freeze_after_tokens=*/1000);
+  // Two micro-batches of one optimizer step: loads add up to [10, 0, 5, 5], mean 5.
+  balancer.add_counts(0, torch::tensor({6, 0, 2, 2}, torch::kLong));
+  balancer.add_counts(0, torch::tensor({4, 0, 3, 3}, torch::kLong));
+  const auto stats = balancer.step(/*tokens_seen=*/0);
+  EXPECT_TRUE(torch::equal(bias, torch::tensor({-0.001f, 0.001f, 0.0f, 0.0f}))) << bias;
+  EXPECT_DOUBLE_EQ(stats[0].max_violation, 1.0);
+  EXPECT_EQ(stats[0].load, (std::vector<int64_t>{10, 0, 5, 5}));
+  EXPECT_TRUE(torch::equal(balancer.counts(), torch::zeros({1, 4}, torch::kLong))) << "counts reset per step";
+  // Frozen once the token budget is reached.
+  balancer.add_counts(0, torch::tensor({10, 0, 5, 5}, torch::kLong));
+  balancer.step(/*tokens_seen=*/1000);
+  EXPECT_TRUE(torch::equal(bias, torch::tensor({-0.001f, 0.001f, 0.0f, 0.0f})));
+  // gamma = 0 never moves.
+  torch::Tensor still = torch::zeros({4});
+  train::ExpertBalancer off({still}, 0.0, 0);
+  off.add_counts(0, torch::tensor({10, 0, 5, 5}, torch::kLong));
+  off.step(0);
+  EXPECT_TRUE(torch::equal(still, torch::zeros({4})));
+}
+
+TEST(Losses, MtpWeightZeroIsExactlyTheNoMtpLoss) {
+  cfg::Config c;
+  c.model = latentmoe::testing::tiny_model_config();
+  c.train.seq_aux_loss_alpha = 0;
+  torch::manual_seed(5);
+  latentmoe::model::DeepSeekV3 with_mtp(c.model);
+  cfg::Config no_mtp_cfg = c;
+  no_mtp_cfg.model.num_nextn_predict_layers = 0;
+  latentmoe::model::DeepSeekV3 without(no_mtp_cfg.model);
+  {
+    auto source = latentmoe::io::model_state(*with_mtp);
+    std::map<std::string, torch::Tensor> main_only;
+    for (const auto& [k, v] : source) {
+      if (k.rfind("mtp.", 0) != 0) main_only[k] = v;
+    }
+    latentmoe::io::load_model_state(*without, main_only, "test");
+  }
+  const torch::Tensor tokens = torch::randint(c.model.vocab_size, {2, 10});
+  const auto a = train::compute_losses(with_mtp(tokens.narrow(1, 0, 9)), tokens, c, 0.0);
+  const auto b = train::compute_losses(without(tokens.narrow(1, 0, 9), false), tokens, no_mtp_cfg, 0.3);
+  EXPECT_EQ(a.total.item<double>(), b.total.item<double>()) << "bit-identical";
+  EXPECT_GT(a.mtp, 0.0) << "the MTP loss is still computed and logged";
+  // With lambda > 0 the shared head's gradient gains the MTP term: grad = grad_lm + lambda/D * grad_mtp.
+  with_mtp->zero_grad();
+  train::compute_losses(with_mtp(tokens.narrow(1, 0, 9)), tokens, c, 0.0).total.backward();
+  const torch::Tensor g0 = with_mtp->lm_head->weight.grad().clone();
+  with_mtp->zero_grad();
+  train::compute_losses(with_mtp(tokens.narrow(1, 0, 9)), tokens, c, 0.3).total.backward();
+  const torch::Tensor g1 = with_mtp->lm_head->weight.grad().clone();
+  with_mtp->zero_grad();
+  const auto out = with_mtp(tokens.narrow(1, 0, 9));
+  train::cross_entropy(out.mtp_logits[0].reshape({-1, c.model.vocab_size}), tokens.narrow(1, 2, 8).reshape(-1)).backward();
+  const torch::Tensor g_mtp = with_mtp->lm_head->weight.grad().clone();
+  EXPECT_TRUE(torch::allclose(g1, g0 + 0.3 * g_mtp, 1e-5, 1e-7));
+  EXPECT_GT((g1 - g0).abs().max().item<double>(), 0.0);
+}
+
+TEST(Checkpointer, CommitMarkerManifestAndPruning) {
+  TempDir dir;
+  train::Checkpointer ckpt(dir.path().string(), /*keep_last=*/2);
+  train::CheckpointData data{{{"w", torch::ones({2})}}, {{"step", torch::tensor({1}, torch::kLong)}}, "{}", "name: x\n"};
+  for (int64_t step : {10, 20, 30}) ckpt.save(step, data);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "step-00000010")) << "keep_last=2 prunes the oldest";
+  EXPECT_EQ(ckpt.latest(), (dir.path() / "step-00000030").string());
+  // An interrupted save (no marker) is skipped with its reason.
+  std::filesystem::remove(dir.path() / "step-00000030" / "COMMITTED");
+  std::vector<std::string> skipped;
+  EXPECT_EQ(ckpt.latest(&skipped), (dir.path() / "step-00000020").string());
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_NE(skipped[0].find("step-00000030: no COMMITTED marker (the save was interrupted)"), std::string::npos);
+  // A flipped byte fails the integrity check naming the file.
+  const auto model_file = dir.path() / "step-00000020" / "model.safetensors";
+  {
+    std::fstream f(model_file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.put('\x7f');
+  }
+  expect_error_contains<train::CheckpointError>([&] { train::Checkpointer::load((dir.path() / "step-00000020").string()); },
+                                                {"step-00000020/model.safetensors: SHA-256 mismatch"});
+  skipped.clear();
+  EXPECT_FALSE(ckpt.latest(&skipped).has_value());
+  EXPECT_EQ(skipped.size(), 2u);
+}
+
+namespace {
+// A tiny model on a synthetic dataset: fast enough for unit tests.
+cfg::Config tiny_training_config(const TempDir& dir) {
+  cfg::Config c;
+  c.model = latentmoe::testing::tiny_model_config();
+  c.train.seq_len = 16;
+  c.train.global_batch_size = 4;
+  c.train.micro_batch_size = 2;
+  c.train.steps = 8;
+  c.train.eval_batches = 1;
+  c.train.eval_interval = 0;
+  c.schedule.warmup = 2;
+  c.checkpoint.dir = (dir.path() / "ckpt").string();
+  c.checkpoint.interval = 0;
+  c.logging.dir = (dir.path() / "run").string();
+  c.logging.interval = 1000;
+  c.data.valid_fraction = 0.1;
+  const std::string prefix = (dir.path() / "synthetic").string();
+  latentmoe::data::IndexedDatasetWriter w(prefix, latentmoe::data::TokenDtype::u16);
+  std::mt19937 rng(3);
+  for (int d = 0; d < 60; ++d) {
+    std::vector<int32_t> doc;
+    for (int i = 0; i < 30 + d % 17; ++i) doc.push_back(static_cast<int32_t>((d * 7 + i * (i % 5)) % 60));
+    w.add_document(doc);
+  }
+  w.finalize();
+  c.data.paths = {prefix};
+  return c;
+}
+}  // namespace
+
+TEST(Trainer, NonFiniteLossStopsBeforeTheUpdate) {
+  TempDir dir;
+  train::Trainer trainer(tiny_training_config(dir));
+  const auto before = latentmoe::io::model_state(*trainer.model());
+  std::map<std::string, torch::Tensor> snapshot;
+  for (const auto& [k, v] : before) snapshot[k] = v.clone();
+  ::setenv("LATENTMOE_TEST_NAN_AT_STEP", "1", 1);
+  const int code = trainer.run();
+  ::unsetenv("LATENTMOE_TEST_NAN_AT_STEP");
+  EXPECT_EQ(code, train::kExitNonFinite);
+  EXPECT_EQ(trainer.step(), 0);
+  for (const auto& [k, v] : latentmoe::io::model_state(*trainer.model())) EXPECT_TRUE(torch::equal(v, snapshot[k])) << k;
+}
+
+TEST(Trainer, DeterministicAndLearns) {
+  TempDir a_dir, b_dir;
+  cfg::Config a_cfg = tiny_training_config(a_dir), b_cfg = tiny_training_config(b_dir);
+  for (cfg::Config* c : {&a_cfg, &b_cfg}) {
+    c->train.steps = 30;
+    c->optimizer.lr = 1e-2;
+    c->schedule.min_lr = 1e-3;
+  }
+  train::Trainer a(a_cfg), b(b_cfg);
+  ASSERT_EQ(a.run(), 0);
+  ASSERT_EQ(b.run(), 0);
+  ASSERT_EQ(a.history().size(), 30u);
+  for (size_t i = 0; i < a.history().size(); ++i) EXPECT_EQ(a.history()[i].loss, b.history()[i].loss) << "step " << i + 1;
+  EXPECT_LT(a.history().back().lm, a.history().front().lm);
+  EXPECT_TRUE(std::filesystem::exists(a_dir.path() / "run" / "metrics.jsonl"));
+}
+
+TEST(Trainer, ResumeIsBitExact) {
+  TempDir straight_dir, split_dir;
+  cfg::Config straight_cfg = tiny_training_config(straight_dir);
+  train::Trainer straight(straight_cfg);
+  ASSERT_EQ(straight.run(), 0);
+
+  cfg::Config first_cfg = tiny_training_config(split_dir);
+  first_cfg.checkpoint.interval = 4;
+  {
+    train::Trainer first(first_cfg);  // its checkpoint at step 4 is the resume point
+    ASSERT_EQ(first.run(), 0);
+  }
+  const std::string at4 = (split_dir.path() / "ckpt" / "step-00000004").string();
+  ASSERT_TRUE(std::filesystem::exists(at4));
+  train::Trainer resumed(first_cfg);
+  resumed.resume(at4);
+  EXPECT_EQ(resumed.step(), 4);
+  ASSERT_EQ(resumed.run(), 0);
+  ASSERT_EQ(resumed.history().size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(resumed.history()[i].loss, straight.history()[4 + i].loss) << "step " << 5 + i;
+  const auto p1 = latentmoe::io::model_state(*straight.model()), p2 = latentmoe::io::model_state(*resumed.model());
+  for (const auto& [k, v] : p1) EXPECT_TRUE(torch::equal(v, p2.at(k))) << k;
+}
