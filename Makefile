@@ -25,10 +25,15 @@ build: configure
 test: build
 	@bash tools/run_tests.sh $(BUILD)
 
-# Until the trainer lands, the main job validates the config and prints its summary.
+# The main job: train the preset (default: debug on the bundled corpus), resuming a previous run
+# of it if one exists, then sample from the newest checkpoint.
+PROMPT ?= The Python
 train: build
-	@./$(BUILD)/latentmoe version
-	@./$(BUILD)/latentmoe config --config $(CONFIG)
+	@./$(BUILD)/latentmoe config --config $(CONFIG) --summary
+	@./$(BUILD)/latentmoe train --config $(CONFIG) --resume auto
+	@ckpt=$$(ls -d runs/$(CONFIG)/checkpoints/step-* 2>/dev/null | tail -n 1); \
+	  if [ -n "$$ckpt" ]; then echo "--- sample from $$ckpt:"; \
+	    ./$(BUILD)/latentmoe generate --checkpoint $$ckpt --prompt "$(PROMPT)" --max-tokens 48 --temperature 0.8 --top-p 0.95 --seed 1; fi
 
 # The default corpus as a Megatron dataset (prepared once; ~1 s).
 DEFAULT_CORPUS := /usr/share/doc/python3.11/html/_sources

@@ -1,6 +1,7 @@
 // `latentmoe train` and `latentmoe eval`.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <iostream>
 
 #include "commands.h"
@@ -21,11 +22,13 @@ void add_train_command(CLI::App& app, int& exit_code) {
     train::Trainer trainer(cfg);
     if (!resume->empty()) trainer.resume(*resume);
     exit_code = trainer.run();
-    if (exit_code == kExitOk && !trainer.history().empty()) {
+    if (exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0) {
+      const double loss = trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate();
       const double entropy = trainer.unigram_entropy();
-      LMOE_INFO("final training loss {:.4f} nats; unigram entropy of the training tokens {:.4f} nats",
-                trainer.history().back().lm, entropy);
+      LMOE_INFO("validation loss {:.4f} nats (perplexity {:.1f}) vs unigram entropy {:.4f} nats of the training tokens: "
+                "{:.2f} nats below", loss, std::exp(loss), entropy, entropy - loss);
     }
+    if (trainer.last_checkpoint()) LMOE_INFO("latest checkpoint: {}", *trainer.last_checkpoint());
   });
 }
 

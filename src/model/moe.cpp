@@ -32,11 +32,12 @@ torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterO
     outputs.push_back(experts[e]->as<MLPImpl>()->forward(permuted.narrow(0, offset, count[e])));
     offset += count[e];
   }
-  torch::Tensor result = torch::zeros_like(tokens);
-  if (outputs.empty()) return result;
+  if (outputs.empty()) return torch::zeros_like(tokens);
   const torch::Tensor weights = routing.gate_weights.reshape(-1).index_select(0, order).unsqueeze(1);
-  const torch::Tensor expert_out = torch::cat(outputs, 0);
-  return result.index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()));
+  const torch::Tensor expert_out = torch::cat(outputs, 0);  // bf16 under autocast
+  return torch::zeros_like(tokens, expert_out.scalar_type())
+      .index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()))
+      .to(tokens.scalar_type());
 }
 
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {

@@ -258,6 +258,10 @@ int Trainer::run() {
       std::signal(SIGINT, intr);
     }
   } restore{previous_term, previous_int};
+  if (step_ >= t.steps) {
+    LMOE_INFO("'{}' is already trained to step {} of train.steps={}: nothing to do", cfg_.name, step_, t.steps);
+    return kExitOk;
+  }
   LMOE_INFO("training '{}': {} steps x {} sequences x {} tokens ({} micro-batches of {}), {} threads, {}", cfg_.name,
             t.steps, t.global_batch_size, t.seq_len, accum_steps_, t.micro_batch_size, at::get_num_threads(),
             cfg_.precision.compute_dtype);
@@ -320,6 +324,7 @@ int Trainer::run() {
     const bool last = step_ == t.steps;
     if (valid_data_ && ((t.eval_interval > 0 && step_ % t.eval_interval == 0) || last)) {
       const double loss = evaluate();
+      last_valid_loss_ = loss;
       metrics_->log(step_, {{"valid/loss", loss}, {"valid/perplexity", std::exp(loss)}});
       LMOE_INFO("step {}: validation loss {:.4f} (perplexity {:.2f})", step_, loss, std::exp(loss));
     }

@@ -92,3 +92,36 @@ def test_nan_injection_exits_nonzero_before_the_update(run_cli, tmp_path):
     result = train(run_cli, tmp_path, 5, env={"LATENTMOE_TEST_NAN_AT_STEP": "3"})
     assert result.returncode == 4
     assert "non-finite loss at step 3" in result.stderr and "stopped before the optimizer update" in result.stderr
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_3(latentmoe_bin, tmp_path):
+    import signal
+    import time
+    args = [str(latentmoe_bin), "train", *SMALL, "--set", "train.steps=100000", "--set", f"checkpoint.dir={tmp_path / 'ckpt'}",
+            "--set", "checkpoint.interval=0", "--set", f"logging.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "received signal 15" in err
+    committed = sorted((tmp_path / "ckpt").glob("step-*/COMMITTED"))
+    assert len(committed) == 1
+
+
+def test_eval_command_and_bf16_training(run_cli, tmp_path):
+    result = train(run_cli, tmp_path, 6, "--set", "precision.compute_dtype=bf16", "--set", "optimizer.lr=1e-2")
+    assert result.returncode == 0, result.stderr
+    losses = [r["loss/lm"] for r in metrics(tmp_path) if "loss/lm" in r]
+    assert len(losses) == 6 and all(l == l for l in losses) and losses[-1] < losses[0]
+    from safetensors.torch import load_file
+    weights = load_file(tmp_path / "ckpt" / "step-00000006" / "model.safetensors")
+    assert all(str(t.dtype) == "torch.float32" for t in weights.values())  # fp32 master weights
+    result = run_cli("eval", *SMALL, "--set", "precision.compute_dtype=bf16", "--checkpoint",
+                     str(tmp_path / "ckpt" / "step-00000006"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["step"] == 6 and report["valid_loss"] > 0 and report["unigram_entropy"] > 0

@@ -66,7 +66,7 @@ struct TrainConfig {
   double mtp_loss_weight = 0.3;
   double seq_aux_loss_alpha = 1e-4;
   double router_z_loss_weight = 0.0;
-  double bias_update_speed = 1e-3;
+  double bias_update_speed = 1e-2;
   int64_t bias_update_freeze_tokens = 0;
   int64_t eval_interval = 100;
   int64_t eval_batches = 8;

@@ -53,6 +53,7 @@ class Trainer {
   const std::vector<StepRecord>& history() const { return history_; }
   int64_t step() const { return step_; }
   const std::optional<std::string>& last_checkpoint() const { return last_checkpoint_; }
+  const std::optional<double>& last_valid_loss() const { return last_valid_loss_; }
 
  private:
   StepRecord train_step();
@@ -75,6 +76,7 @@ class Trainer {
   std::vector<std::string> moe_layer_names_;  // e.g. "model.layers.2", "mtp.0.block" 
   std::vector<StepRecord> history_;
   std::optional<std::string> last_checkpoint_;
+  std::optional<double> last_valid_loss_;
   double train_flops_per_token_ = 0;
   bool bf16_ = false;
 };
