@@ -1,5 +1,6 @@
 // The `latentmoe` executable: subcommands and the mapping of failures to exit codes
-// (0 ok, 1 runtime failure, 2 config or usage error).
+// (0 ok, 1 runtime failure, 2 config or usage error; `train` adds 3 = stopped by a signal after
+// saving, 4 = non-finite loss; README "Exit codes").
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -11,6 +12,13 @@
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/util/error.h"
+
+namespace {
+int report(const char* kind, const char* message, int exit_code) {
+  std::fprintf(stderr, "latentmoe: %s: %s\n", kind, message);
+  return exit_code;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace latentmoe;
@@ -37,26 +45,19 @@ int main(int argc, char** argv) {
     app.exit(e);
     return kExitConfigError;
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "latentmoe: config error: %s\n", e.what());
-    return kExitConfigError;
+    return report("config error", e.what(), kExitConfigError);
   } catch (const data::TokenizerError& e) {
-    std::fprintf(stderr, "latentmoe: tokenizer error: %s\n", e.what());
-    return kExitConfigError;
+    return report("tokenizer error", e.what(), kExitConfigError);
   } catch (const data::DataError& e) {
-    std::fprintf(stderr, "latentmoe: data error: %s\n", e.what());
-    return kExitFailure;
+    return report("data error", e.what(), kExitFailure);
   } catch (const train::CheckpointError& e) {
-    std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());
-    return kExitFailure;
+    return report("checkpoint error", e.what(), kExitFailure);
   } catch (const io::SafetensorsError& e) {
-    std::fprintf(stderr, "latentmoe: checkpoint error: %s\n", e.what());
-    return kExitFailure;
+    return report("checkpoint error", e.what(), kExitFailure);
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "latentmoe: error: %s\n", e.what_without_backtrace());
-    return kExitFailure;
+    return report("error", e.what_without_backtrace(), kExitFailure);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "latentmoe: error: %s\n", e.what());
-    return kExitFailure;
+    return report("error", e.what(), kExitFailure);
   }
   return exit_code;
 }

@@ -62,6 +62,10 @@ void TrainConfig::describe(FieldVisitor& v) {
   v.field({"grad_clip_norm", &grad_clip_norm, "Global gradient-norm clip (0 = off)"});
   v.field({"device", &device, "Where to train; auto = cuda when available", {"auto", "cpu", "cuda"}});
   v.field({"mtp_loss_weight", &mtp_loss_weight, "MTP loss weight lambda (loss adds lambda/D x sum of MTP CEs)"});
+  v.field({"mtp_loss_weight_final", &mtp_loss_weight_final,
+           "MTP lambda after mtp_loss_weight_switch_tokens (DeepSeek-V3: 0.3, then 0.1)"});
+  v.field({"mtp_loss_weight_switch_tokens", &mtp_loss_weight_switch_tokens,
+           "Tokens after which lambda becomes mtp_loss_weight_final (0 = never)"});
   v.field({"seq_aux_loss_alpha", &seq_aux_loss_alpha, "Sequence-wise balance loss weight alpha (0 = off)"});
   v.field({"router_z_loss_weight", &router_z_loss_weight, "Router z-loss weight (0 = off)"});
   v.field({"bias_update_speed", &bias_update_speed,

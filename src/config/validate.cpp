@@ -107,6 +107,8 @@ void check_train(const Config& c, int64_t world_size, Rules& r) {
   r.positive(t.seq_len, "train.seq_len");
   r.non_negative(t.grad_clip_norm, "train.grad_clip_norm");
   r.non_negative(t.mtp_loss_weight, "train.mtp_loss_weight");
+  r.non_negative(t.mtp_loss_weight_final, "train.mtp_loss_weight_final");
+  r.non_negative(t.mtp_loss_weight_switch_tokens, "train.mtp_loss_weight_switch_tokens");
   r.non_negative(t.seq_aux_loss_alpha, "train.seq_aux_loss_alpha");
   r.non_negative(t.router_z_loss_weight, "train.router_z_loss_weight");
   r.non_negative(t.bias_update_speed, "train.bias_update_speed");

@@ -190,7 +190,9 @@ StepRecord Trainer::train_step() {
   r.lr = schedule_->lr(step_, tokens_seen_);
   optimizer_->zero_grad();
   model_->train();
-  const double mtp_weight = t.mtp_loss_weight;
+  const double mtp_weight = t.mtp_loss_weight_switch_tokens > 0 && tokens_seen_ >= t.mtp_loss_weight_switch_tokens
+                                ? t.mtp_loss_weight_final
+                                : t.mtp_loss_weight;
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     const data::Batch batch = train_data_->rank_batch(consumed_samples_ + micro * t.micro_batch_size, t.micro_batch_size, 0, 1);
     const torch::Tensor tokens = to_tensor(batch);

@@ -259,3 +259,18 @@ TEST(Trainer, ResumeIsBitExact) {
   const auto p1 = latentmoe::io::model_state(*straight.model()), p2 = latentmoe::io::model_state(*resumed.model());
   for (const auto& [k, v] : p1) EXPECT_TRUE(torch::equal(v, p2.at(k))) << k;
 }
+
+TEST(Trainer, MtpLambdaSwitchesAfterTheTokenBudget) {
+  TempDir dir;
+  cfg::Config c = tiny_training_config(dir);
+  c.train.steps = 4;
+  c.train.mtp_loss_weight = 0.3;
+  c.train.mtp_loss_weight_final = 0.0;
+  c.train.mtp_loss_weight_switch_tokens = 2 * c.train.global_batch_size * c.train.seq_len;  // after step 2
+  train::Trainer trainer(c);
+  ASSERT_EQ(trainer.run(), 0);
+  for (const auto& r : trainer.history()) {
+    const double lambda = r.step <= 2 ? 0.3 : 0.0;
+    EXPECT_NEAR(r.loss, r.lm + lambda * r.mtp + r.balance + r.z, 1e-5) << "step " << r.step;
+  }
+}

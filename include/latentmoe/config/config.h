@@ -64,6 +64,8 @@ struct TrainConfig {
   double grad_clip_norm = 1.0;
   std::string device = "auto";  // auto | cpu | cuda
   double mtp_loss_weight = 0.3;
+  double mtp_loss_weight_final = 0.3;
+  int64_t mtp_loss_weight_switch_tokens = 0;
   double seq_aux_loss_alpha = 1e-4;
   double router_z_loss_weight = 0.0;
   double bias_update_speed = 1e-2;
