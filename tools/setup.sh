@@ -28,8 +28,12 @@ say() { printf '[setup] %s\n' "$*"; }
 #   libgtest-dev, libbenchmark-dev  unit tests and benchmarks
 #   libpcre2-dev                 \p{L}/\p{N} in the byte-level BPE pre-tokenizer regex
 #   python3.11-doc               the bundled default training corpus (English reStructuredText)
+#   libgloo-dev                  HEADERS ONLY: torch's ProcessGroupGloo.hpp includes gloo headers the
+#                                wheel does not ship; we never link Debian's libgloo (libtorch has
+#                                its own gloo built in). tests/python/test_distributed.py checks it.
 apt_packages=(cmake ninja-build g++ ccache libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev
-              libfmt-dev libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev python3.11-doc)
+              libfmt-dev libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev python3.11-doc
+              libgloo-dev)
 if [[ "${LATENTMOE_NO_APT:-0}" != 1 ]]; then
   missing=()
   for pkg in "${apt_packages[@]}"; do

@@ -6,6 +6,8 @@
 
 #include "commands.h"
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/config/loader.h"
+#include "latentmoe/config/validate.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
@@ -17,9 +19,17 @@ void add_train_command(CLI::App& app, int& exit_code) {
   args->add_to(*cmd);
   cmd->add_option("--resume", *resume, "'auto' (newest committed checkpoint in checkpoint.dir) or a checkpoint directory");
   cmd->callback([args, resume, &exit_code] {
-    const config::Config cfg = args->load();
-    log_init({.level = cfg.logging.level, .file = cfg.logging.file});
-    train::Trainer trainer(cfg);
+    // Environment first: a bad RANK/WORLD_SIZE fails before any rendezvous or heavy work.
+    const parallel::DistributedEnv env = parallel::distributed_env_from_environment();
+    config::Config cfg = config::load_config(args->config, args->overrides);
+    config::validate_config(cfg, env.world_size);
+    log_init({.level = cfg.logging.level, .file = cfg.logging.file, .rank = env.distributed() ? env.rank : -1,
+              .world_size = env.world_size});
+    std::unique_ptr<parallel::Communicator> comm;
+    if (env.distributed()) {
+      comm = parallel::Communicator::create(env, cfg.parallel.backend, std::chrono::seconds(cfg.parallel.timeout_s));
+    }
+    train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
     exit_code = trainer.run();
     if (exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0) {

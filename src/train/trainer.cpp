@@ -88,10 +88,21 @@ std::vector<std::string> resolve_data_paths(const config::Config& cfg) {
   return {prefix};
 }
 
-Trainer::Trainer(config::Config cfg) : cfg_(std::move(cfg)) {
+Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::move(cfg)), comm_(comm) {
   const auto& t = cfg_.train;
-  accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / t.micro_batch_size;
+  if (comm_) {
+    rank_ = comm_->rank();
+    world_ = comm_->world_size();
+  }
+  accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / (t.micro_batch_size * world_);
   tokens_per_step_ = t.global_batch_size * t.seq_len;
+  if (cfg_.parallel.ep > 1) {
+    throw ConfigError(fmt::format("parallel.ep={}: expert parallelism is not implemented yet; use parallel.ep=1 "
+                                  "(data parallel over all ranks)", cfg_.parallel.ep));
+  }
+  if (cfg_.parallel.zero_stage != 0) {
+    throw ConfigError("parallel.zero_stage=1: ZeRO-1 is not implemented yet; use parallel.zero_stage=0");
+  }
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
   data_paths_ = resolve_data_paths(cfg_);
@@ -119,7 +130,9 @@ Trainer::Trainer(config::Config cfg) : cfg_(std::move(cfg)) {
   balancer_ = std::make_unique<ExpertBalancer>(biases, t.bias_update_speed, t.bias_update_freeze_tokens);
   idle_steps_.assign(biases.size() * static_cast<size_t>(cfg_.model.n_routed_experts), 0);
   checkpointer_ = std::make_unique<Checkpointer>(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
-  metrics_ = std::make_unique<MetricsLogger>(cfg_.logging.dir, cfg_.logging.jsonl, cfg_.logging.tensorboard);
+  // Every rank computes the same (reduced) metrics; rank 0 writes them.
+  metrics_ = std::make_unique<MetricsLogger>(cfg_.logging.dir, rank_ == 0 && cfg_.logging.jsonl,
+                                             rank_ == 0 && cfg_.logging.tensorboard);
   const auto flops = model::forward_flops_per_token(cfg_.model, t.seq_len);
   train_flops_per_token_ = 3.0 * (flops.forward + flops.mtp_forward);
 }
@@ -137,10 +150,16 @@ std::string Trainer::trainer_state_json() const {
 }
 
 std::string Trainer::save_checkpoint() {
-  CheckpointData data{io::model_state(*model_), optimizer_->state(), trainer_state_json(), config::dump_config_yaml(cfg_)};
-  last_checkpoint_ = checkpointer_->save(step_, data);
-  LMOE_INFO("checkpoint committed: {}", *last_checkpoint_);
-  return *last_checkpoint_;
+  // Data parallel replicates every tensor: rank 0 writes, the others wait for the commit.
+  const std::string path = (fs::path(cfg_.checkpoint.dir) / Checkpointer::step_dir_name(step_)).string();
+  if (rank_ == 0) {
+    CheckpointData data{io::model_state(*model_), optimizer_->state(), trainer_state_json(), config::dump_config_yaml(cfg_)};
+    checkpointer_->save(step_, data);
+    LMOE_INFO("checkpoint committed: {}", path);
+  }
+  if (comm_) comm_->barrier("checkpoint commit barrier");
+  last_checkpoint_ = path;
+  return path;
 }
 
 void Trainer::resume(const std::string& spec) {
@@ -194,7 +213,9 @@ StepRecord Trainer::train_step() {
                                 ? t.mtp_loss_weight_final
                                 : t.mtp_loss_weight;
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
-    const data::Batch batch = train_data_->rank_batch(consumed_samples_ + micro * t.micro_batch_size, t.micro_batch_size, 0, 1);
+    // This rank's slice of the global batch, then its micro-batch (world 1: the whole batch).
+    const int64_t first = consumed_samples_ + rank_ * (t.global_batch_size / world_) + micro * t.micro_batch_size;
+    const data::Batch batch = train_data_->rank_batch(first, t.micro_batch_size, 0, 1);
     const torch::Tensor tokens = to_tensor(batch);
     LossBreakdown losses;
     {
@@ -211,6 +232,7 @@ StepRecord Trainer::train_step() {
     r.balance += losses.balance * scale;
     r.z += losses.z * scale;
   }
+  if (comm_) reduce_over_ranks(r);
   if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
   double norm_sq = 0;
   for (const auto& p : model_->parameters()) {
@@ -218,6 +240,43 @@ StepRecord Trainer::train_step() {
   }
   r.grad_norm = std::sqrt(norm_sq);
   return r;
+}
+
+void Trainer::reduce_over_ranks(StepRecord& r) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params = model_->parameters();
+  // Which parameters got a gradient anywhere: one with none on every rank (an expert no rank
+  // routed to) must stay gradient-less, exactly as in one process, so AdamW skips it.
+  torch::Tensor scalars = torch::zeros({5 + static_cast<int64_t>(params.size())}, torch::kDouble);
+  scalars.narrow(0, 0, 5).copy_(torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z}, torch::kDouble));
+  std::vector<torch::Tensor> grads;
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor& p = params[i];
+    if (p.grad().defined()) {
+      scalars[5 + static_cast<int64_t>(i)] = 1.0;
+    } else {
+      p.mutable_grad() = torch::zeros_like(p);
+    }
+    grads.push_back(p.grad().reshape(-1));
+  }
+  comm_->all_reduce_sum(scalars, "loss and gradient-presence all-reduce");
+  torch::Tensor flat = torch::cat(grads);
+  comm_->all_reduce_sum(flat, "gradient all-reduce");
+  flat.div_(static_cast<double>(world_));
+  int64_t offset = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor& p = params[i];
+    if (scalars[5 + static_cast<int64_t>(i)].item<double>() == 0.0) {
+      p.mutable_grad().reset();
+    } else {
+      p.mutable_grad().copy_(flat.narrow(0, offset, p.numel()).view_as(p));
+    }
+    offset += p.numel();
+  }
+  const torch::Tensor losses = scalars.narrow(0, 0, 5) / static_cast<double>(world_);
+  r.loss = losses[0].item<double>(), r.lm = losses[1].item<double>(), r.mtp = losses[2].item<double>();
+  r.balance = losses[3].item<double>(), r.z = losses[4].item<double>();
+  comm_->all_reduce_sum(balancer_->counts(), "expert-count all-reduce");
 }
 
 void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
@@ -238,6 +297,7 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
   const std::string line = fmt::format("step {}/{} loss {:.4f} (lm {:.4f} mtp {:.4f}) gnorm {:.3f} lr {:.2e} {:.0f} tok/s {:.3f} TFLOP/s ETA {}",
                                        r.step, total, r.loss, r.lm, r.mtp, r.grad_norm, r.lr, tokens_per_s, tflops,
                                        human_duration(eta));
+  if (rank_ != 0) return;
   if (::isatty(STDERR_FILENO)) {
     const int width = 20, done = static_cast<int>(width * r.step / std::max<int64_t>(total, 1));
     std::fprintf(stderr, "\r[%s%s] %s   ", std::string(static_cast<size_t>(done), '#').c_str(),
@@ -264,9 +324,9 @@ int Trainer::run() {
     LMOE_INFO("'{}' is already trained to step {} of train.steps={}: nothing to do", cfg_.name, step_, t.steps);
     return kExitOk;
   }
-  LMOE_INFO("training '{}': {} steps x {} sequences x {} tokens ({} micro-batches of {}), {} threads, {}", cfg_.name,
-            t.steps, t.global_batch_size, t.seq_len, accum_steps_, t.micro_batch_size, at::get_num_threads(),
-            cfg_.precision.compute_dtype);
+  LMOE_INFO("training '{}': {} steps x {} sequences x {} tokens ({} ranks x {} micro-batches of {}), {} threads, {}",
+            cfg_.name, t.steps, t.global_batch_size, t.seq_len, world_, accum_steps_, t.micro_batch_size,
+            at::get_num_threads(), cfg_.precision.compute_dtype);
   while (step_ < t.steps) {
     const auto start = std::chrono::steady_clock::now();
     StepRecord r = train_step();

@@ -12,6 +12,7 @@
 #include "latentmoe/config/config.h"
 #include "latentmoe/data/loader.h"
 #include "latentmoe/model/deepseek_v3.h"
+#include "latentmoe/parallel/communicator.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/metrics.h"
@@ -38,7 +39,9 @@ std::string resolve_tokenizer_path(const config::Config& cfg);
 
 class Trainer {
  public:
-  explicit Trainer(config::Config cfg);
+  // comm: data-parallel group (nullptr = single process). Every rank holds the whole model;
+  // rank r trains on its contiguous slice of each global batch.
+  explicit Trainer(config::Config cfg, parallel::Communicator* comm = nullptr);
   // "auto" (newest committed checkpoint in checkpoint.dir, if any) or a checkpoint directory.
   void resume(const std::string& spec);
   // Trains until train.steps (or a signal / non-finite stop). Returns the process exit code.
@@ -57,10 +60,14 @@ class Trainer {
 
  private:
   StepRecord train_step();
+  // Data parallel: sums gradients, loss components and expert counts over ranks.
+  void reduce_over_ranks(StepRecord& r);
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
 
   config::Config cfg_;
+  parallel::Communicator* comm_ = nullptr;
+  int rank_ = 0, world_ = 1;
   int64_t accum_steps_ = 1, tokens_per_step_ = 0;
   std::vector<std::string> data_paths_;
   std::unique_ptr<data::DataLoader> train_data_, valid_data_;
