@@ -32,6 +32,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
     exit_code = trainer.run();
+    if (env.rank != 0) return;  // every rank holds the same numbers; rank 0 reports them
     if (exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0) {
       const double loss = trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate();
       const double entropy = trainer.unigram_entropy();
