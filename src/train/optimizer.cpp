@@ -17,6 +17,23 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_par
   }
 }
 
+void AdamW::restrict_to(const std::function<bool(size_t)>& owned) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].owned = owned(i);
+    if (!slots_[i].owned) {  // free the moments: this is the memory ZeRO-1 saves
+      slots_[i].exp_avg = torch::Tensor();
+      slots_[i].exp_avg_sq = torch::Tensor();
+    }
+  }
+}
+
+bool AdamW::owns(const std::string& name) const {
+  for (const auto& s : slots_) {
+    if (s.name == name) return s.owned;
+  }
+  return false;
+}
+
 bool AdamW::decays(const std::string& name) const {
   for (const auto& s : slots_) {
     if (s.name == name) return s.decay;
@@ -34,7 +51,7 @@ void AdamW::step(double lr) {
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_));
   for (auto& s : slots_) {
-    if (!s.param.grad().defined()) continue;
+    if (!s.owned || !s.param.grad().defined()) continue;
     const torch::Tensor g = s.param.grad().to(torch::kFloat);
     if (s.decay && cfg_.weight_decay != 0.0) s.param.mul_(1.0 - lr * cfg_.weight_decay);
     s.exp_avg.lerp_(g, 1.0 - cfg_.beta1);
@@ -47,8 +64,8 @@ void AdamW::step(double lr) {
 std::map<std::string, torch::Tensor> AdamW::state() const {
   std::map<std::string, torch::Tensor> out;
   for (const auto& s : slots_) {
-    out.emplace("exp_avg." + s.name, s.exp_avg);
-    out.emplace("exp_avg_sq." + s.name, s.exp_avg_sq);
+    out.emplace("exp_avg." + s.name, s.owned ? s.exp_avg : torch::zeros_like(s.param, torch::kFloat));
+    out.emplace("exp_avg_sq." + s.name, s.owned ? s.exp_avg_sq : torch::zeros_like(s.param, torch::kFloat));
   }
   out.emplace("step", torch::tensor({steps_}, torch::kLong));
   return out;
@@ -64,13 +81,14 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& state) {
     return it->second;
   };
   for (const auto& s : slots_) {
-    find("exp_avg." + s.name, s.exp_avg);
-    find("exp_avg_sq." + s.name, s.exp_avg_sq);
+    find("exp_avg." + s.name, s.param);
+    find("exp_avg_sq." + s.name, s.param);
   }
   const auto step = state.find("step");
   if (step == state.end()) throw std::runtime_error("optimizer state: missing tensor 'step'");
   torch::NoGradGuard no_grad;
   for (auto& s : slots_) {
+    if (!s.owned) continue;
     s.exp_avg.copy_(state.at("exp_avg." + s.name));
     s.exp_avg_sq.copy_(state.at("exp_avg_sq." + s.name));
   }

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <numeric>
 #include <fstream>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -100,9 +101,6 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
     throw ConfigError(fmt::format("parallel.ep={}: expert parallelism is not implemented yet; use parallel.ep=1 "
                                   "(data parallel over all ranks)", cfg_.parallel.ep));
   }
-  if (cfg_.parallel.zero_stage != 0) {
-    throw ConfigError("parallel.zero_stage=1: ZeRO-1 is not implemented yet; use parallel.zero_stage=0");
-  }
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
   data_paths_ = resolve_data_paths(cfg_);
@@ -119,6 +117,21 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
+  if (comm_ && cfg_.parallel.zero_stage == 1) {
+    // ZeRO-1: parameters are dealt to ranks greedily by size (largest first onto the least
+    // loaded rank), so each rank keeps about 1/world of the AdamW moments.
+    std::vector<size_t> order(params.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return params[a].second.numel() > params[b].second.numel(); });
+    std::vector<int64_t> load(static_cast<size_t>(world_), 0);
+    param_owner_.assign(params.size(), 0);
+    for (size_t i : order) {
+      const auto least = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      param_owner_[i] = static_cast<int>(least);
+      load[least] += params[i].second.numel();
+    }
+    optimizer_->restrict_to([this](size_t i) { return param_owner_[i] == rank_; });
+  }
   schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
   std::vector<torch::Tensor> biases;
   for (const auto& b : model_->named_buffers()) {
@@ -152,8 +165,9 @@ std::string Trainer::trainer_state_json() const {
 std::string Trainer::save_checkpoint() {
   // Data parallel replicates every tensor: rank 0 writes, the others wait for the commit.
   const std::string path = (fs::path(cfg_.checkpoint.dir) / Checkpointer::step_dir_name(step_)).string();
+  std::map<std::string, torch::Tensor> optimizer_state = full_optimizer_state();  // collective under ZeRO-1
   if (rank_ == 0) {
-    CheckpointData data{io::model_state(*model_), optimizer_->state(), trainer_state_json(), config::dump_config_yaml(cfg_)};
+    CheckpointData data{io::model_state(*model_), std::move(optimizer_state), trainer_state_json(), config::dump_config_yaml(cfg_)};
     checkpointer_->save(step_, data);
     LMOE_INFO("checkpoint committed: {}", path);
   }
@@ -279,6 +293,36 @@ void Trainer::reduce_over_ranks(StepRecord& r) {
   comm_->all_reduce_sum(balancer_->counts(), "expert-count all-reduce");
 }
 
+void Trainer::gather_owned_parameters() {
+  // Each parameter was updated by its owner only: summing (owner's value, zeros elsewhere) over
+  // ranks gives every rank the updated tensor exactly (x + 0 = x).
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params = model_->parameters();
+  std::vector<torch::Tensor> pieces;
+  for (size_t i = 0; i < params.size(); ++i) {
+    pieces.push_back(param_owner_[i] == rank_ ? params[i].reshape(-1) : torch::zeros({params[i].numel()}, params[i].options()));
+  }
+  torch::Tensor flat = torch::cat(pieces);
+  comm_->all_reduce_sum(flat, "ZeRO-1 parameter all-gather");
+  int64_t offset = 0;
+  for (auto& p : params) {
+    p.copy_(flat.narrow(0, offset, p.numel()).view_as(p));
+    offset += p.numel();
+  }
+}
+
+std::map<std::string, torch::Tensor> Trainer::full_optimizer_state() {
+  std::map<std::string, torch::Tensor> state = optimizer_->state();
+  if (param_owner_.empty()) return state;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : state) {
+    if (name == "step") continue;
+    t = t.clone();
+    comm_->all_reduce_sum(t, "ZeRO-1 optimizer-state gather for the checkpoint");
+  }
+  return state;
+}
+
 void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
   const double tokens_per_s = static_cast<double>(tokens_per_step_) / seconds;
   const double tflops = tokens_per_s * train_flops_per_token_ / 1e12;
@@ -361,6 +405,7 @@ int Trainer::run() {
         }
       }
       optimizer_->step(r.lr);
+      if (!param_owner_.empty()) gather_owned_parameters();
       loads = balancer_->step(tokens_seen_);
       loss_window_.push_back(r.loss);
       if (static_cast<int64_t>(loss_window_.size()) > t.spike_window) loss_window_.erase(loss_window_.begin());

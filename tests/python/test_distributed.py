@@ -79,3 +79,24 @@ def test_killed_rank_makes_the_other_exit(latentmoe_bin, tmp_path):
     assert code != 0
     assert time.time() - start < 30
     assert "rank 0 of 2" in err and "all-reduce failed" in err
+
+
+def test_zero1_matches_replicated_optimizer_and_resumes_elsewhere(latentmoe_bin, tmp_path):
+    runs = {}
+    for zero in (0, 1):
+        out = tmp_path / f"zero{zero}"
+        for p in launch(latentmoe_bin, out, 2, 8, free_port(), "--set", f"parallel.zero_stage={zero}",
+                        "--set", "checkpoint.interval=4"):
+            assert p.wait(timeout=300) == 0, p.stderr.read()
+        runs[zero] = out
+    assert losses(runs[0]) == losses(runs[1])  # sharding the optimizer state changes no bit
+    for name in ["model.safetensors", "optimizer.safetensors"]:
+        assert (runs[0] / "ckpt/step-00000008" / name).read_bytes() == (runs[1] / "ckpt/step-00000008" / name).read_bytes()
+    # The ZeRO-1 checkpoint holds the full optimizer state: resume it in ONE process at step 4.
+    resumed = tmp_path / "resumed"
+    (resumed / "ckpt").mkdir(parents=True)
+    import shutil
+    shutil.copytree(runs[1] / "ckpt/step-00000004", resumed / "ckpt/step-00000004")
+    (single,) = launch(latentmoe_bin, resumed, 1, 8, 0, "--resume", "auto")
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    assert max(abs(a - b) / abs(a) for a, b in zip(losses(runs[1])[4:], losses(resumed))) <= 1e-5
