@@ -11,7 +11,6 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
-#include <numeric>
 #include <fstream>
 #include <thread>
 #include <nlohmann/json.hpp>
@@ -117,20 +116,11 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
-  if (comm_ && cfg_.parallel.zero_stage == 1) {
-    // ZeRO-1: parameters are dealt to ranks greedily by size (largest first onto the least
-    // loaded rank), so each rank keeps about 1/world of the AdamW moments.
-    std::vector<size_t> order(params.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return params[a].second.numel() > params[b].second.numel(); });
-    std::vector<int64_t> load(static_cast<size_t>(world_), 0);
-    param_owner_.assign(params.size(), 0);
-    for (size_t i : order) {
-      const auto least = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-      param_owner_[i] = static_cast<int>(least);
-      load[least] += params[i].second.numel();
-    }
-    optimizer_->restrict_to([this](size_t i) { return param_owner_[i] == rank_; });
+  if (comm_) {
+    std::vector<torch::Tensor> trainable;
+    for (const auto& [name, p] : params) trainable.push_back(p);
+    data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, trainable, cfg_.parallel.zero_stage == 1);
+    if (data_parallel_->zero1()) optimizer_->restrict_to([this](size_t i) { return data_parallel_->owns(i); });
   }
   schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
   std::vector<torch::Tensor> biases;
@@ -165,7 +155,8 @@ std::string Trainer::trainer_state_json() const {
 std::string Trainer::save_checkpoint() {
   // Data parallel replicates every tensor: rank 0 writes, the others wait for the commit.
   const std::string path = (fs::path(cfg_.checkpoint.dir) / Checkpointer::step_dir_name(step_)).string();
-  std::map<std::string, torch::Tensor> optimizer_state = full_optimizer_state();  // collective under ZeRO-1
+  std::map<std::string, torch::Tensor> optimizer_state = optimizer_->state();
+  if (data_parallel_ && data_parallel_->zero1()) data_parallel_->gather_owned_state(optimizer_state);  // collective
   if (rank_ == 0) {
     CheckpointData data{io::model_state(*model_), std::move(optimizer_state), trainer_state_json(), config::dump_config_yaml(cfg_)};
     checkpointer_->save(step_, data);
@@ -246,7 +237,13 @@ StepRecord Trainer::train_step() {
     r.balance += losses.balance * scale;
     r.z += losses.z * scale;
   }
-  if (comm_) reduce_over_ranks(r);
+  if (data_parallel_) {
+    torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z}, torch::kDouble);
+    data_parallel_->reduce(scalars, balancer_->counts());
+    scalars.div_(static_cast<double>(world_));
+    r.loss = scalars[0].item<double>(), r.lm = scalars[1].item<double>(), r.mtp = scalars[2].item<double>();
+    r.balance = scalars[3].item<double>(), r.z = scalars[4].item<double>();
+  }
   if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
   double norm_sq = 0;
   for (const auto& p : model_->parameters()) {
@@ -254,73 +251,6 @@ StepRecord Trainer::train_step() {
   }
   r.grad_norm = std::sqrt(norm_sq);
   return r;
-}
-
-void Trainer::reduce_over_ranks(StepRecord& r) {
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> params = model_->parameters();
-  // Which parameters got a gradient anywhere: one with none on every rank (an expert no rank
-  // routed to) must stay gradient-less, exactly as in one process, so AdamW skips it.
-  torch::Tensor scalars = torch::zeros({5 + static_cast<int64_t>(params.size())}, torch::kDouble);
-  scalars.narrow(0, 0, 5).copy_(torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z}, torch::kDouble));
-  std::vector<torch::Tensor> grads;
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::Tensor& p = params[i];
-    if (p.grad().defined()) {
-      scalars[5 + static_cast<int64_t>(i)] = 1.0;
-    } else {
-      p.mutable_grad() = torch::zeros_like(p);
-    }
-    grads.push_back(p.grad().reshape(-1));
-  }
-  comm_->all_reduce_sum(scalars, "loss and gradient-presence all-reduce");
-  torch::Tensor flat = torch::cat(grads);
-  comm_->all_reduce_sum(flat, "gradient all-reduce");
-  flat.div_(static_cast<double>(world_));
-  int64_t offset = 0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::Tensor& p = params[i];
-    if (scalars[5 + static_cast<int64_t>(i)].item<double>() == 0.0) {
-      p.mutable_grad().reset();
-    } else {
-      p.mutable_grad().copy_(flat.narrow(0, offset, p.numel()).view_as(p));
-    }
-    offset += p.numel();
-  }
-  const torch::Tensor losses = scalars.narrow(0, 0, 5) / static_cast<double>(world_);
-  r.loss = losses[0].item<double>(), r.lm = losses[1].item<double>(), r.mtp = losses[2].item<double>();
-  r.balance = losses[3].item<double>(), r.z = losses[4].item<double>();
-  comm_->all_reduce_sum(balancer_->counts(), "expert-count all-reduce");
-}
-
-void Trainer::gather_owned_parameters() {
-  // Each parameter was updated by its owner only: summing (owner's value, zeros elsewhere) over
-  // ranks gives every rank the updated tensor exactly (x + 0 = x).
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> params = model_->parameters();
-  std::vector<torch::Tensor> pieces;
-  for (size_t i = 0; i < params.size(); ++i) {
-    pieces.push_back(param_owner_[i] == rank_ ? params[i].reshape(-1) : torch::zeros({params[i].numel()}, params[i].options()));
-  }
-  torch::Tensor flat = torch::cat(pieces);
-  comm_->all_reduce_sum(flat, "ZeRO-1 parameter all-gather");
-  int64_t offset = 0;
-  for (auto& p : params) {
-    p.copy_(flat.narrow(0, offset, p.numel()).view_as(p));
-    offset += p.numel();
-  }
-}
-
-std::map<std::string, torch::Tensor> Trainer::full_optimizer_state() {
-  std::map<std::string, torch::Tensor> state = optimizer_->state();
-  if (param_owner_.empty()) return state;
-  torch::NoGradGuard no_grad;
-  for (auto& [name, t] : state) {
-    if (name == "step") continue;
-    t = t.clone();
-    comm_->all_reduce_sum(t, "ZeRO-1 optimizer-state gather for the checkpoint");
-  }
-  return state;
 }
 
 void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
@@ -405,7 +335,7 @@ int Trainer::run() {
         }
       }
       optimizer_->step(r.lr);
-      if (!param_owner_.empty()) gather_owned_parameters();
+      if (data_parallel_ && data_parallel_->zero1()) data_parallel_->gather_owned_parameters();
       loads = balancer_->step(tokens_seen_);
       loss_window_.push_back(r.loss);
       if (static_cast<int64_t>(loss_window_.size()) > t.spike_window) loss_window_.erase(loss_window_.begin());

@@ -13,6 +13,7 @@
 #include "latentmoe/data/loader.h"
 #include "latentmoe/model/deepseek_v3.h"
 #include "latentmoe/parallel/communicator.h"
+#include "latentmoe/parallel/data_parallel.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/metrics.h"
@@ -60,23 +61,18 @@ class Trainer {
 
  private:
   StepRecord train_step();
-  // Data parallel: sums gradients, loss components and expert counts over ranks.
-  void reduce_over_ranks(StepRecord& r);
-  // ZeRO-1: owners' updated parameters to every rank; the full optimizer state for a checkpoint.
-  void gather_owned_parameters();
-  std::map<std::string, torch::Tensor> full_optimizer_state();
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
 
   config::Config cfg_;
   parallel::Communicator* comm_ = nullptr;
   int rank_ = 0, world_ = 1;
-  std::vector<int> param_owner_;  // ZeRO-1: owning rank of each trainable parameter (empty = off)
   int64_t accum_steps_ = 1, tokens_per_step_ = 0;
   std::vector<std::string> data_paths_;
   std::unique_ptr<data::DataLoader> train_data_, valid_data_;
   model::DeepSeekV3 model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<parallel::DataParallel> data_parallel_;  // set when launched with several ranks
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Checkpointer> checkpointer_;
