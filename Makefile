@@ -6,7 +6,7 @@ CONFIG ?= debug
 CMAKE_ARGS ?=
 export LATENTMOE_CACHE ?= $(HOME)/.cache/latentmoe
 
-.PHONY: all setup configure build test train data docs bench gpu-check clean
+.PHONY: all setup configure build test train data demo-dist docs bench gpu-check clean
 
 all: build
 
@@ -41,6 +41,12 @@ data: build
 	@if [ ! -f $(BUILD)/data/python-docs.idx ]; then \
 	  ./$(BUILD)/latentmoe prepare-data --input $(DEFAULT_CORPUS) --output $(BUILD)/data/python-docs; \
 	fi
+
+# Two data-parallel CPU processes through torchrun (one thread each), 50 steps of the debug preset.
+demo-dist: build
+	@OMP_NUM_THREADS=1 "$$(cat .venv-path)/bin/torchrun" --no-python --nproc-per-node 2 --master-port 29571 \
+	  ./$(BUILD)/latentmoe train --config debug --set train.steps=50 --set schedule.warmup=5 \
+	  --set checkpoint.dir=runs/demo-dist/checkpoints --set logging.dir=runs/demo-dist
 
 # Regenerate docs/configuration.md from the schema.
 docs: build

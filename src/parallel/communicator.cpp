@@ -35,7 +35,9 @@ class GlooCommunicator final : public Communicator {
   GlooCommunicator(const DistributedEnv& env, std::chrono::seconds timeout) : rank_(env.rank), world_(env.world_size) {
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<uint16_t>(env.master_port);
-    store_options.isServer = env.rank == 0;
+    // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it.
+    const auto agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    store_options.isServer = env.rank == 0 && !(agent_store && std::string(agent_store) == "True");
     store_options.numWorkers = env.world_size;
     store_options.timeout = timeout;
     try {
