@@ -16,26 +16,29 @@ MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   }
 }
 
-torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
-  const int64_t top_k = routing.expert_ids.size(1);
-  const torch::Tensor flat_ids = routing.expert_ids.reshape(-1);
-  const torch::Tensor order = flat_ids.argsort(/*stable=*/true);
-  const torch::Tensor source_token = order.div(top_k, "floor");
-  const torch::Tensor permuted = tokens.index_select(0, source_token);
-  const torch::Tensor counts = routing.expert_counts.cpu();
-  const int64_t* count = counts.data_ptr<int64_t>();
+torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts) {
   std::vector<torch::Tensor> outputs;
-  outputs.reserve(static_cast<size_t>(cfg.n_routed_experts));
   int64_t offset = 0;
-  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
-    if (count[e] == 0) continue;
-    outputs.push_back(experts[e]->as<MLPImpl>()->forward(permuted.narrow(0, offset, count[e])));
-    offset += count[e];
+  for (size_t j = 0; j < counts.size(); ++j) {
+    if (counts[j] == 0) continue;
+    outputs.push_back(experts[first + static_cast<int64_t>(j)]->as<MLPImpl>()->forward(sorted.narrow(0, offset, counts[j])));
+    offset += counts[j];
   }
-  if (outputs.empty()) return torch::zeros_like(tokens);
+  if (outputs.empty()) return sorted.narrow(0, 0, 0);
+  return torch::cat(outputs, 0);
+}
+
+torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
+  if (dispatcher) return dispatcher->routed_experts(*this, tokens, routing);
+  const int64_t top_k = routing.expert_ids.size(1);
+  const torch::Tensor order = routing.expert_ids.reshape(-1).argsort(/*stable=*/true);
+  const torch::Tensor source_token = order.div(top_k, "floor");
+  const torch::Tensor counts = routing.expert_counts.cpu();
+  const std::vector<int64_t> per_expert(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+  if (tokens.size(0) == 0) return torch::zeros_like(tokens);
+  const torch::Tensor expert_out = run_experts(tokens.index_select(0, source_token), 0, per_expert);
   const torch::Tensor weights = routing.gate_weights.reshape(-1).index_select(0, order).unsqueeze(1);
-  const torch::Tensor expert_out = torch::cat(outputs, 0);  // bf16 under autocast
-  return torch::zeros_like(tokens, expert_out.scalar_type())
+  return torch::zeros_like(tokens, expert_out.scalar_type())  // bf16 under autocast
       .index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()))
       .to(tokens.scalar_type());
 }

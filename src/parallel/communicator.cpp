@@ -57,6 +57,10 @@ class GlooCommunicator final : public Communicator {
     std::vector<at::Tensor> tensors{tensor};
     run(what, [&] { return group_->allreduce(tensors); });
   }
+  void all_to_all(at::Tensor& output, at::Tensor& input, std::vector<int64_t> output_splits,
+                  std::vector<int64_t> input_splits, const std::string& what) override {
+    run(what, [&] { return group_->alltoall_base(output, input, output_splits, input_splits); });
+  }
   void barrier(const std::string& what) override {
     run(what, [&] { return group_->barrier(); });
   }

@@ -96,9 +96,9 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   }
   accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / (t.micro_batch_size * world_);
   tokens_per_step_ = t.global_batch_size * t.seq_len;
-  if (cfg_.parallel.ep > 1) {
-    throw ConfigError(fmt::format("parallel.ep={}: expert parallelism is not implemented yet; use parallel.ep=1 "
-                                  "(data parallel over all ranks)", cfg_.parallel.ep));
+  if (cfg_.parallel.ep > 1 && cfg_.parallel.ep != world_) {
+    throw ConfigError(fmt::format("parallel.ep={} with {} ranks: expert parallelism currently spans all ranks; set "
+                                  "parallel.ep to 1 or to the world size ({})", cfg_.parallel.ep, world_, world_));
   }
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
@@ -116,6 +116,12 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
+  if (comm_ && cfg_.parallel.ep > 1) {
+    expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*comm_, cfg_.model.n_routed_experts);
+    for (const auto& module : model_->modules(/*include_self=*/false)) {
+      if (auto moe = std::dynamic_pointer_cast<model::MoEImpl>(module)) moe->dispatcher = expert_dispatcher_.get();
+    }
+  }
   if (comm_) {
     std::vector<torch::Tensor> trainable;
     for (const auto& [name, p] : params) trainable.push_back(p);
@@ -261,6 +267,10 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
                                         {"lr", r.lr}, {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds},
                                         {"tflops", tflops}, {"tokens_seen", static_cast<double>(tokens_seen_)}};
   if (cfg_.logging.peak_tflops > 0) scalars["mfu"] = tflops / cfg_.logging.peak_tflops;
+  if (expert_dispatcher_) {
+    scalars["ep/all_to_all_bytes"] = static_cast<double>(expert_dispatcher_->bytes_sent() - all_to_all_bytes_logged_);
+    all_to_all_bytes_logged_ = expert_dispatcher_->bytes_sent();
+  }
   for (size_t l = 0; l < loads.size(); ++l) {
     scalars[fmt::format("moe/layer{}/max_violation", l)] = loads[l].max_violation;
     scalars[fmt::format("moe/layer{}/bias_range", l)] = loads[l].bias_max - loads[l].bias_min;

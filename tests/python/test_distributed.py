@@ -100,3 +100,15 @@ def test_zero1_matches_replicated_optimizer_and_resumes_elsewhere(latentmoe_bin,
     (single,) = launch(latentmoe_bin, resumed, 1, 8, 0, "--resume", "auto")
     assert single.wait(timeout=300) == 0, single.stderr.read()
     assert max(abs(a - b) / abs(a) for a, b in zip(losses(runs[1])[4:], losses(resumed))) <= 1e-5
+
+
+def test_ep2_equals_one_process(latentmoe_bin, tmp_path):
+    (single,) = launch(latentmoe_bin, tmp_path / "one", 1, 10, 0)
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    for p in launch(latentmoe_bin, tmp_path / "ep", 2, 10, free_port(), "--set", "parallel.ep=2"):
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "ep")
+    assert len(a) == len(b) == 10
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) <= 1e-5
+    rows = [json.loads(l) for l in (tmp_path / "ep" / "run" / "metrics.jsonl").read_text().splitlines() if "loss/total" in l]
+    assert all(r["ep/all_to_all_bytes"] > 0 for r in rows)

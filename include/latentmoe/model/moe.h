@@ -13,6 +13,16 @@
 
 namespace latentmoe::model {
 
+class MoEImpl;
+
+// Runs the routed experts for permuted tokens somewhere else (expert parallelism lives in
+// src/parallel/ and plugs in here; the model itself stays single-device).
+class ExpertDispatcher {
+ public:
+  virtual ~ExpertDispatcher() = default;
+  virtual torch::Tensor routed_experts(MoEImpl& moe, const torch::Tensor& tokens, const RouterOutput& routing) = 0;
+};
+
 struct MoEOutput {
   torch::Tensor hidden;  // same shape as the input
   RouterOutput routing;
@@ -25,6 +35,10 @@ class MoEImpl : public torch::nn::Module {
   MoEOutput forward(const torch::Tensor& x);
   // The routed part alone for given routing (exposed for tests and expert-parallel dispatch).
   torch::Tensor routed_experts(const torch::Tensor& tokens, const RouterOutput& routing);
+  // Runs experts [first, first + counts.size()) on `sorted` rows grouped by expert (counts rows each).
+  torch::Tensor run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts);
+
+  ExpertDispatcher* dispatcher = nullptr;  // not owned; null = all experts run here
 
   config::ModelConfig cfg;
   Router gate{nullptr};

@@ -37,6 +37,10 @@ class Communicator {
   // In-place sum over all ranks; `what` names the operation in errors ("gradient all-reduce").
   virtual void all_reduce_sum(at::Tensor& tensor, const std::string& what) = 0;
   virtual void barrier(const std::string& what) = 0;
+  // Uneven all-to-all along dim 0: input_splits[d] rows go to rank d, output_splits[s] rows
+  // arrive from rank s.
+  virtual void all_to_all(at::Tensor& output, at::Tensor& input, std::vector<int64_t> output_splits,
+                          std::vector<int64_t> input_splits, const std::string& what) = 0;
 };
 
 }  // namespace latentmoe::parallel

@@ -14,6 +14,7 @@
 #include "latentmoe/model/deepseek_v3.h"
 #include "latentmoe/parallel/communicator.h"
 #include "latentmoe/parallel/data_parallel.h"
+#include "latentmoe/parallel/expert_parallel.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/metrics.h"
@@ -73,6 +74,8 @@ class Trainer {
   model::DeepSeekV3 model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<parallel::DataParallel> data_parallel_;  // set when launched with several ranks
+  std::unique_ptr<parallel::ExpertParallelDispatcher> expert_dispatcher_;  // parallel.ep > 1
+  int64_t all_to_all_bytes_logged_ = 0;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Checkpointer> checkpointer_;
