@@ -61,10 +61,16 @@ torch::Tensor ExpertParallelDispatcher::routed_experts(model::MoEImpl& moe, cons
   torch::Tensor all_counts = torch::zeros({world, n_experts_}, torch::kLong);
   all_counts[rank].copy_(routing.expert_counts.cpu());
   comm_.all_reduce_sum(all_counts, "expert-parallel count exchange");
-  const torch::Tensor per_rank = all_counts.view({world, world, local_experts_});  // [src, dst, local expert]
-  std::vector<int64_t> send(world), recv(world);
-  for (int d = 0; d < world; ++d) send[d] = per_rank[rank][d].sum().item<int64_t>();
-  for (int s = 0; s < world; ++s) recv[s] = per_rank[s][rank].sum().item<int64_t>();
+  // count(s, d, j): tokens rank s sends to rank d for d's local expert j.
+  const int64_t* counts = all_counts.data_ptr<int64_t>();
+  const auto count = [&](int s, int d, int64_t j) { return counts[s * n_experts_ + d * local_experts_ + j]; };
+  std::vector<int64_t> send(world, 0), recv(world, 0);
+  for (int d = 0; d < world; ++d) {
+    for (int64_t j = 0; j < local_experts_; ++j) {
+      send[d] += count(rank, d, j);
+      recv[d] += count(d, rank, j);
+    }
+  }
   // 3. Dispatch.
   const torch::Tensor received = all_to_all_rows(comm_, permuted, send, recv, "expert-parallel dispatch all-to-all");
   bytes_sent_ += (sum(send)) * tokens.size(1) * static_cast<int64_t>(tokens.element_size());
@@ -77,8 +83,8 @@ torch::Tensor ExpertParallelDispatcher::routed_experts(model::MoEImpl& moe, cons
   for (int64_t j = 0; j < local_experts_; ++j) {
     for (int s = 0; s < world; ++s) {
       int64_t start = source_offset[s];
-      for (int64_t i = 0; i < j; ++i) start += per_rank[s][rank][i].item<int64_t>();
-      const int64_t n = per_rank[s][rank][j].item<int64_t>();
+      for (int64_t i = 0; i < j; ++i) start += count(s, rank, i);
+      const int64_t n = count(s, rank, j);
       for (int64_t k = 0; k < n; ++k) regroup.push_back(start + k);
       per_local[static_cast<size_t>(j)] += n;
     }
