@@ -2,6 +2,7 @@
 // CommandResult so main() owns the process exit code.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -22,6 +23,11 @@ struct ConfigArgs {
   config::Config load() const;
   int64_t effective_world_size() const;
 };
+
+// "1,2,3" or "1,2;3,4" → rows of token ids (ConfigError naming `option` on bad input).
+std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const std::string& option);
+// Rows → int64 [rows, cols] tensor; ids must lie in [0, vocab).
+at::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t vocab, const std::string& option);
 
 void add_config_command(CLI::App& app, int& exit_code);
 void add_version_command(CLI::App& app, int& exit_code);

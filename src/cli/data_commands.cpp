@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <thread>
 #include <cstdio>
@@ -109,18 +110,12 @@ void add_tokenize_command(CLI::App& app, int& exit_code) {
       std::cout << fmt::format("{{\"bytes\": {}, \"tokens\": {}, \"seconds\": {:.4f}, \"mb_per_s\": {:.3f}}}\n", bytes,
                                tokens, s, static_cast<double>(bytes) / 1e6 / s);
     } else if (!a->decode.empty()) {
+      const auto rows = parse_id_rows(a->decode, "--decode");
+      if (rows.size() != 1) throw ConfigError("--decode: give one row of ids (no ';')");
       std::vector<int32_t> ids;
-      size_t pos = 0;
-      while (pos < a->decode.size()) {
-        const size_t comma = a->decode.find(',', pos);
-        const std::string part = a->decode.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-        try {
-          ids.push_back(std::stoi(part));
-        } catch (const std::exception&) {
-          throw ConfigError("--decode: '" + part + "' is not an integer id");
-        }
-        if (comma == std::string::npos) break;
-        pos = comma + 1;
+      for (int64_t id : rows[0]) {
+        if (id < INT32_MIN || id > INT32_MAX) throw ConfigError(fmt::format("--decode: id {} is out of range", id));
+        ids.push_back(static_cast<int32_t>(id));
       }
       std::cout << tok.decode(ids);
     } else {

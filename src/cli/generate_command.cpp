@@ -11,9 +11,6 @@
 
 namespace latentmoe::cli {
 
-std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const std::string& option);
-at::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t vocab, const std::string& option);
-
 void add_generate_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("generate", "Generate tokens from a model directory (greedy or top-p sampling)");
   struct Args {

@@ -258,26 +258,36 @@ std::string resolve_config_path(const std::string& name_or_path) {
   throw ConfigError(fmt::format("--config '{}': no such file, and not a preset name (presets: {})", name_or_path, names));
 }
 
+namespace {
+// Parses YAML (or JSON) text already in memory; `source` names it in every message.
+Config config_from_yaml(const std::function<YAML::Node()>& parse, const std::string& source, const char* format) {
+  YAML::Node root;
+  try {
+    root = parse();
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(fmt::format("{}: cannot open config file", source));
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("{}:{}:{}: {} syntax error: {}", source, e.mark.line + 1, e.mark.column + 1, format, e.msg));
+  }
+  Config cfg;
+  if (root.IsNull()) return cfg;  // an empty file is the defaults
+  Loader loader(source);
+  loader.apply_map(describe_root(cfg), root, "");
+  loader.throw_if_errors();
+  return cfg;
+}
+}  // namespace
+
 Config load_config_file(const std::string& path) {
   const std::string ext = fs::path(path).extension().string();
   if (ext != ".yaml" && ext != ".yml" && ext != ".json") {
     throw ConfigError(fmt::format("{}: unsupported config file extension '{}' (allowed: .yaml, .yml, .json)", path, ext));
   }
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError(fmt::format("{}: cannot open config file", path));
-  } catch (const YAML::ParserException& e) {
-    throw ConfigError(fmt::format("{}:{}:{}: {} syntax error: {}", path, e.mark.line + 1, e.mark.column + 1,
-                                  ext == ".json" ? "JSON" : "YAML", e.msg));
-  }
-  Config cfg;
-  if (root.IsNull()) return cfg;  // an empty file is the defaults
-  Loader loader(path);
-  loader.apply_map(describe_root(cfg), root, "");
-  loader.throw_if_errors();
-  return cfg;
+  return config_from_yaml([&] { return YAML::LoadFile(path); }, path, ext == ".json" ? "JSON" : "YAML");
+}
+
+Config load_config_text(const std::string& text, const std::string& source) {
+  return config_from_yaml([&] { return YAML::Load(text); }, source, "YAML");
 }
 
 void apply_override(Config& cfg, const std::string& assignment) {

@@ -60,10 +60,8 @@ at::Tensor dequantize_fp8(const at::Tensor& weight, const at::Tensor& scale_inv,
 
 }  // namespace
 
-config::ModelConfig model_config_from_hf(const std::string& hf_dir) {
-  const fs::path path = fs::path(hf_dir) / "config.json";
-  const std::string file = path.string();
-  const json j = read_json(path);
+namespace {
+config::ModelConfig model_config_from_hf_json(const json& j, const std::string& file) {
   const std::string model_type = get_or<std::string>(j, "model_type", "", file);
   if (model_type != "deepseek_v3" && model_type != "deepseek_v2") {
     throw ConfigError(fmt::format("{}: model_type '{}' is not supported (expected 'deepseek_v3' or 'deepseek_v2')", file, model_type));
@@ -124,11 +122,17 @@ config::ModelConfig model_config_from_hf(const std::string& hf_dir) {
   }
   return m;
 }
+}  // namespace
+
+config::ModelConfig model_config_from_hf(const std::string& hf_dir) {
+  const fs::path path = fs::path(hf_dir) / "config.json";
+  return model_config_from_hf_json(read_json(path), path.string());
+}
 
 model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg) {
-  *cfg = model_config_from_hf(hf_dir);
   const fs::path cfg_file = fs::path(hf_dir) / "config.json";
   const json j = read_json(cfg_file);
+  *cfg = model_config_from_hf_json(j, cfg_file.string());
   int64_t block0 = 128, block1 = 128;
   if (j.contains("quantization_config") && j["quantization_config"].contains("weight_block_size")) {
     const auto& b = j["quantization_config"]["weight_block_size"];

@@ -186,13 +186,7 @@ void Trainer::resume(const std::string& spec) {
     path = *latest;
   }
   CheckpointData data = Checkpointer::load(path);
-  const config::Config saved = [&] {
-    const std::string tmp = (fs::temp_directory_path() / fmt::format("latentmoe-resume-{}.yaml", ::getpid())).string();
-    std::ofstream(tmp) << data.config_yaml;
-    config::Config c = config::load_config_file(tmp);
-    fs::remove(tmp);
-    return c;
-  }();
+  const config::Config saved = config::load_config_text(data.config_yaml, path + "/config.yaml");
   config::Config saved_model_only, current_model_only;
   saved_model_only.model = saved.model;
   current_model_only.model = cfg_.model;

@@ -19,6 +19,9 @@ std::vector<std::string> preset_names();
 // are all reported together.
 Config load_config_file(const std::string& path);
 
+// The same for YAML text in memory (e.g. a checkpoint's config.yaml); `source` names it in errors.
+Config load_config_text(const std::string& text, const std::string& source);
+
 // Applies one "a.b.c=value" override; the value is parsed as a YAML scalar or flow sequence.
 void apply_override(Config& cfg, const std::string& assignment);
 
