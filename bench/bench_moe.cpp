@@ -24,7 +24,7 @@ torch::Tensor masked_loop(latentmoe::model::MoE& moe, const torch::Tensor& x, co
   for (int64_t e = 0; e < moe->cfg.n_routed_experts; ++e) {
     const auto hit = torch::where(r.expert_ids == e);
     if (hit[0].numel() == 0) continue;
-    const torch::Tensor y = moe->experts[e]->as<latentmoe::model::MLPImpl>()->forward(x.index_select(0, hit[0]));
+    const torch::Tensor y = moe->expert(e).forward(x.index_select(0, hit[0]));
     out = out.index_add(0, hit[0], y * r.gate_weights.index({hit[0], hit[1]}).unsqueeze(1));
   }
   return out;

@@ -13,7 +13,7 @@
 namespace latentmoe::cli {
 
 void add_train_command(CLI::App& app, int& exit_code) {
-  auto* cmd = app.add_subcommand("train", "Train a model (single process; see the README for torchrun)");
+  auto* cmd = app.add_subcommand("train", "Train a model (one process, or one per rank under torchrun: see the README)");
   auto args = std::make_shared<ConfigArgs>();
   auto resume = std::make_shared<std::string>();
   args->add_to(*cmd);
@@ -32,9 +32,11 @@ void add_train_command(CLI::App& app, int& exit_code) {
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
     exit_code = trainer.run();
+    // Evaluation is collective under expert parallelism: every rank takes part, rank 0 reports.
+    const bool report_valid = exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
+    const double loss = report_valid ? (trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate()) : 0.0;
     if (env.rank != 0) return;  // every rank holds the same numbers; rank 0 reports them
-    if (exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0) {
-      const double loss = trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate();
+    if (report_valid) {
       const double entropy = trainer.unigram_entropy();
       LMOE_INFO("validation loss {:.4f} nats (perplexity {:.1f}) vs unigram entropy {:.4f} nats of the training tokens: "
                 "{:.2f} nats below", loss, std::exp(loss), entropy, entropy - loss);

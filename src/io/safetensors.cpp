@@ -221,14 +221,14 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   fs::rename(tmp, path);
 }
 
-std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir) {
+std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir, const std::string& stem) {
   const fs::path root(dir);
-  const fs::path index = root / "model.safetensors.index.json";
+  const fs::path index = root / (stem + ".safetensors.index.json");
   std::map<std::string, at::Tensor> out;
   if (!fs::exists(index)) {
-    const fs::path single = root / "model.safetensors";
+    const fs::path single = root / (stem + ".safetensors");
     if (!fs::exists(single)) {
-      throw SafetensorsError(fmt::format("{}: neither model.safetensors nor model.safetensors.index.json exists", dir));
+      throw SafetensorsError(fmt::format("{}: neither {}.safetensors nor {}.safetensors.index.json exists", dir, stem, stem));
     }
     const SafetensorsFile file(single.string());
     for (const auto& [name, entry] : file.entries()) out.emplace(name, file.tensor(name));

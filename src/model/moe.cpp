@@ -2,13 +2,17 @@
 // weighted unpermute with index_add. Deterministic: same routing → same summation order.
 #include "latentmoe/model/moe.h"
 
+#include <fmt/format.h>
+
+#include <stdexcept>
+
 namespace latentmoe::model {
 
 MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   gate = register_module("gate", Router(cfg));
-  experts = register_module("experts", torch::nn::ModuleList());
+  experts = register_module("experts", std::make_shared<torch::nn::Module>("Experts"));
   for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
-    experts->push_back(MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size)));
+    local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size))));
   }
   if (cfg.n_shared_experts > 0) {
     shared_experts = register_module(
@@ -21,11 +25,34 @@ torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, c
   int64_t offset = 0;
   for (size_t j = 0; j < counts.size(); ++j) {
     if (counts[j] == 0) continue;
-    outputs.push_back(experts[first + static_cast<int64_t>(j)]->as<MLPImpl>()->forward(sorted.narrow(0, offset, counts[j])));
+    outputs.push_back(expert(first + static_cast<int64_t>(j)).forward(sorted.narrow(0, offset, counts[j])));
     offset += counts[j];
   }
   if (outputs.empty()) return sorted.narrow(0, 0, 0);
   return torch::cat(outputs, 0);
+}
+
+MLPImpl& MoEImpl::expert(int64_t e) {
+  if (e < first_local_ || e >= first_local_ + local_expert_count()) {
+    throw std::out_of_range(fmt::format("MoE: expert {} is not held here (this module holds experts [{}, {}))", e,
+                                        first_local_, first_local_ + local_expert_count()));
+  }
+  return *local_experts_[static_cast<size_t>(e - first_local_)];
+}
+
+void MoEImpl::retain_experts(int64_t first, int64_t count) {
+  if (first < first_local_ || count < 0 || first + count > first_local_ + local_expert_count()) {
+    throw std::out_of_range(fmt::format("MoE: cannot retain experts [{}, {}) from the held range [{}, {})", first,
+                                        first + count, first_local_, first_local_ + local_expert_count()));
+  }
+  auto kept = std::make_shared<torch::nn::Module>("Experts");
+  std::vector<MLP> kept_list;
+  for (int64_t e = first; e < first + count; ++e) {
+    kept_list.push_back(kept->register_module(std::to_string(e), local_experts_[static_cast<size_t>(e - first_local_)]));
+  }
+  experts = replace_module("experts", kept);
+  local_experts_ = std::move(kept_list);
+  first_local_ = first;
 }
 
 torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {

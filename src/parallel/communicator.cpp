@@ -1,24 +1,32 @@
-// Gloo process group over a TCPStore; the only file that includes c10d headers.
+// c10d process groups over one TCPStore (the only file besides nccl_backend.cpp with c10d
+// headers), and the heartbeat that lets a failed collective name the rank that was lost.
 #include "latentmoe/parallel/communicator.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 
+#include "c10d_backends.h"
 #include "latentmoe/util/error.h"
 
 namespace latentmoe::parallel {
 
 namespace {
-std::optional<std::string> env(const char* name) {
+std::optional<std::string> env_var(const char* name) {
   const char* v = std::getenv(name);
   return v && *v ? std::optional<std::string>(v) : std::nullopt;
 }
 
 int env_int(const char* name, int fallback, int min_value) {
-  const auto v = env(name);
+  const auto v = env_var(name);
   if (!v) return fallback;
   try {
     size_t used = 0;
@@ -30,82 +38,281 @@ int env_int(const char* name, int fallback, int min_value) {
   }
 }
 
-class GlooCommunicator final : public Communicator {
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(250);
+constexpr auto kHeartbeatSilence = std::chrono::milliseconds(2000);  // no beat for this long = lost
+
+// The rendezvous connection (`rendezvous`: counts itself in and waits for all ranks) or an extra
+// client connection of the same process.
+c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistributedEnv& e, bool server, bool rendezvous,
+                                                 std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(e.master_port);
+  options.isServer = server;
+  options.numWorkers = rendezvous ? std::optional<size_t>(static_cast<size_t>(e.world_size)) : std::nullopt;
+  options.waitWorkers = rendezvous;
+  options.timeout = timeout;
+  return c10::make_intrusive<c10d::TCPStore>(e.master_addr, options);
+}
+
+// What every group of one process shares: the store, the backend kind, and the heartbeat.
+class Session {
  public:
-  GlooCommunicator(const DistributedEnv& env, std::chrono::seconds timeout) : rank_(env.rank), world_(env.world_size) {
-    c10d::TCPStoreOptions store_options;
-    store_options.port = static_cast<uint16_t>(env.master_port);
-    // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it.
-    const auto agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-    store_options.isServer = env.rank == 0 && !(agent_store && std::string(agent_store) == "True");
-    store_options.numWorkers = env.world_size;
-    store_options.timeout = timeout;
+  Session(const DistributedEnv& e, std::string backend, std::chrono::seconds timeout)
+      : env(e), backend(std::move(backend)), timeout(timeout) {
+    // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it. Keys are
+    // prefixed by the restart count so that a restarted job never reads its predecessor's keys.
+    const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
+    prefix = "latentmoe/" + env_or("TORCHELASTIC_RESTART_COUNT", "0");
+    store = connect_store(e, e.rank == 0 && !agent_store, true, timeout);
+    // The heartbeat has its own connection so it never waits behind a blocking store call.
+    heartbeat_store = connect_store(e, false, false, timeout);
+    heartbeat_store->add(beat_key(e.rank), 1);
+    heartbeat_ = std::thread([this] { beat(); });
+  }
+  ~Session() {
+    stop_ = true;
+    if (heartbeat_.joinable()) heartbeat_.join();
+  }
+
+  // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.)
+  std::string diagnose() const {
     try {
-      store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
-      auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.master_addr));
-      group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store_, env.rank, env.world_size, options);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("rank {}: rendezvous with {} ranks at {}:{} failed within {} s: {}", env.rank,
-                                           env.world_size, env.master_addr, env.master_port, timeout.count(), e.what()));
+      auto probe = connect_store(env, false, false, std::chrono::milliseconds(3000));
+      std::vector<int64_t> before(static_cast<size_t>(env.world_size));
+      for (int r = 0; r < env.world_size; ++r) before[static_cast<size_t>(r)] = probe->add(beat_key(r), 0);
+      std::this_thread::sleep_for(kHeartbeatSilence);
+      std::vector<int> lost;
+      for (int r = 0; r < env.world_size; ++r) {
+        if (r != env.rank && probe->add(beat_key(r), 0) == before[static_cast<size_t>(r)]) lost.push_back(r);
+      }
+      if (lost.empty()) {
+        return fmt::format("every rank is still alive, so a peer is stuck or slow (parallel.timeout_s={})", timeout.count());
+      }
+      return fmt::format("lost rank{} {} (no heartbeat for {} s)", lost.size() > 1 ? "s" : "", fmt::join(lost, ", "),
+                         std::chrono::duration<double>(kHeartbeatSilence).count());
+    } catch (const std::exception&) {
+      const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
+      return fmt::format("the rendezvous store at {}:{} is unreachable: lost {}", env.master_addr, env.master_port,
+                         agent_store ? "the torchrun agent" : "rank 0 (it hosts the store)");
     }
   }
-  int rank() const override { return rank_; }
-  int world_size() const override { return world_; }
 
-  void all_reduce_sum(at::Tensor& tensor, const std::string& what) override {
-    std::vector<at::Tensor> tensors{tensor};
-    run(what, [&] { return group_->allreduce(tensors); });
+  DistributedEnv env;
+  std::string backend;  // "gloo" or "nccl"
+  std::chrono::seconds timeout;
+  std::string prefix;
+  c10::intrusive_ptr<c10d::Store> store, heartbeat_store;
+
+ private:
+  static std::string env_or(const char* name, const std::string& fallback) { return env_var(name).value_or(fallback); }
+  std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
+  void beat() {
+    while (!stop_) {
+      std::this_thread::sleep_for(kHeartbeatPeriod);
+      try {
+        heartbeat_store->add(beat_key(env.rank), 1);
+      } catch (const std::exception&) {
+        return;  // the store is gone; the next collective reports it
+      }
+    }
   }
+  std::atomic<bool> stop_{false};
+  std::thread heartbeat_;
+};
+
+class C10dCommunicator;
+
+class C10dPending final : public PendingCollective {
+ public:
+  C10dPending(const C10dCommunicator& comm, c10::intrusive_ptr<c10d::Work> work, std::string what,
+              std::vector<std::pair<at::Tensor, at::Tensor>> copy_back)
+      : comm_(comm), work_(std::move(work)), what_(std::move(what)), copy_back_(std::move(copy_back)) {}
+  void wait() override;
+
+ private:
+  const C10dCommunicator& comm_;
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::string what_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back_;  // (caller's tensor, staged device copy)
+};
+
+class C10dCommunicator final : public Communicator {
+ public:
+  // backend_ is null for a one-rank group: every collective is then local.
+  C10dCommunicator(std::shared_ptr<Session> session, std::string name, std::vector<int> ranks)
+      : session_(std::move(session)), name_(std::move(name)), ranks_(std::move(ranks)) {
+    const auto it = std::find(ranks_.begin(), ranks_.end(), session_->env.rank);
+    if (it == ranks_.end()) {
+      throw std::logic_error(fmt::format("rank {} is not a member of group {}", session_->env.rank, name_));
+    }
+    rank_ = static_cast<int>(it - ranks_.begin());
+    if (ranks_.size() == 1) return;
+    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(session_->timeout);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(session_->prefix + "/group/" + name_, session_->store);
+    const int size = static_cast<int>(ranks_.size());
+    try {
+      if (session_->backend == "nccl") {
+        device_ = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(session_->env.local_rank));
+        backend_ = detail::make_nccl_backend(store, rank_, size, session_->env.local_rank, timeout);
+      } else {
+        backend_ = detail::make_gloo_backend(store, rank_, size, session_->env.master_addr, timeout);
+      }
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("rank {}: rendezvous of group {} ({} ranks) at {}:{} failed within {} s: {}",
+                                           global_rank(), name_, size, session_->env.master_addr,
+                                           session_->env.master_port, session_->timeout.count(), first_line(e.what())));
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return static_cast<int>(ranks_.size()); }
+  int global_rank() const override { return session_->env.rank; }
+  const std::string& name() const override { return name_; }
+
+  std::unique_ptr<Communicator> subgroup(const std::string& name, const std::vector<int>& global_ranks) override {
+    return std::make_unique<C10dCommunicator>(session_, name, global_ranks);
+  }
+
+  void all_reduce_sum(at::Tensor& tensor, const std::string& what) override { all_reduce_sum_async(tensor, what)->wait(); }
+
+  std::unique_ptr<PendingCollective> all_reduce_sum_async(at::Tensor& tensor, const std::string& what) override {
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+    std::vector<at::Tensor> tensors{stage(tensor, true, copy_back)};
+    return start(what, [&] { return backend_->allreduce(tensors); }, std::move(copy_back));
+  }
+
+  std::unique_ptr<PendingCollective> reduce_scatter_sum_async(at::Tensor& output, at::Tensor& input,
+                                                              const std::string& what) override {
+    if (!backend_) {
+      output.copy_(input);
+      return start(what, nullptr, {});
+    }
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
+    return start(what, [&] { return backend_->_reduce_scatter_base(out, in); }, std::move(copy_back));
+  }
+
+  void all_gather(at::Tensor& output, at::Tensor& input, const std::string& what) override {
+    if (!backend_) {
+      output.copy_(input);
+      return;
+    }
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
+    start(what, [&] { return backend_->_allgather_base(out, in); }, std::move(copy_back))->wait();
+  }
+
+  void barrier(const std::string& what) override {
+    start(what, [&] { return backend_->barrier(); }, {})->wait();
+  }
+
   void all_to_all(at::Tensor& output, at::Tensor& input, std::vector<int64_t> output_splits,
                   std::vector<int64_t> input_splits, const std::string& what) override {
-    run(what, [&] { return group_->alltoall_base(output, input, output_splits, input_splits); });
+    if (!backend_) {
+      output.copy_(input);
+      return;
+    }
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
+    start(what, [&] { return backend_->alltoall_base(out, in, output_splits, input_splits); }, std::move(copy_back))->wait();
   }
-  void barrier(const std::string& what) override {
-    run(what, [&] { return group_->barrier(); });
+
+  // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
+  [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
+    throw std::runtime_error(fmt::format("rank {} of {}: {} (group {}, {} ranks) failed: {}; {}: {}", global_rank(),
+                                         session_->env.world_size, what, name_, ranks_.size(), session_->diagnose(),
+                                         session_->backend, first_line(e.what())));
   }
 
  private:
-  template <class F>
-  void run(const std::string& what, F&& start) {
-    try {
-      start()->wait();
-    } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("rank {} of {}: {} failed (a peer rank died or timed out?): {}", rank_, world_,
-                                           what, e.what()));
-    }
+  // NCCL works on the rank's GPU: CPU tensors are staged there (and copied back when written).
+  at::Tensor stage(at::Tensor& t, bool read, std::vector<std::pair<at::Tensor, at::Tensor>>& copy_back) {
+    if (!device_ || t.device() == *device_) return t;
+    at::Tensor staged = read ? t.to(*device_) : at::empty_like(t, t.options().device(*device_));
+    copy_back.emplace_back(t, staged);
+    return staged;
   }
-  int rank_, world_;
-  c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;
+
+  template <class F>
+  std::unique_ptr<PendingCollective> start(const std::string& what, F&& launch,
+                                           std::vector<std::pair<at::Tensor, at::Tensor>> copy_back) {
+    c10::intrusive_ptr<c10d::Work> work;
+    if constexpr (!std::is_same_v<std::decay_t<F>, std::nullptr_t>) {
+      if (backend_) {
+        try {
+          work = launch();
+        } catch (const std::exception& e) {
+          fail(what, e);
+        }
+      }
+    }
+    return std::make_unique<C10dPending>(*this, std::move(work), what, std::move(copy_back));
+  }
+
+  std::shared_ptr<Session> session_;
+  std::string name_;
+  std::vector<int> ranks_;
+  int rank_ = 0;
+  std::optional<c10::Device> device_;
+  c10::intrusive_ptr<c10d::Backend> backend_;
 };
+
+void C10dPending::wait() {
+  if (!work_) return;
+  try {
+    work_->wait();
+  } catch (const std::exception& e) {
+    comm_.fail(what_, e);
+  }
+  for (auto& [target, staged] : copy_back_) target.copy_(staged);
+}
 }  // namespace
+
+namespace detail {
+c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                                    const std::string& hostname, std::chrono::milliseconds timeout) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
+}
+}  // namespace detail
 
 DistributedEnv distributed_env_from_environment() {
   DistributedEnv e;
   e.world_size = env_int("WORLD_SIZE", 1, 1);
   if (e.world_size == 1) return e;
-  if (!env("RANK")) throw ConfigError(fmt::format("environment WORLD_SIZE={} but RANK is not set (launch with torchrun)", e.world_size));
+  if (!env_var("RANK")) throw ConfigError(fmt::format("environment WORLD_SIZE={} but RANK is not set (launch with torchrun)", e.world_size));
   e.rank = env_int("RANK", 0, 0);
   if (e.rank >= e.world_size) {
     throw ConfigError(fmt::format("environment RANK={} must be < WORLD_SIZE={}", e.rank, e.world_size));
   }
   e.local_rank = env_int("LOCAL_RANK", e.rank, 0);
-  const auto addr = env("MASTER_ADDR");
+  const auto addr = env_var("MASTER_ADDR");
   if (!addr) throw ConfigError("environment MASTER_ADDR is not set (the rank-0 host; torchrun sets it)");
   e.master_addr = *addr;
-  if (!env("MASTER_PORT")) throw ConfigError("environment MASTER_PORT is not set (a free TCP port on MASTER_ADDR)");
+  if (!env_var("MASTER_PORT")) throw ConfigError("environment MASTER_PORT is not set (a free TCP port on MASTER_ADDR)");
   e.master_port = env_int("MASTER_PORT", 0, 1);
   if (e.master_port > 65535) throw ConfigError(fmt::format("environment MASTER_PORT={} must be <= 65535", e.master_port));
   return e;
 }
 
-std::unique_ptr<Communicator> Communicator::create(const DistributedEnv& env, const std::string& backend,
+std::unique_ptr<Communicator> Communicator::create(const DistributedEnv& e, const std::string& backend,
                                                    std::chrono::seconds timeout) {
-  if (backend == "nccl") {
-    throw ConfigError("parallel.backend 'nccl': the NCCL path is not wired up yet; use 'gloo' or 'auto' on CPU");
+  const std::string kind = backend == "auto" ? "gloo" : backend;  // CPU training: gloo
+  std::shared_ptr<Session> session;
+  try {
+    session = std::make_shared<Session>(e, kind, timeout);
+  } catch (const std::exception& ex) {
+    throw std::runtime_error(fmt::format("rank {}: rendezvous with {} ranks at {}:{} failed within {} s: {}", e.rank,
+                                         e.world_size, e.master_addr, e.master_port, timeout.count(), first_line(ex.what())));
   }
-  return std::make_unique<GlooCommunicator>(env, timeout);
+  std::vector<int> all(static_cast<size_t>(e.world_size));
+  for (int r = 0; r < e.world_size; ++r) all[static_cast<size_t>(r)] = r;
+  return std::make_unique<C10dCommunicator>(session, "world", all);
 }
 
 }  // namespace latentmoe::parallel

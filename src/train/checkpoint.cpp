@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "latentmoe/io/safetensors.h"
+#include "latentmoe/parallel/communicator.h"
 #include "latentmoe/util/hash.h"
 
 namespace latentmoe::train {
@@ -22,7 +23,7 @@ using json = nlohmann::json;
 
 namespace {
 constexpr const char* kMarker = "COMMITTED";
-constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.yaml"};
+constexpr const char* kRequired[] = {"trainer_state.json", "config.yaml"};
 
 void fsync_path(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -77,32 +78,78 @@ std::string Checkpointer::step_dir_name(int64_t step) { return fmt::format("step
 Checkpointer::Checkpointer(std::string dir, int64_t keep_last) : dir_(std::move(dir)), keep_last_(keep_last) {}
 
 std::string Checkpointer::save(int64_t step, const CheckpointData& data) {
+  return save(step, CheckpointShard{as_list(data.model), as_list(data.optimizer)}, data.trainer_state_json,
+              data.config_yaml, nullptr);
+}
+
+std::string Checkpointer::save(int64_t step, const CheckpointShard& shard, const std::string& trainer_state_json,
+                               const std::string& config_yaml, parallel::Communicator* comm) {
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
   const fs::path final_dir = fs::path(dir_) / step_dir_name(step);
-  const fs::path tmp = fs::path(dir_) / fmt::format(".{}.tmp-{}", step_dir_name(step), ::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  io::save_safetensors((tmp / "model.safetensors").string(), as_list(data.model), {{"format", "latentmoe"}});
-  io::save_safetensors((tmp / "optimizer.safetensors").string(), as_list(data.optimizer), {{"format", "latentmoe"}});
-  write_text(tmp / "trainer_state.json", data.trainer_state_json);
-  write_text(tmp / "config.yaml", data.config_yaml);
-  json manifest = {{"step", step}, {"files", json::object()}};
-  for (const char* f : kFiles) {
-    fsync_path(tmp / f);
-    manifest["files"][f] = sha256_file_hex((tmp / f).string());
+  const fs::path tmp = fs::path(dir_) / fmt::format(".{}.tmp", step_dir_name(step));
+  if (rank == 0) {
+    fs::remove_all(tmp);  // an interrupted earlier save of this step
+    fs::create_directories(tmp);
   }
-  write_text(tmp / "manifest.json", manifest.dump(2));
-  fsync_path(tmp / "manifest.json");
-  fsync_path(tmp);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an uncommitted leftover of this step
-  fs::rename(tmp, final_dir);
-  fsync_path(dir_);
-  if (const char* hook = std::getenv("LATENTMOE_TEST_CRASH_BEFORE_COMMIT"); hook && std::string(hook) == "1") {
-    std::_Exit(86);  // test hook: die between the rename and the commit marker
+  if (comm) comm->barrier("checkpoint directory barrier");
+  // 1. Every rank writes its shard and records the files' hashes and the tensor names.
+  const auto shard_name = [&](const std::string& stem) {
+    return world == 1 ? stem + ".safetensors" : fmt::format("{}-{:05d}-of-{:05d}.safetensors", stem, rank + 1, world);
+  };
+  json mine = {{"files", json::object()}, {"model", json::array()}, {"optimizer", json::array()}};
+  for (const auto& [stem, tensors] : {std::pair<std::string, const std::vector<std::pair<std::string, at::Tensor>>*>{
+                                          "model", &shard.model},
+                                      {"optimizer", &shard.optimizer}}) {
+    if (tensors->empty() && world > 1) continue;
+    const std::string file = shard_name(stem);
+    io::save_safetensors((tmp / file).string(), *tensors, {{"format", "latentmoe"}});
+    fsync_path(tmp / file);
+    mine["files"][file] = sha256_file_hex((tmp / file).string());
+    for (const auto& [name, t] : *tensors) mine[stem].push_back({name, file});
   }
-  write_text(final_dir / kMarker, sha256_file_hex((final_dir / "manifest.json").string()) + "\n");
-  fsync_path(final_dir / kMarker);
-  fsync_path(final_dir);
-  prune();
+  write_text(tmp / fmt::format(".shard-{}.json", rank), mine.dump());
+  fsync_path(tmp / fmt::format(".shard-{}.json", rank));
+  if (comm) comm->barrier("checkpoint shard barrier (waiting for every rank's files)");
+  // 2. Rank 0 writes the shared files, the indexes and the manifest, renames, and commits.
+  if (rank == 0) {
+    json manifest = {{"step", step}, {"world_size", world}, {"files", json::object()}};
+    json index[2] = {{{"metadata", {{"format", "latentmoe"}}}, {"weight_map", json::object()}},
+                     {{"metadata", {{"format", "latentmoe"}}}, {"weight_map", json::object()}}};
+    for (int r = 0; r < world; ++r) {
+      const fs::path part = tmp / fmt::format(".shard-{}.json", r);
+      const json theirs = json::parse(read_text(part));
+      for (const auto& [file, hash] : theirs["files"].items()) manifest["files"][file] = hash;
+      for (int k = 0; k < 2; ++k) {
+        for (const auto& entry : theirs[k == 0 ? "model" : "optimizer"]) index[k]["weight_map"][entry[0].get<std::string>()] = entry[1];
+      }
+      fs::remove(part);
+    }
+    std::vector<std::pair<std::string, std::string>> shared = {{"trainer_state.json", trainer_state_json},
+                                                               {"config.yaml", config_yaml}};
+    if (world > 1) {
+      shared.emplace_back("model.safetensors.index.json", index[0].dump(2));
+      shared.emplace_back("optimizer.safetensors.index.json", index[1].dump(2));
+    }
+    for (const auto& [file, text] : shared) {
+      write_text(tmp / file, text);
+      fsync_path(tmp / file);
+      manifest["files"][file] = sha256_file_hex((tmp / file).string());
+    }
+    write_text(tmp / "manifest.json", manifest.dump(2));
+    fsync_path(tmp / "manifest.json");
+    fsync_path(tmp);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // an uncommitted leftover of this step
+    fs::rename(tmp, final_dir);
+    fsync_path(dir_);
+    if (const char* hook = std::getenv("LATENTMOE_TEST_CRASH_BEFORE_COMMIT"); hook && std::string(hook) == "1") {
+      std::_Exit(86);  // test hook: die between the rename and the commit marker
+    }
+    write_text(final_dir / kMarker, sha256_file_hex((final_dir / "manifest.json").string()) + "\n");
+    fsync_path(final_dir / kMarker);
+    fsync_path(final_dir);
+    prune();
+  }
+  if (comm) comm->barrier("checkpoint commit barrier");
   return final_dir.string();
 }
 
@@ -132,13 +179,29 @@ void Checkpointer::verify(const std::string& checkpoint_dir) {
   } catch (const json::exception& e) {
     throw CheckpointError(fmt::format("{}/manifest.json: invalid JSON: {}", checkpoint_dir, e.what()));
   }
-  for (const char* f : kFiles) {
+  if (!manifest.contains("files") || !manifest["files"].is_object()) {
+    throw CheckpointError(fmt::format("{}/manifest.json: no 'files' object", checkpoint_dir));
+  }
+  for (const char* f : kRequired) {
     if (!manifest["files"].contains(f)) throw CheckpointError(fmt::format("{}/manifest.json: no entry for {}", checkpoint_dir, f));
-    if (!fs::exists(dir / f)) throw CheckpointError(fmt::format("{}/{}: missing", checkpoint_dir, f));
-    const std::string actual = sha256_file_hex((dir / f).string());
-    if (actual != manifest["files"][f].get<std::string>()) {
+  }
+  for (const char* stem : {"model", "optimizer"}) {
+    if (!manifest["files"].contains(std::string(stem) + ".safetensors") &&
+        !manifest["files"].contains(std::string(stem) + ".safetensors.index.json")) {
+      throw CheckpointError(fmt::format("{}/manifest.json: lists neither {}.safetensors nor {}.safetensors.index.json",
+                                        checkpoint_dir, stem, stem));
+    }
+  }
+  for (const auto& [f, expected] : manifest["files"].items()) {
+    const fs::path path = dir / f;
+    if (fs::path(f).has_parent_path() || !expected.is_string()) {
+      throw CheckpointError(fmt::format("{}/manifest.json: bad entry '{}'", checkpoint_dir, f));
+    }
+    if (!fs::exists(path)) throw CheckpointError(fmt::format("{}/{}: missing", checkpoint_dir, f));
+    const std::string actual = sha256_file_hex(path.string());
+    if (actual != expected.get<std::string>()) {
       throw CheckpointError(fmt::format("{}/{}: SHA-256 mismatch (expected {}, got {}): the file is corrupt", checkpoint_dir, f,
-                                        manifest["files"][f].get<std::string>(), actual));
+                                        expected.get<std::string>(), actual));
     }
   }
 }
@@ -159,10 +222,12 @@ CheckpointData Checkpointer::load(const std::string& checkpoint_dir) {
   verify(checkpoint_dir);
   const fs::path dir(checkpoint_dir);
   CheckpointData data;
-  const io::SafetensorsFile model((dir / "model.safetensors").string());
-  for (const auto& [name, e] : model.entries()) data.model.emplace(name, model.tensor(name).clone());
-  const io::SafetensorsFile optimizer((dir / "optimizer.safetensors").string());
-  for (const auto& [name, e] : optimizer.entries()) data.optimizer.emplace(name, optimizer.tensor(name).clone());
+  try {
+    data.model = io::load_safetensors_dir(checkpoint_dir, "model");
+    data.optimizer = io::load_safetensors_dir(checkpoint_dir, "optimizer");
+  } catch (const io::SafetensorsError& e) {
+    throw CheckpointError(e.what());
+  }
   data.trainer_state_json = read_text(dir / "trainer_state.json");
   data.config_yaml = read_text(dir / "config.yaml");
   return data;

@@ -13,25 +13,32 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_par
   for (const auto& [name, p] : named_params) {
     if (!p.requires_grad()) continue;
     const bool decay = cfg.decay_1d_params || p.dim() >= 2;
-    slots_.push_back({name, p, torch::zeros_like(p, torch::kFloat), torch::zeros_like(p, torch::kFloat), decay});
+    if (!p.is_contiguous()) throw std::invalid_argument(fmt::format("AdamW: parameter '{}' is not contiguous", name));
+    const auto moments = [&] { return torch::zeros({p.numel()}, p.options().dtype(torch::kFloat)); };
+    slots_.push_back({name, p, moments(), moments(), decay, 0, p.numel()});
   }
 }
 
-void AdamW::restrict_to(const std::function<bool(size_t)>& owned) {
+void AdamW::restrict_to_ranges(const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  if (ranges.size() != slots_.size()) throw std::invalid_argument("AdamW::restrict_to_ranges: one range per parameter");
   for (size_t i = 0; i < slots_.size(); ++i) {
-    slots_[i].owned = owned(i);
-    if (!slots_[i].owned) {  // free the moments: this is the memory ZeRO-1 saves
-      slots_[i].exp_avg = torch::Tensor();
-      slots_[i].exp_avg_sq = torch::Tensor();
+    auto& s = slots_[i];
+    const auto [begin, length] = ranges[i];
+    if (begin < 0 || length < 0 || begin + length > s.param.numel()) {
+      throw std::invalid_argument(fmt::format("AdamW: range [{}, +{}) outside '{}' ({} elements)", begin, length, s.name,
+                                              s.param.numel()));
     }
+    s.begin = begin;
+    s.length = length;
+    // Only the owned range keeps moments: this is the memory ZeRO-1 saves.
+    s.exp_avg = torch::zeros({length}, s.param.options().dtype(torch::kFloat));
+    s.exp_avg_sq = torch::zeros({length}, s.param.options().dtype(torch::kFloat));
   }
 }
 
-bool AdamW::owns(const std::string& name) const {
-  for (const auto& s : slots_) {
-    if (s.name == name) return s.owned;
-  }
-  return false;
+AdamW::SlotView AdamW::slot(size_t i) const {
+  const auto& s = slots_.at(i);
+  return {s.name, s.param, s.exp_avg, s.exp_avg_sq, s.begin, s.length};
 }
 
 bool AdamW::decays(const std::string& name) const {
@@ -51,21 +58,26 @@ void AdamW::step(double lr) {
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_));
   for (auto& s : slots_) {
-    if (!s.owned || !s.param.grad().defined()) continue;
-    const torch::Tensor g = s.param.grad().to(torch::kFloat);
-    if (s.decay && cfg_.weight_decay != 0.0) s.param.mul_(1.0 - lr * cfg_.weight_decay);
+    if (s.length == 0 || !s.param.grad().defined()) continue;
+    torch::Tensor param = s.param.view(-1).narrow(0, s.begin, s.length);
+    const torch::Tensor g = s.param.grad().reshape(-1).narrow(0, s.begin, s.length).to(torch::kFloat);
+    if (s.decay && cfg_.weight_decay != 0.0) param.mul_(1.0 - lr * cfg_.weight_decay);
     s.exp_avg.lerp_(g, 1.0 - cfg_.beta1);
     s.exp_avg_sq.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
     const torch::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
-    s.param.addcdiv_(s.exp_avg, denom, -lr / bc1);
+    param.addcdiv_(s.exp_avg, denom, -lr / bc1);
   }
 }
 
 std::map<std::string, torch::Tensor> AdamW::state() const {
   std::map<std::string, torch::Tensor> out;
   for (const auto& s : slots_) {
-    out.emplace("exp_avg." + s.name, s.owned ? s.exp_avg : torch::zeros_like(s.param, torch::kFloat));
-    out.emplace("exp_avg_sq." + s.name, s.owned ? s.exp_avg_sq : torch::zeros_like(s.param, torch::kFloat));
+    for (const auto& [key, moment] : {std::pair{"exp_avg.", s.exp_avg}, std::pair{"exp_avg_sq.", s.exp_avg_sq}}) {
+      torch::Tensor full = s.length == s.param.numel() ? moment.view_as(s.param)
+                                                       : torch::zeros_like(s.param, torch::kFloat);
+      if (s.length != s.param.numel()) full.view(-1).narrow(0, s.begin, s.length).copy_(moment);
+      out.emplace(key + s.name, full);
+    }
   }
   out.emplace("step", torch::tensor({steps_}, torch::kLong));
   return out;
@@ -88,9 +100,8 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& state) {
   if (step == state.end()) throw std::runtime_error("optimizer state: missing tensor 'step'");
   torch::NoGradGuard no_grad;
   for (auto& s : slots_) {
-    if (!s.owned) continue;
-    s.exp_avg.copy_(state.at("exp_avg." + s.name));
-    s.exp_avg_sq.copy_(state.at("exp_avg_sq." + s.name));
+    s.exp_avg.copy_(state.at("exp_avg." + s.name).reshape(-1).narrow(0, s.begin, s.length));
+    s.exp_avg_sq.copy_(state.at("exp_avg_sq." + s.name).reshape(-1).narrow(0, s.begin, s.length));
   }
   steps_ = step->second.item<int64_t>();
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -61,6 +62,9 @@ std::string human_duration(double seconds) {
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
 }
 
+// Routed-expert parameters (and their optimizer state) are sharded by expert parallelism.
+bool is_expert_tensor(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
+
 int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::stoll(v) : fallback;
@@ -96,10 +100,6 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   }
   accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / (t.micro_batch_size * world_);
   tokens_per_step_ = t.global_batch_size * t.seq_len;
-  if (cfg_.parallel.ep > 1 && cfg_.parallel.ep != world_) {
-    throw ConfigError(fmt::format("parallel.ep={} with {} ranks: expert parallelism currently spans all ranks; set "
-                                  "parallel.ep to 1 or to the world size ({})", cfg_.parallel.ep, world_, world_));
-  }
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
   data_paths_ = resolve_data_paths(cfg_);
@@ -111,22 +111,23 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
     options.split = data::Split::valid;
     valid_data_ = std::make_unique<data::DataLoader>(data_paths_, options);
   }
+  // The whole model is initialized on every rank (same seed: the same weights as one process),
+  // then expert parallelism keeps only this rank's experts.
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
   model_ = model::DeepSeekV3(cfg_.model);
+  if (comm_) setup_parallel();
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
-  if (comm_ && cfg_.parallel.ep > 1) {
-    expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*comm_, cfg_.model.n_routed_experts);
-    for (const auto& module : model_->modules(/*include_self=*/false)) {
-      if (auto moe = std::dynamic_pointer_cast<model::MoEImpl>(module)) moe->dispatcher = expert_dispatcher_.get();
-    }
-  }
   if (comm_) {
-    std::vector<torch::Tensor> trainable;
-    for (const auto& [name, p] : params) trainable.push_back(p);
-    data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, trainable, cfg_.parallel.zero_stage == 1);
-    if (data_parallel_->zero1()) optimizer_->restrict_to([this](size_t i) { return data_parallel_->owns(i); });
+    std::vector<parallel::ReplicatedParam> replicated;
+    for (const auto& [name, p] : params) {
+      if (p.requires_grad()) replicated.push_back({name, p, is_expert_tensor(name)});
+    }
+    parallel::DataParallelOptions options{.zero1 = cfg_.parallel.zero_stage == 1,
+                                          .bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_size_mb * (1 << 20))};
+    data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, expert_dp_comm_.get(), ep_comm_.get(), replicated, options);
+    if (data_parallel_->zero1()) optimizer_->restrict_to_ranges(data_parallel_->owned_ranges());
   }
   schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
   std::vector<torch::Tensor> biases;
@@ -146,6 +147,24 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   train_flops_per_token_ = 3.0 * (flops.forward + flops.mtp_forward);
 }
 
+void Trainer::setup_parallel() {
+  layout_ = parallel::ParallelLayout(world_, rank_, static_cast<int>(cfg_.parallel.ep), cfg_.model.n_routed_experts);
+  if (layout_->ep == 1) return;
+  ep_comm_ = comm_->subgroup(fmt::format("ep.{}", layout_->ep_group()), layout_->ep_group_ranks());
+  expert_dp_comm_ = comm_->subgroup(fmt::format("edp.{}", layout_->ep_rank()), layout_->edp_group_ranks());
+  expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*ep_comm_, cfg_.model.n_routed_experts);
+  for (const auto& module : model_->modules(/*include_self=*/false)) {
+    if (auto moe = std::dynamic_pointer_cast<model::MoEImpl>(module)) {
+      moe->retain_experts(layout_->first_local_expert(), layout_->local_experts());
+      moe->dispatcher = expert_dispatcher_.get();
+    }
+  }
+  LMOE_INFO("expert parallel: EP group {} (ranks {}), expert-data-parallel group {} (ranks {}), experts [{}, {}) here",
+            layout_->ep_group(), fmt::join(layout_->ep_group_ranks(), ","), layout_->ep_rank(),
+            fmt::join(layout_->edp_group_ranks(), ","), layout_->first_local_expert(),
+            layout_->first_local_expert() + layout_->local_experts());
+}
+
 std::string Trainer::trainer_state_json() const {
   return json{{"step", step_},
               {"tokens_seen", tokens_seen_},
@@ -159,18 +178,50 @@ std::string Trainer::trainer_state_json() const {
 }
 
 std::string Trainer::save_checkpoint() {
-  // Data parallel replicates every tensor: rank 0 writes, the others wait for the commit.
-  const std::string path = (fs::path(cfg_.checkpoint.dir) / Checkpointer::step_dir_name(step_)).string();
-  std::map<std::string, torch::Tensor> optimizer_state = optimizer_->state();
-  if (data_parallel_ && data_parallel_->zero1()) data_parallel_->gather_owned_state(optimizer_state);  // collective
-  if (rank_ == 0) {
-    CheckpointData data{io::model_state(*model_), std::move(optimizer_state), trainer_state_json(), config::dump_config_yaml(cfg_)};
-    checkpointer_->save(step_, data);
-    LMOE_INFO("checkpoint committed: {}", path);
+  std::map<std::string, torch::Tensor> optimizer_state =
+      data_parallel_ ? data_parallel_->full_optimizer_state(*optimizer_) : optimizer_->state();  // collective
+  const std::map<std::string, torch::Tensor> model_state = io::model_state(*model_);
+  CheckpointShard shard;
+  if (!comm_) {
+    shard.model.assign(model_state.begin(), model_state.end());
+    shard.optimizer.assign(optimizer_state.begin(), optimizer_state.end());
+  } else {
+    // Each tensor is written once: replicated ones by a rank of the world, this rank's experts by
+    // a rank of their expert-data-parallel group (largest tensors first onto the least-loaded).
+    const auto writer = checkpoint_writers(model_state);
+    for (const auto& [name, t] : model_state) {
+      if (writer.at(name)) shard.model.emplace_back(name, t);
+    }
+    for (const auto& [name, t] : optimizer_state) {
+      const std::string param = name.substr(name.find('.') + 1);
+      if (name == "step" ? rank_ == 0 : writer.at(param)) shard.optimizer.emplace_back(name, t);
+    }
   }
-  if (comm_) comm_->barrier("checkpoint commit barrier");
+  const std::string path = checkpointer_->save(step_, shard, trainer_state_json(), config::dump_config_yaml(cfg_), comm_);
+  if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
   last_checkpoint_ = path;
   return path;
+}
+
+std::map<std::string, bool> Trainer::checkpoint_writers(const std::map<std::string, torch::Tensor>& model_state) const {
+  std::map<std::string, bool> mine;
+  for (const bool expert : {false, true}) {
+    std::vector<std::pair<std::string, int64_t>> tensors;
+    for (const auto& [name, t] : model_state) {
+      const bool sharded = layout_ && layout_->ep > 1 && is_expert_tensor(name);
+      if (sharded == expert) tensors.emplace_back(name, t.numel());
+    }
+    std::stable_sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    const int members = expert ? layout_->edp_size() : world_;
+    const int me = expert ? layout_->ep_group() : rank_;
+    std::vector<int64_t> load(static_cast<size_t>(members), 0);
+    for (const auto& [name, numel] : tensors) {
+      const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+      load[static_cast<size_t>(least)] += numel;
+      mine[name] = least == me;
+    }
+  }
+  return mine;
 }
 
 void Trainer::resume(const std::string& spec) {
@@ -194,7 +245,12 @@ void Trainer::resume(const std::string& spec) {
     throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
                                   "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
   }
-  io::load_model_state(*model_, data.model, path);
+  // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
+  std::map<std::string, torch::Tensor> needed;
+  for (const auto& [name, t] : io::model_state(*model_)) {
+    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
+  }
+  io::load_model_state(*model_, needed, path);
   optimizer_->load_state(data.optimizer);
   const json state = json::parse(data.trainer_state_json);
   step_ = state.at("step").get<int64_t>();
@@ -229,6 +285,7 @@ StepRecord Trainer::train_step() {
       losses = compute_losses(out, tokens, cfg_, mtp_weight);
       for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
     }
+    if (data_parallel_) data_parallel_->begin_backward(micro == accum_steps_ - 1);
     (losses.total / static_cast<double>(accum_steps_)).backward();
     const double scale = 1.0 / static_cast<double>(accum_steps_);
     r.loss += losses.total.item<double>() * scale;
@@ -239,15 +296,19 @@ StepRecord Trainer::train_step() {
   }
   if (data_parallel_) {
     torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z}, torch::kDouble);
-    data_parallel_->reduce(scalars, balancer_->counts());
+    data_parallel_->finish_gradients(scalars, balancer_->counts());
     scalars.div_(static_cast<double>(world_));
     r.loss = scalars[0].item<double>(), r.lm = scalars[1].item<double>(), r.mtp = scalars[2].item<double>();
     r.balance = scalars[3].item<double>(), r.z = scalars[4].item<double>();
   }
   if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
   double norm_sq = 0;
-  for (const auto& p : model_->parameters()) {
-    if (p.grad().defined()) norm_sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  if (data_parallel_) {
+    norm_sq = data_parallel_->grad_norm_squared();  // every tensor once, over all ranks
+  } else {
+    for (const auto& p : model_->parameters()) {
+      if (p.grad().defined()) norm_sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+    }
   }
   r.grad_norm = std::sqrt(norm_sq);
   return r;
@@ -264,6 +325,10 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
   if (expert_dispatcher_) {
     scalars["ep/all_to_all_bytes"] = static_cast<double>(expert_dispatcher_->bytes_sent() - all_to_all_bytes_logged_);
     all_to_all_bytes_logged_ = expert_dispatcher_->bytes_sent();
+  }
+  if (data_parallel_) {
+    scalars["dp/reduce_bytes"] = static_cast<double>(data_parallel_->bytes_reduced() - reduce_bytes_logged_);
+    reduce_bytes_logged_ = data_parallel_->bytes_reduced();
   }
   for (size_t l = 0; l < loads.size(); ++l) {
     scalars[fmt::format("moe/layer{}/max_violation", l)] = loads[l].max_violation;
@@ -339,7 +404,7 @@ int Trainer::run() {
         }
       }
       optimizer_->step(r.lr);
-      if (data_parallel_ && data_parallel_->zero1()) data_parallel_->gather_owned_parameters();
+      if (data_parallel_) data_parallel_->gather_parameters();
       loads = balancer_->step(tokens_seen_);
       loss_window_.push_back(r.loss);
       if (static_cast<int64_t>(loss_window_.size()) > t.spike_window) loss_window_.erase(loss_window_.begin());

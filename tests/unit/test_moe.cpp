@@ -22,7 +22,7 @@ torch::Tensor loop_reference(model::MoE& moe, const torch::Tensor& tokens, const
     torch::Tensor y = moe->shared_experts(x);
     for (int64_t j = 0; j < routing.expert_ids.size(1); ++j) {
       const int64_t e = routing.expert_ids[t][j].item<int64_t>();
-      y = y + routing.gate_weights[t][j] * moe->experts[e]->as<model::MLPImpl>()->forward(x);
+      y = y + routing.gate_weights[t][j] * moe->expert(e).forward(x);
     }
     rows.push_back(y);
   }
@@ -80,7 +80,36 @@ TEST(MoE, ExpertWithNoTokensGetsZeroGradient) {
   const model::MoEOutput out = moe(torch::randn({6, cfg.hidden_size}));
   out.hidden.sum().backward();
   EXPECT_EQ(out.routing.expert_counts[5].item<int64_t>(), 6);
-  auto* unused = moe->experts[0]->as<model::MLPImpl>();
+  auto* unused = &moe->expert(0);
   EXPECT_TRUE(!unused->up_proj->weight.grad().defined() || unused->up_proj->weight.grad().abs().sum().item<double>() == 0);
-  EXPECT_GT(moe->experts[5]->as<model::MLPImpl>()->up_proj->weight.grad().abs().sum().item<double>(), 0);
+  EXPECT_GT(moe->expert(5).up_proj->weight.grad().abs().sum().item<double>(), 0);
+}
+
+// Expert parallelism keeps a contiguous range of experts under their global names; the retained
+// module computes exactly what the full one computes for those experts.
+TEST(MoE, RetainExpertsKeepsGlobalNamesAndWeights) {
+  torch::manual_seed(5);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  model::MoE full(cfg), part(cfg);
+  {
+    torch::NoGradGuard g;
+    for (auto& p : part->named_parameters()) p.value().copy_(full->named_parameters()[p.key()]);
+  }
+  const int64_t n = cfg.n_routed_experts, first = n / 2, count = n / 2;
+  part->retain_experts(first, count);
+  EXPECT_EQ(part->first_local_expert(), first);
+  EXPECT_EQ(part->local_expert_count(), count);
+  int64_t expert_tensors = 0;
+  for (const auto& p : part->named_parameters()) {
+    if (p.key().rfind("experts.", 0) != 0) continue;
+    ++expert_tensors;
+    const int64_t e = std::stoll(p.key().substr(8, p.key().find('.', 8) - 8));
+    EXPECT_GE(e, first) << p.key();
+    EXPECT_TRUE(torch::equal(p.value(), full->named_parameters()[p.key()])) << p.key();
+  }
+  EXPECT_EQ(expert_tensors, count * 3);
+  EXPECT_THROW(part->expert(0), std::out_of_range);
+  EXPECT_THROW(part->retain_experts(0, 1), std::out_of_range);
+  const torch::Tensor x = torch::randn({3, cfg.hidden_size});
+  EXPECT_TRUE(torch::equal(part->expert(n - 1).forward(x), full->expert(n - 1).forward(x)));
 }

@@ -87,6 +87,46 @@ TEST(AdamW, MatchesTorchAdamWWithParameterGroups) {
   EXPECT_TRUE(torch::allclose(b, tb, 1e-6, 1e-7));
 }
 
+// ZeRO-1: two optimizers owning complementary element ranges of the same parameters (one range
+// splitting a tensor in the middle, one rank owning nothing of another) update exactly like one
+// optimizer owning everything, and their state() sums to its state.
+TEST(AdamW, ComplementaryRangesEqualTheFullUpdate) {
+  torch::manual_seed(1);
+  const torch::Tensor w0 = torch::randn({5, 3}), b0 = torch::randn({5});
+  cfg::OptimizerConfig o;
+  o.weight_decay = 0.1;
+  torch::Tensor wf = w0.clone().requires_grad_(), bf = b0.clone().requires_grad_();
+  torch::Tensor wa = w0.clone().requires_grad_(), ba = b0.clone().requires_grad_();
+  torch::Tensor wb = w0.clone().requires_grad_(), bb = b0.clone().requires_grad_();
+  train::AdamW full({{"w", wf}, {"b", bf}}, o), first({{"w", wa}, {"b", ba}}, o), second({{"w", wb}, {"b", bb}}, o);
+  first.restrict_to_ranges({{0, 7}, {0, 5}});
+  second.restrict_to_ranges({{7, 8}, {0, 0}});
+  const torch::Tensor x = torch::randn({4, 3});
+  for (int step = 0; step < 4; ++step) {
+    for (auto* opt : {&full, &first, &second}) opt->zero_grad();
+    for (auto [w, b] : {std::pair{wf, bf}, std::pair{wa, ba}, std::pair{wb, bb}}) (torch::matmul(x, w.t()) + b).pow(2).sum().backward();
+    full.step(1e-2);
+    first.step(1e-2);
+    second.step(1e-2);
+    torch::NoGradGuard no_grad;  // the all-gather: each rank's owned elements
+    torch::Tensor w = wa.detach().clone();
+    w.view(-1).narrow(0, 7, 8).copy_(wb.detach().view(-1).narrow(0, 7, 8));
+    EXPECT_TRUE(torch::equal(w, wf.detach())) << "step " << step;
+    EXPECT_TRUE(torch::equal(ba.detach(), bf.detach())) << "step " << step;
+    wa.copy_(w), wb.copy_(w), bb.copy_(ba);
+  }
+  const auto sa = first.state(), sb = second.state(), sf = full.state();
+  for (const auto& [name, t] : sf) {
+    if (name == "step") continue;
+    EXPECT_TRUE(torch::equal(sa.at(name) + sb.at(name), t)) << name;
+  }
+  // Loading full state into a restricted optimizer takes its range.
+  train::AdamW again({{"w", wb}, {"b", bb}}, o);
+  again.restrict_to_ranges({{7, 8}, {0, 0}});
+  again.load_state(sf);
+  EXPECT_TRUE(torch::equal(again.state().at("exp_avg.w"), sb.at("exp_avg.w")));
+}
+
 TEST(Balancer, BiasUpdateFollowsTheRuleOncePerStep) {
   torch::Tensor bias = torch::zeros({4});
   train::ExpertBalancer balancer({bias}, 0.001, /*freeze_after_tokens=*/1000);

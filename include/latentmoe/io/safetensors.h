@@ -53,10 +53,11 @@ class SafetensorsFile {
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// Every tensor of a checkpoint directory: `model.safetensors`, or the shards named by
-// `model.safetensors.index.json` (each shard validated; every name must be where the index says,
-// and shard paths must stay inside the directory). Throws SafetensorsError.
-std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir);
+// Every tensor of a checkpoint directory: `<stem>.safetensors`, or the shards named by
+// `<stem>.safetensors.index.json` (each shard validated; every name must be where the index says,
+// and shard paths must stay inside the directory). Tensors view the mapped files (read lazily).
+// Throws SafetensorsError.
+std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir, const std::string& stem = "model");
 
 at::ScalarType scalar_type_from_safetensors(const std::string& dtype);
 std::string safetensors_dtype(at::ScalarType type);

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
@@ -38,12 +37,26 @@ class MoEImpl : public torch::nn::Module {
   // Runs experts [first, first + counts.size()) on `sorted` rows grouped by expert (counts rows each).
   torch::Tensor run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts);
 
+  // Routed expert e by its GLOBAL index; throws if this module does not hold it.
+  MLPImpl& expert(int64_t e);
+  // Keeps experts [first, first + count) and frees the others (they live elsewhere, e.g. on other
+  // expert-parallel ranks). Parameter names keep global indices: "experts.<e>.up_proj.weight".
+  void retain_experts(int64_t first, int64_t count);
+  int64_t first_local_expert() const { return first_local_; }
+  int64_t local_expert_count() const { return static_cast<int64_t>(local_experts_.size()); }
+
   ExpertDispatcher* dispatcher = nullptr;  // not owned; null = all experts run here
 
   config::ModelConfig cfg;
   Router gate{nullptr};
-  torch::nn::ModuleList experts{nullptr};  // n_routed_experts x MLP(hidden, moe_intermediate_size)
-  MLP shared_experts{nullptr};             // MLP(hidden, moe_intermediate_size x n_shared_experts)
+  // Holds the routed experts as children named by global index: n_routed_experts x
+  // MLP(hidden, moe_intermediate_size), or the retained range.
+  std::shared_ptr<torch::nn::Module> experts;
+  MLP shared_experts{nullptr};  // MLP(hidden, moe_intermediate_size x n_shared_experts)
+
+ private:
+  std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_ + i
+  int64_t first_local_ = 0;
 };
 TORCH_MODULE(MoE);
 

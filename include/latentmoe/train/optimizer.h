@@ -17,19 +17,28 @@ namespace latentmoe::train {
 class AdamW {
  public:
   AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, const config::OptimizerConfig& cfg);
-  // ZeRO-1: keep moments and update only for parameters with owned(index) true (index = position
-  // in named_params among trainable ones); the others are left for their owner rank.
-  void restrict_to(const std::function<bool(size_t)>& owned);
-  bool owns(const std::string& name) const;
+  // ZeRO-1: for trainable parameter i (position among the trainable ones in named_params), keep
+  // moments for and update only elements [ranges[i].first, +ranges[i].second) of its flattened
+  // view (length 0: nothing); the other elements belong to other ranks.
+  void restrict_to_ranges(const std::vector<std::pair<int64_t, int64_t>>& ranges);
+  struct SlotView {
+    const std::string& name;
+    torch::Tensor param, exp_avg, exp_avg_sq;  // moments cover [begin, begin + length) only
+    int64_t begin, length;
+  };
+  size_t size() const { return slots_.size(); }
+  SlotView slot(size_t i) const;
   // One update with learning rate `lr` on every parameter that has a gradient.
   void step(double lr);
   void zero_grad();
   int64_t steps() const { return steps_; }
   bool decays(const std::string& name) const;
 
-  // "exp_avg.<name>", "exp_avg_sq.<name>" and "step" (a 1-element int64 tensor); under
-  // restrict_to, the moments of parameters not owned are zeros (sum over ranks = full state).
+  // "exp_avg.<name>", "exp_avg_sq.<name>" (full shape) and "step" (a 1-element int64 tensor).
+  // Under restrict_to_ranges the elements this rank does not own are zeros: the sum over the
+  // ranks sharing a parameter is its full state.
   std::map<std::string, torch::Tensor> state() const;
+  // Full-shape tensors by name (any extra names are ignored); a restricted slot takes its range.
   // Throws std::runtime_error naming a missing or mis-shaped tensor; loads nothing then.
   void load_state(const std::map<std::string, torch::Tensor>& state);
 
@@ -38,7 +47,7 @@ class AdamW {
     std::string name;
     torch::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
-    bool owned = true;
+    int64_t begin = 0, length = 0;  // owned elements of the flattened parameter
   };
   std::vector<Slot> slots_;
   config::OptimizerConfig cfg_;

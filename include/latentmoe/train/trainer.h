@@ -1,6 +1,6 @@
 // The trainer, composed of components built from their config sections: data loaders, model,
-// AdamW, LR schedule, expert balancer, checkpointer and metrics. Single process here; the
-// distributed issue wraps the same pieces (counts and gradients are the only things to reduce).
+// AdamW, LR schedule, expert balancer, checkpointer and metrics. Parallelism is applied from
+// src/parallel/ (data parallel reductions, expert-parallel dispatch); the model stays single-device.
 #pragma once
 
 #include <map>
@@ -15,6 +15,7 @@
 #include "latentmoe/parallel/communicator.h"
 #include "latentmoe/parallel/data_parallel.h"
 #include "latentmoe/parallel/expert_parallel.h"
+#include "latentmoe/parallel/layout.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/metrics.h"
@@ -41,8 +42,8 @@ std::string resolve_tokenizer_path(const config::Config& cfg);
 
 class Trainer {
  public:
-  // comm: data-parallel group (nullptr = single process). Every rank holds the whole model;
-  // rank r trains on its contiguous slice of each global batch.
+  // comm: every rank (nullptr = single process). Rank r trains on its contiguous slice of each
+  // global batch; with parallel.ep > 1 it holds only its EP group position's routed experts.
   explicit Trainer(config::Config cfg, parallel::Communicator* comm = nullptr);
   // "auto" (newest committed checkpoint in checkpoint.dir, if any) or a checkpoint directory.
   void resume(const std::string& spec);
@@ -64,6 +65,9 @@ class Trainer {
   StepRecord train_step();
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
+  void setup_parallel();
+  // Which of this rank's model tensors it writes into a checkpoint (each tensor exactly once).
+  std::map<std::string, bool> checkpoint_writers(const std::map<std::string, torch::Tensor>& model_state) const;
 
   config::Config cfg_;
   parallel::Communicator* comm_ = nullptr;
@@ -73,9 +77,11 @@ class Trainer {
   std::unique_ptr<data::DataLoader> train_data_, valid_data_;
   model::DeepSeekV3 model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<parallel::DataParallel> data_parallel_;  // set when launched with several ranks
+  std::optional<parallel::ParallelLayout> layout_;         // set when launched with several ranks
+  std::unique_ptr<parallel::Communicator> ep_comm_, expert_dp_comm_;  // parallel.ep > 1
   std::unique_ptr<parallel::ExpertParallelDispatcher> expert_dispatcher_;  // parallel.ep > 1
-  int64_t all_to_all_bytes_logged_ = 0;
+  std::unique_ptr<parallel::DataParallel> data_parallel_;  // set when launched with several ranks
+  int64_t all_to_all_bytes_logged_ = 0, reduce_bytes_logged_ = 0;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Checkpointer> checkpointer_;

@@ -1,0 +1,30 @@
+// Rank arithmetic of the parallel layout, torch-free. The data-parallel degree is the world
+// size; parallel.ep ranks in a row form one expert-parallel (EP) group, which together holds every
+// routed expert once; the ranks at the same position of every EP group form an expert-data-
+// parallel (EDP) group, which replicates that position's experts (world / ep ranks).
+//   world 4, ep 2: EP groups {0,1} {2,3}; EDP groups {0,2} {1,3}; rank 3 holds experts [E/2, E).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace latentmoe::parallel {
+
+struct ParallelLayout {
+  // Throws ConfigError naming parallel.ep / model.n_routed_experts when they do not divide.
+  ParallelLayout(int world_size, int rank, int ep, int64_t n_routed_experts);
+
+  int world_size, rank, ep;
+  int64_t n_routed_experts;
+
+  int ep_rank() const { return rank % ep; }      // position inside the EP group
+  int ep_group() const { return rank / ep; }     // which EP group (= position in the EDP group)
+  int edp_size() const { return world_size / ep; }
+  std::vector<int> ep_group_ranks() const;       // global ranks of this rank's EP group
+  std::vector<int> edp_group_ranks() const;      // global ranks of this rank's EDP group
+  int64_t local_experts() const { return n_routed_experts / ep; }
+  int64_t first_local_expert() const { return ep_rank() * local_experts(); }
+  int expert_owner_ep_rank(int64_t expert) const { return static_cast<int>(expert / local_experts()); }
+};
+
+}  // namespace latentmoe::parallel

@@ -1,0 +1,31 @@
+#include "latentmoe/parallel/layout.h"
+
+#include <fmt/format.h>
+
+#include "latentmoe/util/error.h"
+
+namespace latentmoe::parallel {
+
+ParallelLayout::ParallelLayout(int world_size_, int rank_, int ep_, int64_t n_routed_experts_)
+    : world_size(world_size_), rank(rank_), ep(ep_), n_routed_experts(n_routed_experts_) {
+  if (ep < 1 || world_size % ep != 0) {
+    throw ConfigError(fmt::format("parallel.ep ({}) must divide the world size ({} ranks)", ep, world_size));
+  }
+  if (n_routed_experts > 0 && n_routed_experts % ep != 0) {
+    throw ConfigError(fmt::format("model.n_routed_experts ({}) must be divisible by parallel.ep ({})", n_routed_experts, ep));
+  }
+}
+
+std::vector<int> ParallelLayout::ep_group_ranks() const {
+  std::vector<int> ranks;
+  for (int i = 0; i < ep; ++i) ranks.push_back(ep_group() * ep + i);
+  return ranks;
+}
+
+std::vector<int> ParallelLayout::edp_group_ranks() const {
+  std::vector<int> ranks;
+  for (int g = 0; g < edp_size(); ++g) ranks.push_back(g * ep + ep_rank());
+  return ranks;
+}
+
+}  // namespace latentmoe::parallel
