@@ -55,6 +55,17 @@ def losses(out: pathlib.Path) -> list[float]:
     return [r["loss/total"] for r in rows(out)]
 
 
+def grad_norms(out: pathlib.Path) -> list[float]:
+    return [r["grad_norm"] for r in rows(out)]
+
+
+def assert_same_training(a: pathlib.Path, b: pathlib.Path, tol: float) -> None:
+    """Losses AND gradient norms per step: AdamW is nearly blind to a wrong gradient scale, the
+    norm is not."""
+    assert max_rel(losses(a), losses(b)) <= tol
+    assert max_rel(grad_norms(a), grad_norms(b)) <= tol
+
+
 def max_rel(a: list[float], b: list[float]) -> float:
     assert len(a) == len(b) and a, (a, b)
     return max(abs(x - y) / abs(x) for x, y in zip(a, b))
@@ -90,7 +101,7 @@ def verify_committed(step_dir: pathlib.Path) -> None:
 def test_dp2_equals_one_process_with_accumulation(latentmoe_bin, tmp_path):
     run(latentmoe_bin, tmp_path / "one", 1, 10)  # global 4 = micro 2 x accumulation 2
     run(latentmoe_bin, tmp_path / "two", 2, 10)  # global 4 = 2 ranks x micro 2
-    assert max_rel(losses(tmp_path / "one"), losses(tmp_path / "two")) <= 1e-5
+    assert_same_training(tmp_path / "one", tmp_path / "two", 1e-5)
     step = "ckpt/step-00000010"
     assert (tmp_path / "two" / step / "model.safetensors.index.json").exists()  # one shard per rank
     assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, "model"),
@@ -101,7 +112,7 @@ def test_dp2_equals_one_process_with_accumulation(latentmoe_bin, tmp_path):
 def test_ep2_equals_one_process(latentmoe_bin, tmp_path):
     run(latentmoe_bin, tmp_path / "one", 1, 10)
     run(latentmoe_bin, tmp_path / "ep", 2, 10, "--set", "parallel.ep=2")
-    assert max_rel(losses(tmp_path / "one"), losses(tmp_path / "ep")) <= 1e-5
+    assert_same_training(tmp_path / "one", tmp_path / "ep", 1e-5)
     assert all(r["ep/all_to_all_bytes"] > 0 for r in rows(tmp_path / "ep"))
     step = "ckpt/step-00000010"
     ep = checkpoint_tensors(tmp_path / "ep" / step, "model")
@@ -117,7 +128,7 @@ def test_ep2_dp2_on_four_ranks_equals_one_process(latentmoe_bin, tmp_path):
     # Small buckets: many reductions launched from gradient hooks while backward runs.
     run(latentmoe_bin, tmp_path / "four", 4, 10, "--set", "parallel.ep=2", "--set", "train.micro_batch_size=1",
         "--set", "parallel.bucket_size_mb=0.01")
-    assert max_rel(losses(tmp_path / "one"), losses(tmp_path / "four")) <= 1e-5
+    assert_same_training(tmp_path / "one", tmp_path / "four", 1e-5)
     step = "ckpt/step-00000010"
     assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, "model"),
                         checkpoint_tensors(tmp_path / "four" / step, "model"), 1e-4)
@@ -127,7 +138,7 @@ def test_zero1_matches_replicated_optimizer(latentmoe_bin, tmp_path):
     for zero in (0, 1):
         run(latentmoe_bin, tmp_path / f"zero{zero}", 2, 8, "--set", f"parallel.zero_stage={zero}",
             "--set", "parallel.bucket_size_mb=0.01")
-    assert max_rel(losses(tmp_path / "zero0"), losses(tmp_path / "zero1")) <= 1e-6
+    assert_same_training(tmp_path / "zero0", tmp_path / "zero1", 1e-6)
     step = "ckpt/step-00000008"
     for stem in ("model", "optimizer"):
         assert_same_tensors(checkpoint_tensors(tmp_path / "zero0" / step, stem),
@@ -146,6 +157,7 @@ def test_sharded_checkpoint_resumes_at_one_and_four_ranks(latentmoe_bin, tmp_pat
         shutil.copytree(saved, resumed / "ckpt" / saved.name)
         run(latentmoe_bin, resumed, world, 8, "--resume", "auto", *common, *extra)
         assert max_rel(losses(straight)[4:], losses(resumed)) <= 1e-5, name
+        assert max_rel(grad_norms(straight)[4:], grad_norms(resumed)) <= 1e-5, name
 
 
 def test_bad_launcher_environment_fails_fast(latentmoe_bin, tmp_path):
