@@ -43,10 +43,12 @@ data: build
 	fi
 
 # Two data-parallel CPU processes through torchrun (one thread each), 50 steps of the debug preset.
+# DEMO_ARGS adds settings, e.g. DEMO_ARGS="--set parallel.ep=2".
+DEMO_ARGS ?=
 demo-dist: build
 	@OMP_NUM_THREADS=1 "$$(cat .venv-path)/bin/torchrun" --no-python --nproc-per-node 2 --master-port 29571 \
 	  ./$(BUILD)/latentmoe train --config debug --set train.steps=50 --set schedule.warmup=5 \
-	  --set checkpoint.dir=runs/demo-dist/checkpoints --set logging.dir=runs/demo-dist
+	  --set checkpoint.dir=runs/demo-dist/checkpoints --set logging.dir=runs/demo-dist $(DEMO_ARGS)
 
 # Regenerate docs/configuration.md from the schema.
 docs: build

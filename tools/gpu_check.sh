@@ -23,6 +23,15 @@ log=${OUT:-/tmp}/gpu_check.log
   if ctest --test-dir "$build_dir" -L gpu -V 2>&1 | grep -q "\[  SKIPPED \]"; then
     echo "gpu_check: a GPU test skipped although a GPU is present"; exit 1
   fi
+  # The NCCL process groups: the DP and EP equivalence tests with parallel.backend=nccl (CPU
+  # training; collectives staged through cuda:LOCAL_RANK). NCCL needs one GPU per rank.
+  gpus=$(nvidia-smi --list-gpus | wc -l)
+  if ((gpus >= 2)); then
+    LATENTMOE_BUILD_DIR="$build_dir" LATENTMOE_TEST_BACKEND=nccl "$python_bin" -m pytest -q -p no:cacheprovider \
+      "$repo_root/tests/python/test_distributed.py" -k "dp2_equals or ep2_equals or zero1"
+  else
+    echo "gpu_check: NCCL multi-rank tests not run: $gpus GPU(s) here, NCCL needs one per rank (2)"
+  fi
   for b in "$build_dir"/bench/bench_*; do
     echo "== $b"
     "$b" --benchmark_min_time=0.2

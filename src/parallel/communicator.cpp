@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -67,12 +68,16 @@ class Session {
     prefix = "latentmoe/" + env_or("TORCHELASTIC_RESTART_COUNT", "0");
     store = connect_store(e, e.rank == 0 && !agent_store, true, timeout);
     // The heartbeat has its own connection so it never waits behind a blocking store call.
-    heartbeat_store = connect_store(e, false, false, timeout);
+    heartbeat_store = connect_store(e, false, false, std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(5)));
     heartbeat_store->add(beat_key(e.rank), 1);
     heartbeat_ = std::thread([this] { beat(); });
   }
   ~Session() {
-    stop_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
   }
 
@@ -109,16 +114,19 @@ class Session {
   static std::string env_or(const char* name, const std::string& fallback) { return env_var(name).value_or(fallback); }
   std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
   void beat() {
-    while (!stop_) {
-      std::this_thread::sleep_for(kHeartbeatPeriod);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!wake_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; })) {
       try {
         heartbeat_store->add(beat_key(env.rank), 1);
       } catch (const std::exception&) {
-        return;  // the store is gone; the next collective reports it
+        // The store is unreachable (its host died, or a transient error): keep trying; a failing
+        // collective reports what it finds.
       }
     }
   }
-  std::atomic<bool> stop_{false};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
   std::thread heartbeat_;
 };
 
@@ -276,7 +284,13 @@ namespace detail {
 c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                                     const std::string& hostname, std::chrono::milliseconds timeout) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+  // Bind where peers can reach this rank: GLOO_SOCKET_IFNAME if set; loopback when the job is
+  // local (MASTER_ADDR on 127.0.0.0/8); else the address this host's name resolves to.
+  const auto ifname = env_var("GLOO_SOCKET_IFNAME");
+  const bool local = hostname == "localhost" || hostname.rfind("127.", 0) == 0 || hostname == "::1";
+  options->devices.push_back(ifname  ? c10d::ProcessGroupGloo::createDeviceForInterface(*ifname)
+                             : local ? c10d::ProcessGroupGloo::createDeviceForHostname(hostname)
+                                     : c10d::ProcessGroupGloo::createDefaultDevice());
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
 }
 }  // namespace detail

@@ -2,6 +2,7 @@
 #include "latentmoe/parallel/data_parallel.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "latentmoe/train/optimizer.h"
 
@@ -90,7 +91,12 @@ void DataParallel::on_gradient(size_t i, const torch::Tensor& grad) {
   Bucket& b = g.buckets[where_[i].first];
   const Slot& s = b.slots[where_[i].second];
   torch::Tensor dst = b.buffer.narrow(0, s.offset, s.numel);
-  if (seen_[i]) {  // a second gradient for the same parameter in this backward: accumulate
+  if (seen_[i]) {  // a second gradient for the same parameter in this backward
+    if (where_[i].first < g.next_launch) {
+      throw std::logic_error("data parallel: parameter '" + params_[i].name +
+                             "' received a second gradient after its bucket's reduction started (several backward "
+                             "passes per micro-batch are not supported)");
+    }
     dst.add_(grad.reshape(-1));
     return;
   }
@@ -99,7 +105,7 @@ void DataParallel::on_gradient(size_t i, const torch::Tensor& grad) {
   const torch::Tensor& previous = params_[i].param.grad();  // earlier micro-batches' sum
   if (previous.defined()) dst.add_(previous.reshape(-1));
   ++b.ready;
-  launch_ready(g, false);
+  if (&g == &dense_ || options_.expert_buckets_from_hooks) launch_ready(g, false);
 }
 
 void DataParallel::launch_ready(Group& g, bool force) {

@@ -78,7 +78,7 @@ std::string Checkpointer::step_dir_name(int64_t step) { return fmt::format("step
 Checkpointer::Checkpointer(std::string dir, int64_t keep_last) : dir_(std::move(dir)), keep_last_(keep_last) {}
 
 std::string Checkpointer::save(int64_t step, const CheckpointData& data) {
-  return save(step, CheckpointShard{as_list(data.model), as_list(data.optimizer)}, data.trainer_state_json,
+  return save(step, CheckpointShard{as_list(data.model), as_list(data.optimizer), {}}, data.trainer_state_json,
               data.config_yaml, nullptr);
 }
 
@@ -96,7 +96,7 @@ std::string Checkpointer::save(int64_t step, const CheckpointShard& shard, const
   const auto shard_name = [&](const std::string& stem) {
     return world == 1 ? stem + ".safetensors" : fmt::format("{}-{:05d}-of-{:05d}.safetensors", stem, rank + 1, world);
   };
-  json mine = {{"files", json::object()}, {"model", json::array()}, {"optimizer", json::array()}};
+  json mine = {{"files", json::object()}, {"model", json::array()}, {"optimizer", json::array()}, {"held", shard.held}};
   for (const auto& [stem, tensors] : {std::pair<std::string, const std::vector<std::pair<std::string, at::Tensor>>*>{
                                           "model", &shard.model},
                                       {"optimizer", &shard.optimizer}}) {
@@ -115,14 +115,28 @@ std::string Checkpointer::save(int64_t step, const CheckpointShard& shard, const
     json manifest = {{"step", step}, {"world_size", world}, {"files", json::object()}};
     json index[2] = {{{"metadata", {{"format", "latentmoe"}}}, {"weight_map", json::object()}},
                      {{"metadata", {{"format", "latentmoe"}}}, {"weight_map", json::object()}}};
+    std::vector<std::string> held;
     for (int r = 0; r < world; ++r) {
       const fs::path part = tmp / fmt::format(".shard-{}.json", r);
       const json theirs = json::parse(read_text(part));
       for (const auto& [file, hash] : theirs["files"].items()) manifest["files"][file] = hash;
       for (int k = 0; k < 2; ++k) {
-        for (const auto& entry : theirs[k == 0 ? "model" : "optimizer"]) index[k]["weight_map"][entry[0].get<std::string>()] = entry[1];
+        for (const auto& entry : theirs[k == 0 ? "model" : "optimizer"]) {
+          const std::string name = entry[0].get<std::string>();
+          if (index[k]["weight_map"].contains(name)) {  // never commit an ambiguous checkpoint
+            throw CheckpointError(fmt::format("checkpoint step {}: tensor '{}' was written by two ranks (second: rank {})",
+                                              step, name, r));
+          }
+          index[k]["weight_map"][name] = entry[1];
+        }
       }
+      for (const auto& name : theirs["held"]) held.push_back(name.get<std::string>());
       fs::remove(part);
+    }
+    for (const auto& name : held) {  // every tensor some rank holds is in the checkpoint
+      if (world > 1 && !index[0]["weight_map"].contains(name)) {
+        throw CheckpointError(fmt::format("checkpoint step {}: no rank wrote model tensor '{}'", step, name));
+      }
     }
     std::vector<std::pair<std::string, std::string>> shared = {{"trainer_state.json", trainer_state_json},
                                                                {"config.yaml", config_yaml}};
@@ -154,6 +168,14 @@ std::string Checkpointer::save(int64_t step, const CheckpointShard& shard, const
 }
 
 void Checkpointer::prune() const {
+  // Temporary directories of interrupted saves (the current save has been renamed already).
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind(".step-", 0) == 0 && name.find(".tmp") != std::string::npos) {
+      fs::remove_all(e.path(), ec);
+    }
+  }
   int64_t kept = 0;
   for (const auto& [step, path] : step_dirs(dir_)) {
     if (!fs::exists(path / kMarker)) continue;

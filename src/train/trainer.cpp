@@ -125,9 +125,18 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
       if (p.requires_grad()) replicated.push_back({name, p, is_expert_tensor(name)});
     }
     parallel::DataParallelOptions options{.zero1 = cfg_.parallel.zero_stage == 1,
-                                          .bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_size_mb * (1 << 20))};
+                                          .bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_size_mb * (1 << 20)),
+                                          .expert_buckets_from_hooks = cfg_.parallel.backend != "nccl"};
     data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, expert_dp_comm_.get(), ep_comm_.get(), replicated, options);
     if (data_parallel_->zero1()) optimizer_->restrict_to_ranges(data_parallel_->owned_ranges());
+    int64_t held = 0, state = 0;
+    for (size_t i = 0; i < optimizer_->size(); ++i) {
+      held += optimizer_->slot(i).param.numel();
+      state += 2 * optimizer_->slot(i).length;
+    }
+    const auto counts = model::count_parameters(cfg_.model);
+    LMOE_INFO("this rank holds {} of {} parameters and {} AdamW moment elements ({} ZeRO-1)", held,
+              counts.total + counts.mtp_total, state, data_parallel_->zero1() ? "with" : "without");
   }
   schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
   std::vector<torch::Tensor> biases;
@@ -190,6 +199,7 @@ std::string Trainer::save_checkpoint() {
     // a rank of their expert-data-parallel group (largest tensors first onto the least-loaded).
     const auto writer = checkpoint_writers(model_state);
     for (const auto& [name, t] : model_state) {
+      shard.held.push_back(name);
       if (writer.at(name)) shard.model.emplace_back(name, t);
     }
     for (const auto& [name, t] : optimizer_state) {
@@ -230,6 +240,17 @@ void Trainer::resume(const std::string& spec) {
     std::vector<std::string> skipped;
     const auto latest = checkpointer_->latest(&skipped);
     for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
+    if (comm_) {  // every rank must resume from the same step, or their collectives would not match
+      const double mine = latest ? static_cast<double>(std::stoll(fs::path(*latest).filename().string().substr(5))) : -1.0;
+      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kDouble);
+      comm_->all_reduce_sum(agree, "resume agreement all-reduce");
+      const double sum = agree[0].item<double>(), sum_sq = agree[1].item<double>();
+      if (static_cast<double>(world_) * sum_sq != sum * sum) {  // equal iff every rank found the same step
+        throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
+                                             "rank: {}); checkpoint.dir must be one directory that every rank sees",
+                                             rank_, cfg_.checkpoint.dir, latest.value_or("none")));
+      }
+    }
     if (!latest) {
       LMOE_INFO("resume auto: no committed checkpoint in {}, starting from scratch", cfg_.checkpoint.dir);
       return;
@@ -295,8 +316,11 @@ StepRecord Trainer::train_step() {
     r.z += losses.z * scale;
   }
   if (data_parallel_) {
-    torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z}, torch::kDouble);
+    // A signal is acted on when every rank knows of it: it travels with the step scalars, so all
+    // ranks stop after the same step (a rank stopping alone would leave the others in a collective).
+    torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z, g_signal != 0 ? 1.0 : 0.0}, torch::kDouble);
     data_parallel_->finish_gradients(scalars, balancer_->counts());
+    r.stop_requested = scalars[5].item<double>() > 0;
     scalars.div_(static_cast<double>(world_));
     r.loss = scalars[0].item<double>(), r.lm = scalars[1].item<double>(), r.mtp = scalars[2].item<double>();
     r.balance = scalars[3].item<double>(), r.z = scalars[4].item<double>();
@@ -436,9 +460,13 @@ int Trainer::run() {
     }
     metrics_->flush();
     if ((cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0) || last) save_checkpoint();
-    if (env_int("LATENTMOE_TEST_STOP_AFTER_STEP", -1) == step_) g_signal = SIGTERM;  // test hook: as if signalled
-    if (g_signal != 0) {
-      LMOE_WARN("received signal {} at step {}: saving and exiting with code {}", g_signal.load(), step_,
+    if (env_int("LATENTMOE_TEST_STOP_AFTER_STEP", -1) == step_) {  // test hook: as if signalled (on every rank)
+      g_signal = SIGTERM;
+      r.stop_requested = true;
+    }
+    if (comm_ ? r.stop_requested : g_signal != 0) {
+      LMOE_WARN("received signal {} at step {}: saving and exiting with code {}",
+                g_signal != 0 ? std::to_string(g_signal.load()) : std::string("(on another rank)"), step_,
                 static_cast<int>(kExitInterrupted));
       if (!last && !(cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0)) save_checkpoint();
       return kExitInterrupted;

@@ -27,8 +27,11 @@ def free_port() -> int:
 
 
 def launch(binary, out: pathlib.Path, world: int, steps: int, *extra: str) -> list[subprocess.Popen]:
+    # tools/gpu_check.sh reruns some of these over NCCL (LATENTMOE_TEST_BACKEND=nccl).
+    backend = os.environ.get("LATENTMOE_TEST_BACKEND", "gloo")
     args = [str(binary), "train", *SMALL, "--set", f"train.steps={steps}", "--set", f"checkpoint.dir={out / 'ckpt'}",
-            "--set", f"logging.dir={out / 'run'}", "--set", "parallel.timeout_s=20", *extra]
+            "--set", f"logging.dir={out / 'run'}", "--set", "parallel.timeout_s=20", "--set", f"parallel.backend={backend}",
+            *extra]
     port = free_port()
     procs = []
     for rank in range(world):
@@ -125,13 +128,15 @@ def test_ep2_equals_one_process(latentmoe_bin, tmp_path):
 
 def test_ep2_dp2_on_four_ranks_equals_one_process(latentmoe_bin, tmp_path):
     run(latentmoe_bin, tmp_path / "one", 1, 10)
-    # Small buckets: many reductions launched from gradient hooks while backward runs.
-    run(latentmoe_bin, tmp_path / "four", 4, 10, "--set", "parallel.ep=2", "--set", "train.micro_batch_size=1",
-        "--set", "parallel.bucket_size_mb=0.01")
-    assert_same_training(tmp_path / "one", tmp_path / "four", 1e-5)
     step = "ckpt/step-00000010"
-    assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, "model"),
-                        checkpoint_tensors(tmp_path / "four" / step, "model"), 1e-4)
+    for zero in (0, 1):  # ZeRO-1 here also reduce-scatters expert buckets over 2-rank expert-DP groups
+        four = tmp_path / f"four-zero{zero}"
+        # Small buckets: many reductions launched from gradient hooks while backward runs.
+        run(latentmoe_bin, four, 4, 10, "--set", "parallel.ep=2", "--set", "train.micro_batch_size=1",
+            "--set", "parallel.bucket_size_mb=0.01", "--set", f"parallel.zero_stage={zero}")
+        assert_same_training(tmp_path / "one", four, 1e-5)
+        for stem in ("model", "optimizer"):
+            assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, stem), checkpoint_tensors(four / step, stem), 1e-4)
 
 
 def test_zero1_matches_replicated_optimizer(latentmoe_bin, tmp_path):
@@ -198,3 +203,19 @@ def test_killed_rank_is_named_and_committed_checkpoints_survive(latentmoe_bin, t
     assert committed
     for d in committed:
         verify_committed(d)
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_a_committed_checkpoint(latentmoe_bin, tmp_path):
+    ranks = launch(latentmoe_bin, tmp_path, 2, 100000, "--set", "checkpoint.interval=0")
+    jsonl = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    ranks[1].send_signal(signal.SIGTERM)  # only rank 1 is told; rank 0 learns it with the next step's scalars
+    codes = [p.wait(timeout=60) for p in ranks]
+    errors = [p.stderr.read() for p in ranks]
+    assert codes == [3, 3], errors
+    committed = [d for d in (tmp_path / "ckpt").iterdir() if (d / "COMMITTED").exists()]
+    assert len(committed) == 1
+    verify_committed(committed[0])
+    assert int(committed[0].name.split("-")[1]) == len(rows(tmp_path))  # the last finished step

@@ -28,6 +28,10 @@ namespace latentmoe::parallel {
 struct DataParallelOptions {
   bool zero1 = false;
   int64_t bucket_bytes = 25 << 20;
+  // Expert buckets become ready at rank-dependent points of the backward (routing differs), so
+  // launching them from hooks interleaves the expert-DP group's work differently with the EP
+  // all-to-alls on each rank: fine for Gloo, a deadlock risk for NCCL, where they wait for the end.
+  bool expert_buckets_from_hooks = true;
 };
 
 struct ReplicatedParam {

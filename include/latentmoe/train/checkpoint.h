@@ -32,6 +32,7 @@ class CheckpointError : public std::runtime_error {
 // What one rank writes: the tensors assigned to it (every rank's lists are disjoint).
 struct CheckpointShard {
   std::vector<std::pair<std::string, at::Tensor>> model, optimizer;
+  std::vector<std::string> held;  // names of every model tensor this rank holds (checked to be written by some rank)
 };
 
 // Loaded tensors view the mapped files (read on first touch).

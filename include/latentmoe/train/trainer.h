@@ -34,6 +34,7 @@ struct StepRecord {
   int64_t step = 0;  // 1-based optimizer step
   double loss = 0, lm = 0, mtp = 0, balance = 0, z = 0, grad_norm = 0, lr = 0;
   bool skipped = false;  // loss spike: update skipped
+  bool stop_requested = false;  // distributed: some rank had received SIGTERM/SIGINT by this step's reduction
 };
 
 // Resolves data.paths (default: the bundled corpus, prepared on first use) and data.tokenizer.
