@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -73,6 +74,7 @@ class Session {
     heartbeat_ = std::thread([this] { beat(); });
   }
   ~Session() {
+    if (std::uncaught_exceptions() > 0) mark_failed();  // unwinding from this rank's own error
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stop_ = true;
@@ -81,26 +83,45 @@ class Session {
     if (heartbeat_.joinable()) heartbeat_.join();
   }
 
-  // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.)
+  // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.) Ranks that
+  // marked themselves failed (their own error) are not the lost ones; they are named apart.
   std::string diagnose() const {
     try {
       auto probe = connect_store(env, false, false, std::chrono::milliseconds(3000));
       std::vector<int64_t> before(static_cast<size_t>(env.world_size));
       for (int r = 0; r < env.world_size; ++r) before[static_cast<size_t>(r)] = probe->add(beat_key(r), 0);
       std::this_thread::sleep_for(kHeartbeatSilence);
-      std::vector<int> lost;
+      std::vector<int> lost, failed;
       for (int r = 0; r < env.world_size; ++r) {
-        if (r != env.rank && probe->add(beat_key(r), 0) == before[static_cast<size_t>(r)]) lost.push_back(r);
+        if (r == env.rank) continue;
+        if (probe->check({failed_key(r)})) {
+          failed.push_back(r);
+        } else if (probe->add(beat_key(r), 0) == before[static_cast<size_t>(r)]) {
+          lost.push_back(r);
+        }
       }
+      const std::string others =
+          failed.empty() ? "" : fmt::format("; rank{} {} stopped on an error of its own", failed.size() > 1 ? "s" : "",
+                                            fmt::join(failed, ", "));
       if (lost.empty()) {
-        return fmt::format("every rank is still alive, so a peer is stuck or slow (parallel.timeout_s={})", timeout.count());
+        return (failed.empty() ? fmt::format("every rank is still alive, so a peer is stuck or slow (parallel.timeout_s={})",
+                                             timeout.count())
+                               : std::string("no rank was lost")) + others;
       }
-      return fmt::format("lost rank{} {} (no heartbeat for {} s)", lost.size() > 1 ? "s" : "", fmt::join(lost, ", "),
-                         std::chrono::duration<double>(kHeartbeatSilence).count());
+      return fmt::format("lost rank{} {} (no heartbeat for {} s){}", lost.size() > 1 ? "s" : "", fmt::join(lost, ", "),
+                         std::chrono::duration<double>(kHeartbeatSilence).count(), others);
     } catch (const std::exception&) {
       const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
       return fmt::format("the rendezvous store at {}:{} is unreachable: lost {}", env.master_addr, env.master_port,
                          agent_store ? "the torchrun agent" : "rank 0 (it hosts the store)");
+    }
+  }
+
+  // This rank is about to exit on an error: peers must not report it as the lost one.
+  void mark_failed() const {
+    try {
+      heartbeat_store->set(failed_key(env.rank), std::vector<uint8_t>{1});
+    } catch (const std::exception&) {
     }
   }
 
@@ -113,6 +134,7 @@ class Session {
  private:
   static std::string env_or(const char* name, const std::string& fallback) { return env_var(name).value_or(fallback); }
   std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
+  std::string failed_key(int rank) const { return fmt::format("{}/failed/{}", prefix, rank); }
   void beat() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (!wake_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; })) {
@@ -231,6 +253,7 @@ class C10dCommunicator final : public Communicator {
 
   // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
+    session_->mark_failed();
     throw std::runtime_error(fmt::format("rank {} of {}: {} (group {}, {} ranks) failed: {}; {}: {}", global_rank(),
                                          session_->env.world_size, what, name_, ranks_.size(), session_->diagnose(),
                                          session_->backend, first_line(e.what())));
