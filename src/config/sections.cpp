@@ -115,10 +115,13 @@ void DataConfig::describe(FieldVisitor& v) {
 }
 
 void ParallelConfig::describe(FieldVisitor& v) {
-  v.field({"ep", &ep, "Expert-parallel degree (divides the world size and n_routed_experts)"});
+  v.field({"ep", &ep, "Expert-parallel degree: consecutive ranks sharing the routed experts (divides the world size and n_routed_experts)"});
   v.field({"zero_stage", &zero_stage, "0 = replicated optimizer state, 1 = ZeRO-1 sharded over data-parallel ranks"});
-  v.field({"backend", &backend, "c10d backend; auto = nccl on CUDA, gloo on CPU", {"auto", "gloo", "nccl"}});
-  v.field({"bucket_size_mb", &bucket_size_mb, "Gradient all-reduce bucket size"});
+  v.field({"backend", &backend,
+           "c10d backend; auto = gloo while training runs on the CPU; nccl stages tensors through cuda:LOCAL_RANK",
+           {"auto", "gloo", "nccl"}});
+  v.field({"bucket_size_mb", &bucket_size_mb,
+           "Gradient bucket size in MB: each bucket's reduction starts during backward once its gradients are ready"});
   v.field({"timeout_s", &timeout_s, "Collective timeout before a rank gives up"});
 }
 
