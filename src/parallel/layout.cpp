@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include "latentmoe/util/error.h"
 
 namespace latentmoe::parallel {
@@ -26,6 +29,27 @@ std::vector<int> ParallelLayout::edp_group_ranks() const {
   std::vector<int> ranks;
   for (int g = 0; g < edp_size(); ++g) ranks.push_back(g * ep + ep_rank());
   return ranks;
+}
+
+std::vector<bool> ParallelLayout::checkpoint_writes(const std::vector<int64_t>& numels,
+                                                    const std::vector<bool>& expert_sharded) const {
+  std::vector<bool> mine(numels.size(), false);
+  for (const bool expert : {false, true}) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < numels.size(); ++i) {
+      if ((ep > 1 && expert_sharded[i]) == expert) order.push_back(i);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return numels[a] > numels[b]; });
+    const int writers = expert ? edp_size() : world_size;
+    const int me = expert ? ep_group() : rank;
+    std::vector<int64_t> load(static_cast<size_t>(writers), 0);
+    for (size_t i : order) {
+      const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+      load[static_cast<size_t>(least)] += numels[i];
+      mine[i] = least == me;
+    }
+  }
+  return mine;
 }
 
 }  // namespace latentmoe::parallel

@@ -195,12 +195,20 @@ std::string Trainer::save_checkpoint() {
     shard.model.assign(model_state.begin(), model_state.end());
     shard.optimizer.assign(optimizer_state.begin(), optimizer_state.end());
   } else {
-    // Each tensor is written once: replicated ones by a rank of the world, this rank's experts by
-    // a rank of their expert-data-parallel group (largest tensors first onto the least-loaded).
-    const auto writer = checkpoint_writers(model_state);
+    // Each tensor is written once over all ranks (ParallelLayout::checkpoint_writes).
+    std::vector<int64_t> numels;
+    std::vector<bool> sharded;
+    for (const auto& [name, t] : model_state) {
+      numels.push_back(t.numel());
+      sharded.push_back(is_expert_tensor(name));
+    }
+    const std::vector<bool> writes = layout_->checkpoint_writes(numels, sharded);
+    std::map<std::string, bool> writer;
+    size_t i = 0;
     for (const auto& [name, t] : model_state) {
       shard.held.push_back(name);
-      if (writer.at(name)) shard.model.emplace_back(name, t);
+      writer[name] = writes[i++];
+      if (writer[name]) shard.model.emplace_back(name, t);
     }
     for (const auto& [name, t] : optimizer_state) {
       const std::string param = name.substr(name.find('.') + 1);
@@ -211,27 +219,6 @@ std::string Trainer::save_checkpoint() {
   if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
   last_checkpoint_ = path;
   return path;
-}
-
-std::map<std::string, bool> Trainer::checkpoint_writers(const std::map<std::string, torch::Tensor>& model_state) const {
-  std::map<std::string, bool> mine;
-  for (const bool expert : {false, true}) {
-    std::vector<std::pair<std::string, int64_t>> tensors;
-    for (const auto& [name, t] : model_state) {
-      const bool sharded = layout_ && layout_->ep > 1 && is_expert_tensor(name);
-      if (sharded == expert) tensors.emplace_back(name, t.numel());
-    }
-    std::stable_sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
-    const int members = expert ? layout_->edp_size() : world_;
-    const int me = expert ? layout_->ep_group() : rank_;
-    std::vector<int64_t> load(static_cast<size_t>(members), 0);
-    for (const auto& [name, numel] : tensors) {
-      const auto least = std::min_element(load.begin(), load.end()) - load.begin();
-      load[static_cast<size_t>(least)] += numel;
-      mine[name] = least == me;
-    }
-  }
-  return mine;
 }
 
 void Trainer::resume(const std::string& spec) {

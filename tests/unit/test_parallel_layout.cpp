@@ -49,6 +49,33 @@ TEST(ParallelLayout, EveryExpertOwnedOncePerEpGroupAndGroupsPartitionTheWorld) {
   }
 }
 
+// Over all ranks, every tensor of a sharded checkpoint is written exactly once: replicated ones by
+// one rank of the world, each expert's by one rank of the EDP group that holds it.
+TEST(ParallelLayout, CheckpointWritersCoverEveryTensorOnce) {
+  const int64_t experts = 8;
+  for (int world : {1, 2, 4, 6}) {
+    for (int ep : {1, 2}) {
+      if (world % ep != 0) continue;
+      std::vector<int> dense_writes(5, 0);
+      std::vector<int> expert_writes(static_cast<size_t>(experts), 0);
+      for (int rank = 0; rank < world; ++rank) {
+        const ParallelLayout l(world, rank, ep, experts);
+        std::vector<int64_t> numels{300, 20, 20, 7, 1};  // replicated tensors, the same on every rank
+        std::vector<bool> sharded(5, false);
+        for (int64_t e = l.first_local_expert(); e < l.first_local_expert() + l.local_experts(); ++e) {
+          numels.push_back(50 + e);
+          sharded.push_back(true);
+        }
+        const std::vector<bool> writes = l.checkpoint_writes(numels, sharded);
+        for (size_t i = 0; i < 5; ++i) dense_writes[i] += writes[i];
+        for (int64_t k = 0; k < l.local_experts(); ++k) expert_writes[static_cast<size_t>(l.first_local_expert() + k)] += writes[5 + static_cast<size_t>(k)];
+      }
+      for (int n : dense_writes) EXPECT_EQ(n, 1) << "world " << world << " ep " << ep;
+      for (int n : expert_writes) EXPECT_EQ(n, 1) << "world " << world << " ep " << ep;
+    }
+  }
+}
+
 TEST(ParallelLayout, BadDegreesNameTheKey) {
   latentmoe::testing::expect_error_contains<latentmoe::ConfigError>([] { ParallelLayout(4, 0, 3, 6); },
                                                                   {"parallel.ep (3) must divide the world size (4 ranks)"});

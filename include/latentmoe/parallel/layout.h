@@ -25,6 +25,12 @@ struct ParallelLayout {
   int64_t local_experts() const { return n_routed_experts / ep; }
   int64_t first_local_expert() const { return ep_rank() * local_experts(); }
   int expert_owner_ep_rank(int64_t expert) const { return static_cast<int>(expert / local_experts()); }
+
+  // Which of this rank's tensors it writes into a sharded checkpoint, so that over all ranks every
+  // tensor is written exactly once: replicated tensors are dealt over the world, expert-sharded
+  // ones (when ep > 1) over this rank's EDP group — largest first onto the least-loaded writer.
+  // Every rank of a group must pass the same tensors in the same order.
+  std::vector<bool> checkpoint_writes(const std::vector<int64_t>& numels, const std::vector<bool>& expert_sharded) const;
 };
 
 }  // namespace latentmoe::parallel

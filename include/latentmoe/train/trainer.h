@@ -67,8 +67,6 @@ class Trainer {
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
   void setup_parallel();
-  // Which of this rank's model tensors it writes into a checkpoint (each tensor exactly once).
-  std::map<std::string, bool> checkpoint_writers(const std::map<std::string, torch::Tensor>& model_state) const;
 
   config::Config cfg_;
   parallel::Communicator* comm_ = nullptr;
