@@ -67,14 +67,18 @@ class Session {
     // prefixed by the restart count so that a restarted job never reads its predecessor's keys.
     const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
     prefix = "latentmoe/" + env_or("TORCHELASTIC_RESTART_COUNT", "0");
-    store = connect_store(e, e.rank == 0 && !agent_store, true, timeout);
+    hosts_store_ = e.rank == 0 && !agent_store;
+    store = connect_store(e, hosts_store_, true, timeout);
     // The heartbeat has its own connection so it never waits behind a blocking store call.
     heartbeat_store = connect_store(e, false, false, std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(5)));
     heartbeat_store->add(beat_key(e.rank), 1);
     heartbeat_ = std::thread([this] { beat(); });
   }
   ~Session() {
-    if (std::uncaught_exceptions() > 0) mark_failed();  // unwinding from this rank's own error
+    if (std::uncaught_exceptions() > 0) {  // unwinding from an error
+      mark_failed(kOwnError);
+      if (hosts_store_) linger();
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stop_ = true;
@@ -84,32 +88,32 @@ class Session {
   }
 
   // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.) Ranks that
-  // marked themselves failed (their own error) are not the lost ones; they are named apart.
+  // marked themselves failed are not the lost ones: they are named apart, with their cause.
   std::string diagnose() const {
     try {
       auto probe = connect_store(env, false, false, std::chrono::milliseconds(3000));
       std::vector<int64_t> before(static_cast<size_t>(env.world_size));
       for (int r = 0; r < env.world_size; ++r) before[static_cast<size_t>(r)] = probe->add(beat_key(r), 0);
       std::this_thread::sleep_for(kHeartbeatSilence);
-      std::vector<int> lost, failed;
+      std::vector<int> lost, own_error, gave_up;
       for (int r = 0; r < env.world_size; ++r) {
         if (r == env.rank) continue;
         if (probe->check({failed_key(r)})) {
-          failed.push_back(r);
+          (probe->get(failed_key(r)) == kOwnError ? own_error : gave_up).push_back(r);
         } else if (probe->add(beat_key(r), 0) == before[static_cast<size_t>(r)]) {
           lost.push_back(r);
         }
       }
-      const std::string others =
-          failed.empty() ? "" : fmt::format("; rank{} {} stopped on an error of its own", failed.size() > 1 ? "s" : "",
-                                            fmt::join(failed, ", "));
-      if (lost.empty()) {
-        return (failed.empty() ? fmt::format("every rank is still alive, so a peer is stuck or slow (parallel.timeout_s={})",
-                                             timeout.count())
-                               : std::string("no rank was lost")) + others;
+      const auto ranks = [](const std::vector<int>& v) { return fmt::format("rank{} {}", v.size() > 1 ? "s" : "", fmt::join(v, ", ")); };
+      std::string out = lost.empty() ? "" : fmt::format("lost {} (no heartbeat for {} s)", ranks(lost),
+                                                        std::chrono::duration<double>(kHeartbeatSilence).count());
+      if (!own_error.empty()) out += (out.empty() ? "" : "; ") + ranks(own_error) + " stopped on an error of its own";
+      if (!gave_up.empty()) out += (out.empty() ? "" : "; ") + ranks(gave_up) + " failed in a collective too";
+      if (lost.empty() && own_error.empty()) {
+        out += (out.empty() ? "" : "; ") + fmt::format("every other rank is alive, so a peer is stuck or slow (parallel.timeout_s={})",
+                                                       timeout.count());
       }
-      return fmt::format("lost rank{} {} (no heartbeat for {} s){}", lost.size() > 1 ? "s" : "", fmt::join(lost, ", "),
-                         std::chrono::duration<double>(kHeartbeatSilence).count(), others);
+      return out;
     } catch (const std::exception&) {
       const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
       return fmt::format("the rendezvous store at {}:{} is unreachable: lost {}", env.master_addr, env.master_port,
@@ -117,10 +121,13 @@ class Session {
     }
   }
 
-  // This rank is about to exit on an error: peers must not report it as the lost one.
-  void mark_failed() const {
+  // This rank is about to exit on an error (the first cause recorded wins): peers must not report
+  // it as the lost one.
+  static inline const std::vector<uint8_t> kOwnError{'o', 'w', 'n'}, kCollectiveError{'p', 'e', 'e', 'r'};
+  void mark_failed(const std::vector<uint8_t>& cause) {
+    if (marked_.exchange(true)) return;
     try {
-      heartbeat_store->set(failed_key(env.rank), std::vector<uint8_t>{1});
+      heartbeat_store->set(failed_key(env.rank), cause);
     } catch (const std::exception&) {
     }
   }
@@ -138,14 +145,39 @@ class Session {
   void beat() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (!wake_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; })) {
+      lock.unlock();  // a slow store must not hold up shutdown
       try {
         heartbeat_store->add(beat_key(env.rank), 1);
       } catch (const std::exception&) {
         // The store is unreachable (its host died, or a transient error): keep trying; a failing
         // collective reports what it finds.
       }
+      lock.lock();
     }
   }
+  // The store dies with this process: give the other ranks time to diagnose through it (until
+  // each has marked itself failed or stopped beating, at most a few seconds).
+  void linger() const {
+    const auto deadline = std::chrono::steady_clock::now() + kHeartbeatSilence + std::chrono::seconds(3);
+    try {
+      auto probe = connect_store(env, false, false, std::chrono::milliseconds(1000));
+      std::vector<int64_t> last(static_cast<size_t>(env.world_size), -1);
+      while (std::chrono::steady_clock::now() < deadline) {
+        bool waiting = false;
+        for (int r = 0; r < env.world_size; ++r) {
+          if (r == env.rank || probe->check({failed_key(r)})) continue;
+          const int64_t beats = probe->add(beat_key(r), 0);
+          waiting = waiting || beats != last[static_cast<size_t>(r)];  // still alive and not yet done
+          last[static_cast<size_t>(r)] = beats;
+        }
+        if (!waiting) return;
+        std::this_thread::sleep_for(kHeartbeatSilence / 2);
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  bool hosts_store_ = false;
+  std::atomic<bool> marked_{false};
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;
@@ -196,6 +228,12 @@ class C10dCommunicator final : public Communicator {
                                            global_rank(), name_, size, session_->env.master_addr,
                                            session_->env.master_port, session_->timeout.count(), first_line(e.what())));
     }
+  }
+
+  ~C10dCommunicator() override {
+    // Before the backend's destructor, which may wait for work in flight: peers must learn now
+    // that this rank is leaving on an error, not lost.
+    if (std::uncaught_exceptions() > 0) session_->mark_failed(Session::kOwnError);
   }
 
   int rank() const override { return rank_; }
@@ -253,7 +291,7 @@ class C10dCommunicator final : public Communicator {
 
   // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
-    session_->mark_failed();
+    session_->mark_failed(Session::kCollectiveError);
     throw std::runtime_error(fmt::format("rank {} of {}: {} (group {}, {} ranks) failed: {}; {}: {}", global_rank(),
                                          session_->env.world_size, what, name_, ranks_.size(), session_->diagnose(),
                                          session_->backend, first_line(e.what())));
@@ -309,11 +347,18 @@ c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
   // Bind where peers can reach this rank: GLOO_SOCKET_IFNAME if set; loopback when the job is
   // local (MASTER_ADDR on 127.0.0.0/8); else the address this host's name resolves to.
-  const auto ifname = env_var("GLOO_SOCKET_IFNAME");
-  const bool local = hostname == "localhost" || hostname.rfind("127.", 0) == 0 || hostname == "::1";
-  options->devices.push_back(ifname  ? c10d::ProcessGroupGloo::createDeviceForInterface(*ifname)
-                             : local ? c10d::ProcessGroupGloo::createDeviceForHostname(hostname)
-                                     : c10d::ProcessGroupGloo::createDefaultDevice());
+  if (const auto ifnames = env_var("GLOO_SOCKET_IFNAME")) {  // "eth0" or "eth0,eth1"
+    size_t start = 0;
+    while (start <= ifnames->size()) {
+      const size_t comma = std::min(ifnames->find(',', start), ifnames->size());
+      if (comma > start) options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifnames->substr(start, comma - start)));
+      start = comma + 1;
+    }
+  } else if (hostname == "localhost" || hostname.rfind("127.", 0) == 0 || hostname == "::1") {
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+  } else {
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
 }
 }  // namespace detail

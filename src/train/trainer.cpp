@@ -228,11 +228,11 @@ void Trainer::resume(const std::string& spec) {
     const auto latest = checkpointer_->latest(&skipped);
     for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
     if (comm_) {  // every rank must resume from the same step, or their collectives would not match
-      const double mine = latest ? static_cast<double>(std::stoll(fs::path(*latest).filename().string().substr(5))) : -1.0;
-      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kDouble);
+      const int64_t mine = latest ? std::stoll(fs::path(*latest).filename().string().substr(5)) : -1;
+      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kLong);
       comm_->all_reduce_sum(agree, "resume agreement all-reduce");
-      const double sum = agree[0].item<double>(), sum_sq = agree[1].item<double>();
-      if (static_cast<double>(world_) * sum_sq != sum * sum) {  // equal iff every rank found the same step
+      const int64_t sum = agree[0].item<int64_t>(), sum_sq = agree[1].item<int64_t>();
+      if (world_ * sum_sq != sum * sum) {  // equal iff every rank found the same step (Cauchy-Schwarz)
         throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
                                              "rank: {}); checkpoint.dir must be one directory that every rank sees",
                                              rank_, cfg_.checkpoint.dir, latest.value_or("none")));
