@@ -255,23 +255,11 @@ class C10dCommunicator final : public Communicator {
 
   std::unique_ptr<PendingCollective> reduce_scatter_sum_async(at::Tensor& output, at::Tensor& input,
                                                               const std::string& what) override {
-    if (!backend_) {
-      output.copy_(input);
-      return start(what, nullptr, {});
-    }
-    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
-    return start(what, [&] { return backend_->_reduce_scatter_base(out, in); }, std::move(copy_back));
+    return start_into(output, input, what, [&](at::Tensor& out, at::Tensor& in) { return backend_->_reduce_scatter_base(out, in); });
   }
 
   void all_gather(at::Tensor& output, at::Tensor& input, const std::string& what) override {
-    if (!backend_) {
-      output.copy_(input);
-      return;
-    }
-    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
-    start(what, [&] { return backend_->_allgather_base(out, in); }, std::move(copy_back))->wait();
+    start_into(output, input, what, [&](at::Tensor& out, at::Tensor& in) { return backend_->_allgather_base(out, in); })->wait();
   }
 
   void barrier(const std::string& what) override {
@@ -280,13 +268,9 @@ class C10dCommunicator final : public Communicator {
 
   void all_to_all(at::Tensor& output, at::Tensor& input, std::vector<int64_t> output_splits,
                   std::vector<int64_t> input_splits, const std::string& what) override {
-    if (!backend_) {
-      output.copy_(input);
-      return;
-    }
-    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
-    start(what, [&] { return backend_->alltoall_base(out, in, output_splits, input_splits); }, std::move(copy_back))->wait();
+    start_into(output, input, what, [&](at::Tensor& out, at::Tensor& in) {
+      return backend_->alltoall_base(out, in, output_splits, input_splits);
+    })->wait();
   }
 
   // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
@@ -306,20 +290,29 @@ class C10dCommunicator final : public Communicator {
     return staged;
   }
 
+  // Launches unless this is a one-rank group (no backend: nothing to exchange).
   template <class F>
   std::unique_ptr<PendingCollective> start(const std::string& what, F&& launch,
                                            std::vector<std::pair<at::Tensor, at::Tensor>> copy_back) {
     c10::intrusive_ptr<c10d::Work> work;
-    if constexpr (!std::is_same_v<std::decay_t<F>, std::nullptr_t>) {
-      if (backend_) {
-        try {
-          work = launch();
-        } catch (const std::exception& e) {
-          fail(what, e);
-        }
+    if (backend_) {
+      try {
+        work = launch();
+      } catch (const std::exception& e) {
+        fail(what, e);
       }
     }
     return std::make_unique<C10dPending>(*this, std::move(work), what, std::move(copy_back));
+  }
+
+  // Collectives writing `output` from `input`: launch(out, in) on the staged tensors; in a
+  // one-rank group the result is the input itself.
+  template <class F>
+  std::unique_ptr<PendingCollective> start_into(at::Tensor& output, at::Tensor& input, const std::string& what, F&& launch) {
+    if (!backend_) output.copy_(input);
+    std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+    at::Tensor out = stage(output, false, copy_back), in = stage(input, true, copy_back);
+    return start(what, [&] { return launch(out, in); }, std::move(copy_back));
   }
 
   std::shared_ptr<Session> session_;

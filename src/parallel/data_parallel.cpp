@@ -8,6 +8,13 @@
 
 namespace latentmoe::parallel {
 
+namespace {
+// ZeRO-1: the part [lo, hi) of a slot (bucket offsets) inside rank `rank`'s chunk; empty if hi <= lo.
+std::pair<int64_t, int64_t> owned_span(int64_t offset, int64_t numel, int64_t chunk, int64_t rank) {
+  return {std::max(offset, rank * chunk), std::min(offset + numel, (rank + 1) * chunk)};
+}
+}  // namespace
+
 DataParallel::DataParallel(Communicator& world, Communicator* expert_dp, Communicator* expert_parallel,
                            std::vector<ReplicatedParam> params, DataParallelOptions options)
     : world_(world), expert_parallel_(expert_parallel), params_(std::move(params)), options_(options) {
@@ -64,8 +71,7 @@ std::vector<std::pair<int64_t, int64_t>> DataParallel::owned_ranges() const {
     const Group& g = param_group_[i] == 0 ? dense_ : expert_;
     const Bucket& b = g.buckets[where_[i].first];
     const Slot& s = b.slots[where_[i].second];
-    const int64_t chunk = b.padded / g.comm->world_size(), rank = g.comm->rank();
-    const int64_t lo = std::max(s.offset, rank * chunk), hi = std::min(s.offset + s.numel, (rank + 1) * chunk);
+    const auto [lo, hi] = owned_span(s.offset, s.numel, b.padded / g.comm->world_size(), g.comm->rank());
     out.emplace_back(hi > lo ? lo - s.offset : 0, std::max<int64_t>(0, hi - lo));
   }
   return out;
@@ -181,7 +187,7 @@ void DataParallel::complete(Group& g, const torch::Tensor& presence) {
         grad.copy_(b.buffer.narrow(0, s.offset, s.numel)).mul_(scale);
         continue;
       }
-      const int64_t lo = std::max(s.offset, rank * chunk), hi = std::min(s.offset + s.numel, (rank + 1) * chunk);
+      const auto [lo, hi] = owned_span(s.offset, s.numel, chunk, rank);
       if (hi > lo) grad.narrow(0, lo - s.offset, hi - lo).copy_(b.chunk.narrow(0, lo - rank * chunk, hi - lo)).mul_(scale);
     }
   }
@@ -220,7 +226,7 @@ void DataParallel::gather_parameters() {
       const int64_t chunk = b.padded / ranks;
       b.chunk.zero_();
       for (const Slot& s : b.slots) {
-        const int64_t lo = std::max(s.offset, rank * chunk), hi = std::min(s.offset + s.numel, (rank + 1) * chunk);
+        const auto [lo, hi] = owned_span(s.offset, s.numel, chunk, rank);
         if (hi > lo) b.chunk.narrow(0, lo - rank * chunk, hi - lo).copy_(params_[s.param].param.view(-1).narrow(0, lo - s.offset, hi - lo));
       }
       g->comm->all_gather(b.buffer, b.chunk, "ZeRO-1 parameter all-gather");
