@@ -6,7 +6,7 @@ CONFIG ?= debug
 CMAKE_ARGS ?=
 export LATENTMOE_CACHE ?= $(HOME)/.cache/latentmoe
 
-.PHONY: all setup configure build test train data demo-dist docs bench gpu-check clean
+.PHONY: all setup configure build test train data demo-dist docs bench golden gpu-check clean
 
 all: build
 
@@ -56,6 +56,12 @@ docs: build
 
 bench: build
 	@for b in $(BUILD)/bench/bench_*; do echo "== $$b"; $$b; done
+
+# Re-record the committed golden runs (tests/golden/*.json) after an intended numerical change;
+# GOLDEN_RUNS picks some of them (tiny debug-fp32 debug-bf16). docs/ci.md explains when.
+GOLDEN_RUNS ?=
+golden: build
+	@LATENTMOE_BUILD_DIR=$(BUILD) bash tools/golden_runs.sh record $(GOLDEN_RUNS)
 
 gpu-check:
 	@bash tools/gpu_check.sh

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "train_checks.h"
 #include "latentmoe/train/trainer.h"
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
@@ -16,32 +17,54 @@ void add_train_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("train", "Train a model (one process, or one per rank under torchrun: see the README)");
   auto args = std::make_shared<ConfigArgs>();
   auto resume = std::make_shared<std::string>();
+  auto check_args = std::make_shared<TrainCheckArgs>();
   args->add_to(*cmd);
   cmd->add_option("--resume", *resume, "'auto' (newest committed checkpoint in checkpoint.dir) or a checkpoint directory");
-  cmd->callback([args, resume, &exit_code] {
+  check_args->add_to(*cmd);
+  cmd->callback([args, resume, check_args, &exit_code] {
     // Environment first: a bad RANK/WORLD_SIZE fails before any rendezvous or heavy work.
     const parallel::DistributedEnv env = parallel::distributed_env_from_environment();
     config::Config cfg = config::load_config(args->config, args->overrides);
     config::validate_config(cfg, env.world_size);
     log_init({.level = cfg.logging.level, .file = cfg.logging.file, .rank = env.distributed() ? env.rank : -1,
               .world_size = env.world_size});
+    TrainChecks checks(*check_args, *args, cfg, env.world_size);  // malformed checks exit 2 before any heavy work
+    const bool checked = env.rank == 0 && check_args->any();
     std::unique_ptr<parallel::Communicator> comm;
     if (env.distributed()) {
       comm = parallel::Communicator::create(env, cfg.parallel.backend, std::chrono::seconds(cfg.parallel.timeout_s));
     }
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
-    exit_code = trainer.run();
+    int training_exit = kExitOk;
+    try {
+      training_exit = trainer.run();
+    } catch (const std::exception& e) {
+      // The report and JUnit file still say what happened; main() then reports the error as usual.
+      if (checked) {
+        checks.finish(trainer, dynamic_cast<const ConfigError*>(&e) ? kExitConfigError : kExitFailure, e.what(),
+                      std::nullopt, std::nullopt);
+      }
+      throw;
+    }
     // Evaluation is collective under expert parallelism: every rank takes part, rank 0 reports.
-    const bool report_valid = exit_code == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
+    const bool report_valid = training_exit == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
     const double loss = report_valid ? (trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate()) : 0.0;
+    exit_code = training_exit;
     if (env.rank != 0) return;  // every rank holds the same numbers; rank 0 reports them
+    std::optional<double> entropy;
+    if (report_valid || checked) entropy = trainer.unigram_entropy();
     if (report_valid) {
-      const double entropy = trainer.unigram_entropy();
       LMOE_INFO("validation loss {:.4f} nats (perplexity {:.1f}) vs unigram entropy {:.4f} nats of the training tokens: "
-                "{:.2f} nats below", loss, std::exp(loss), entropy, entropy - loss);
+                "{:.2f} nats below", loss, std::exp(loss), *entropy, *entropy - loss);
     }
     if (trainer.last_checkpoint()) LMOE_INFO("latest checkpoint: {}", *trainer.last_checkpoint());
+    if (checked) {
+      const std::string why = training_exit == train::kExitInterrupted ? "stopped by a signal after committing a checkpoint"
+                              : training_exit == train::kExitNonFinite ? "non-finite loss or gradient norm"
+                                                                       : "";
+      exit_code = checks.finish(trainer, training_exit, why, report_valid ? std::optional(loss) : std::nullopt, entropy);
+    }
   });
 }
 

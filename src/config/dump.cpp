@@ -132,4 +132,11 @@ std::string config_reference_markdown() {
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> config_key_values(const Config& cfg) {
+  Config copy = cfg;
+  std::vector<std::pair<std::string, std::string>> out;
+  for_each_field(describe_root(copy), [&out](const std::string& path, const FieldInfo& f) { out.emplace_back(path, value_text(f)); });
+  return out;
+}
+
 }  // namespace latentmoe::config

@@ -146,7 +146,9 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
       moe_layer_names_.push_back(b.key().substr(0, b.key().find(".mlp.gate")));
     }
   }
-  balancer_ = std::make_unique<ExpertBalancer>(biases, t.bias_update_speed, t.bias_update_freeze_tokens);
+  // Test hook: the balancing update with its sign flipped (a deliberately wrong change for the golden-check tests).
+  const double gamma = env_int("LATENTMOE_TEST_FLIP_BALANCE_SIGN", 0) == 1 ? -t.bias_update_speed : t.bias_update_speed;
+  balancer_ = std::make_unique<ExpertBalancer>(biases, gamma, t.bias_update_freeze_tokens);
   idle_steps_.assign(biases.size() * static_cast<size_t>(cfg_.model.n_routed_experts), 0);
   checkpointer_ = std::make_unique<Checkpointer>(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
   // Every rank computes the same (reduced) metrics; rank 0 writes them.
@@ -218,6 +220,7 @@ std::string Trainer::save_checkpoint() {
   const std::string path = checkpointer_->save(step_, shard, trainer_state_json(), config::dump_config_yaml(cfg_), comm_);
   if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
   last_checkpoint_ = path;
+  saved_checkpoints_.push_back(path);
   return path;
 }
 
@@ -425,8 +428,13 @@ int Trainer::run() {
     ++step_;
     tokens_seen_ += tokens_per_step_;
     consumed_samples_ += t.global_batch_size;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (const LayerLoadStats& l : loads) {
+      r.expert_load.push_back(l.load);
+      r.max_violation = std::max(r.max_violation, l.max_violation);
+    }
     history_.push_back(r);
-    log_step(r, loads, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    log_step(r, loads, r.seconds);
     const size_t experts = static_cast<size_t>(cfg_.model.n_routed_experts);
     for (size_t l = 0; l < loads.size(); ++l) {
       for (size_t e = 0; e < experts; ++e) {

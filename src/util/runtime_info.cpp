@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/version.h>
 
+#include <fstream>
 #include <sstream>
 
 #include "latentmoe/version.h"
@@ -44,10 +45,37 @@ std::string config_lines_with(const std::string& config, const std::vector<std::
 }
 }  // namespace
 
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      const size_t start = line.find_first_not_of(" \t", line.find(':') + 1);
+      return start == std::string::npos ? "unknown" : line.substr(start);
+    }
+  }
+  return "unknown";
+}
+
+std::string cpu_capability() { return at::get_cpu_capability(); }
+
+std::string compiler_id() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+std::string torch_version() { return TORCH_VERSION; }
+
 std::string runtime_report() {
   std::ostringstream out;
   out << "latentmoe " << kVersion << "\n";
   out << "torch      " << TORCH_VERSION << "\n";
+  out << "cpu        " << cpu_model_name() << " (torch kernels: " << cpu_capability() << ")\n";
   const CudaStatus cuda = cuda_status();
   out << "cuda       ";
   if (cuda.available) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "latentmoe/config/config.h"
@@ -30,6 +31,9 @@ Config load_config(const std::string& name_or_path, const std::vector<std::strin
 
 // Every field, with its doc as a comment; load_config_file() of this text yields an equal Config.
 std::string dump_config_yaml(const Config& cfg);
+
+// Every leaf key ("model.hidden_size") with its value as dump_config_yaml writes it, in schema order.
+std::vector<std::pair<std::string, std::string>> config_key_values(const Config& cfg);
 
 // Markdown reference of every key: type, default, doc (docs/configuration.md).
 std::string config_reference_markdown();

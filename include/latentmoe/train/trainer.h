@@ -34,6 +34,9 @@ struct StepRecord {
   int64_t step = 0;  // 1-based optimizer step
   double loss = 0, lm = 0, mtp = 0, balance = 0, z = 0, grad_norm = 0, lr = 0;
   bool skipped = false;  // loss spike: update skipped
+  double seconds = 0;    // wall time of the step
+  double max_violation = 0;  // largest expert-load MaxVio over the MoE layers (0 when skipped)
+  std::vector<std::vector<int64_t>> expert_load;  // [MoE layer][expert] tokens routed (empty when skipped)
   bool stop_requested = false;  // distributed: some rank had received SIGTERM/SIGINT by this step's reduction
 };
 
@@ -59,7 +62,9 @@ class Trainer {
   model::DeepSeekV3& model() { return model_; }
   const std::vector<StepRecord>& history() const { return history_; }
   int64_t step() const { return step_; }
+  int64_t tokens_seen() const { return tokens_seen_; }
   const std::optional<std::string>& last_checkpoint() const { return last_checkpoint_; }
+  const std::vector<std::string>& saved_checkpoints() const { return saved_checkpoints_; }  // by this process
   const std::optional<double>& last_valid_loss() const { return last_valid_loss_; }
 
  private:
@@ -91,6 +96,7 @@ class Trainer {
   std::vector<std::string> moe_layer_names_;  // e.g. "model.layers.2", "mtp.0.block" 
   std::vector<StepRecord> history_;
   std::optional<std::string> last_checkpoint_;
+  std::vector<std::string> saved_checkpoints_;
   std::optional<double> last_valid_loss_;
   double train_flops_per_token_ = 0;
   bool bf16_ = false;

@@ -11,6 +11,8 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitFailure = 1,
   kExitConfigError = 2,
+  // 3 and 4 belong to `train` (train::TrainExit)
+  kExitCheckFailed = 5,  // `train`: an --expect expression or a --golden check failed
 };
 
 // Invalid configuration or command-line input. The message names the key (path, file:line or

@@ -12,6 +12,12 @@ struct CudaStatus {
 };
 
 CudaStatus cuda_status();
+// What decides bit-identical results on a CPU (golden runs): the CPU model (/proc/cpuinfo), the
+// vector ISA torch dispatches to ("AVX512", "AVX2", ...), the compiler that built latentmoe.
+std::string cpu_model_name();
+std::string cpu_capability();
+std::string compiler_id();
+std::string torch_version();
 // Multi-line report for `latentmoe version`.
 std::string runtime_report();
 
