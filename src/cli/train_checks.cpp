@@ -10,9 +10,11 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <ctime>
+#include <filesystem>
 
 #include "latentmoe/config/loader.h"
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/util/atomic_file.h"
 #include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
 #include "latentmoe/util/runtime_info.h"
@@ -49,6 +51,29 @@ std::string utc_now_iso8601() {
 std::string host_name() {
   char name[256] = {};
   return ::gethostname(name, sizeof name - 1) == 0 ? name : "unknown";
+}
+
+// Output locations change no number: left out of a golden file's config and command.
+bool is_output_key(const std::string& key) { return key.starts_with("checkpoint.") || key.starts_with("logging."); }
+
+std::vector<std::pair<std::string, std::string>> numeric_config(const config::Config& cfg) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& kv : config::config_key_values(cfg)) {
+    if (!is_output_key(kv.first)) out.push_back(std::move(kv));
+  }
+  return out;
+}
+
+// A file that training would only write at the end is checked now, so a typo costs no run.
+void ensure_writable(const std::string& path, const char* option) {
+  if (path.empty()) return;
+  const std::string probe = path + ".probe";
+  try {
+    write_text_file_atomically(probe, "");
+    std::filesystem::remove(probe);
+  } catch (const std::exception& e) {
+    throw ConfigError(fmt::format("{} {}: cannot write there ({})", option, path, e.what()));
+  }
 }
 
 std::vector<train::RunStep> run_steps(const train::Trainer& trainer) {
@@ -90,6 +115,9 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
   golden_mode_ = train::parse_golden_mode(args_.golden_mode);
   if (args_.golden_write && args_.golden_file.empty()) throw ConfigError("--golden-write needs --golden FILE (the file to record)");
   if (!args_.golden_file.empty() && !args_.golden_write) golden_ = train::read_golden(args_.golden_file);
+  ensure_writable(args_.report_file, "--report");
+  ensure_writable(args_.junit_file, "--junit");
+  if (args_.golden_write) ensure_writable(args_.golden_file, "--golden");
   const bool has_validation = cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
   for (const train::Expectation& e : expectations_) {
     if (needs_validation(e) && !has_validation) {
@@ -101,8 +129,7 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
   train::RunSummary& s = summary_;
   s.command = {"latentmoe", "train", "--config", config_args.config};
   for (const std::string& o : config_args.overrides) {
-    // Output locations change no number; leaving them out keeps a golden file's command reusable.
-    if (!o.starts_with("checkpoint.") && !o.starts_with("logging.")) s.command.insert(s.command.end(), {"--set", o});
+    if (!is_output_key(o)) s.command.insert(s.command.end(), {"--set", o});
   }
   s.config_name = cfg.name;
   s.config_source = config_args.config;
@@ -115,8 +142,6 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
   s.target_steps = cfg.train.steps;
   s.golden_file = args_.golden_file;
 }
-
-bool TrainChecks::wants_validation_metrics() const { return args_.any(); }
 
 int TrainChecks::finish(const train::Trainer& trainer, int training_exit, const std::string& error,
                         std::optional<double> valid_loss, std::optional<double> unigram_entropy) {
@@ -164,7 +189,7 @@ int TrainChecks::finish(const train::Trainer& trainer, int training_exit, const 
   }
   train::GoldenRecord run{.environment = s.environment,
                           .config_sha256 = s.config_sha256,
-                          .config = config::config_key_values(cfg_),
+                          .config = numeric_config(cfg_),
                           .command = s.command,
                           .tolerance = train::default_golden_tolerance(cfg_.precision.compute_dtype),
                           .steps = run_steps(trainer)};

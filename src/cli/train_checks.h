@@ -35,7 +35,6 @@ class TrainChecks {
   // Throws ConfigError for a malformed --expect, --golden-mode, an unreadable golden file, or a
   // metric the config cannot produce (valid_loss without a validation split).
   TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_args, const config::Config& cfg, int world_size);
-  bool wants_validation_metrics() const;
   // After training (rank 0): evaluates, writes what was asked for, logs each outcome; returns the
   // exit code (training's own if it failed, else 0 or kExitCheckFailed).
   int finish(const train::Trainer& trainer, int training_exit, const std::string& error,

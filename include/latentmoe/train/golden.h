@@ -33,10 +33,11 @@ struct RunStep {
 // size of a seed change (docs/ci.md "Tolerances" has the measurement). So the first early_steps
 // are compared step by step with tight `early` bounds, and later steps as means over windows of
 // `window` steps with loose `late` bounds. A bound: |actual - golden| <= rtol * max(|golden|, 1e-6)
-// for the losses and the gradient norm; an expert's share of the layer's routed tokens may move
-// by load_atol.
+// for the LM and MTP losses and their total (loss_rtol), the balance and z losses (aux_loss_rtol:
+// they follow the routing, which drifts first) and the gradient norm; an expert's share of the
+// layer's routed tokens may move by load_atol.
 struct GoldenBounds {
-  double loss_rtol = 0, grad_norm_rtol = 0, load_atol = 0;
+  double loss_rtol = 0, aux_loss_rtol = 0, grad_norm_rtol = 0, load_atol = 0;
 };
 struct GoldenTolerance {
   int64_t early_steps = 0;
