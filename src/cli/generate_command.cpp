@@ -1,6 +1,7 @@
 // `latentmoe generate`: sample from a model directory with the latent KV cache.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <iostream>
 
 #include "commands.h"
@@ -31,11 +32,17 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--stop-id", a->stop, "Stop after this token id (-1 = never)")->capture_default_str();
   cmd->callback([a, &exit_code] {
     if (a->options.top_p <= 0.0 || a->options.top_p > 1.0) throw ConfigError("--top-p must be in (0, 1]");
-    if (a->options.temperature < 0.0) throw ConfigError("--temperature must be >= 0");
+    if (!(a->options.temperature >= 0.0) || !std::isfinite(a->options.temperature)) {
+      throw ConfigError(fmt::format("--temperature {}: must be a finite number >= 0 (0 = greedy)", a->options.temperature));
+    }
     if (a->options.max_new_tokens < 0) throw ConfigError("--max-tokens must be >= 0");
     config::Config cfg;
     model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
     if (a->prompt_ids.empty() == a->prompt.empty()) throw ConfigError("generate: give --prompt TEXT or --prompt-ids IDS");
+    if (a->stop < -1 || a->stop >= cfg.model.vocab_size) {
+      throw ConfigError(fmt::format("--stop-id {}: must be a token id in [0, model.vocab_size={}) or -1 (never stop)", a->stop,
+                                    cfg.model.vocab_size));
+    }
     if (a->stop >= 0) a->options.stop_token = a->stop;
     if (!a->prompt.empty()) {
       const data::Tokenizer tok = data::Tokenizer::from_file(a->tokenizer.empty() ? train::resolve_tokenizer_path(cfg) : a->tokenizer);

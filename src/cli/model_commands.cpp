@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/nn/functional/loss.h>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
@@ -16,8 +20,10 @@ namespace latentmoe::cli {
 std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const std::string& option) {
   std::vector<std::vector<int64_t>> rows(1);
   std::string number;
+  bool pending_separator = false;  // a ',' or ';' that still needs an id after it
   const auto flush = [&] {
     if (number.empty()) return;
+    pending_separator = false;
     try {
       size_t used = 0;
       rows.back().push_back(std::stoll(number, &used));
@@ -27,17 +33,28 @@ std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const s
     }
     number.clear();
   };
+  const auto separator = [&](char c) {
+    flush();
+    if (pending_separator || rows.back().empty()) {
+      throw ConfigError(fmt::format("{}: '{}' has an empty item before a '{}' (expected e.g. 1,2,3 or 1,2;3,4)", option, text, c));
+    }
+    pending_separator = true;
+  };
   for (char c : text) {
-    if (c == ',' || c == ' ') {
+    if (c == ' ') {
       flush();
+    } else if (c == ',') {
+      separator(c);
     } else if (c == ';') {
-      flush();
+      separator(c);
       rows.emplace_back();
+      pending_separator = false;
     } else {
       number += c;
     }
   }
   flush();
+  if (pending_separator) throw ConfigError(fmt::format("{}: '{}' ends with a separator (expected e.g. 1,2,3 or 1,2;3,4)", option, text));
   for (const auto& r : rows) {
     if (r.empty() || r.size() != rows[0].size()) {
       throw ConfigError(option + ": every row needs the same, non-zero number of ids");
@@ -45,6 +62,31 @@ std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const s
   }
   return rows;
 }
+
+namespace {
+// Writers never silently replace a directory's contents, and never touch a committed checkpoint.
+void check_output_dir(const std::string& dir, const std::string& option, bool force) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  if (!fs::is_directory(dir, ec)) throw ConfigError(fmt::format("{} {}: exists and is not a directory", option, dir));
+  if (fs::exists(fs::path(dir) / "COMMITTED", ec)) {
+    throw ConfigError(fmt::format("{} {}: is a committed training checkpoint; it is never overwritten (choose another "
+                                  "directory)", option, dir));
+  }
+  if (fs::is_empty(dir, ec) || force) return;
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (names.size() == 3) {
+      names.push_back("...");
+      break;
+    }
+    names.push_back(entry.path().filename().string());
+  }
+  throw ConfigError(fmt::format("{} {}: the directory is not empty (holds {}); pass --force to overwrite it, or choose "
+                                "an empty or new directory", option, dir, fmt::join(names, ", ")));
+}
+}  // namespace
 
 at::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t vocab, const std::string& option) {
   at::Tensor ids = at::empty({static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())}, at::kLong);
@@ -65,7 +107,7 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("convert", "Convert between HF transformers DeepseekV3 and latentmoe model directories");
   struct Args {
     std::string from_hf, out, checkpoint, to_hf;
-    bool no_mtp = false;
+    bool no_mtp = false, force = false;
   };
   auto a = std::make_shared<Args>();
   auto* from = cmd->add_option("--from-hf", a->from_hf, "HF directory (config.json + safetensors, sharded or not; FP8 ok)");
@@ -73,17 +115,20 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* ckpt = cmd->add_option("--checkpoint", a->checkpoint, "latentmoe model directory to read (with --to-hf)");
   auto* to = cmd->add_option("--to-hf", a->to_hf, "HF directory to write (with --checkpoint)");
   cmd->add_flag("--no-mtp", a->no_mtp, "With --to-hf: leave out the MTP modules (strict HF loaders)");
+  cmd->add_flag("--force", a->force, "Write into a non-empty --out/--to-hf directory (never into a committed checkpoint)");
   from->excludes(to);
   from->needs(cmd->get_option("--out"));
   to->needs(ckpt);
   cmd->callback([a, &exit_code] {
     if (!a->from_hf.empty()) {
+      check_output_dir(a->out, "--out", a->force);
       config::Config cfg;
       model::DeepSeekV3 m = io::import_hf(a->from_hf, &cfg.model);
       cfg.name = "imported";
       io::save_model_dir(a->out, cfg, *m);
       LMOE_INFO("imported {} into {}", a->from_hf, a->out);
     } else if (!a->to_hf.empty()) {
+      check_output_dir(a->to_hf, "--to-hf", a->force);
       config::Config cfg;
       model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
       io::export_hf(a->to_hf, cfg.model, *m, !a->no_mtp);
@@ -99,10 +144,13 @@ void add_init_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("init", "Write a randomly initialized model directory (config.yaml + model.safetensors)");
   auto args = std::make_shared<ConfigArgs>();
   auto out = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
   args->add_to(*cmd);
   cmd->add_option("--out", *out, "Model directory to write")->required();
-  cmd->callback([args, out, &exit_code] {
+  cmd->add_flag("--force", *force, "Write into a non-empty directory (never into a committed checkpoint)");
+  cmd->callback([args, out, force, &exit_code] {
     const config::Config cfg = args->load();
+    check_output_dir(*out, "--out", *force);
     torch::manual_seed(static_cast<uint64_t>(cfg.seed));
     model::DeepSeekV3 m(cfg.model);
     io::save_model_dir(*out, cfg, *m);

@@ -56,7 +56,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
     if (report_valid || checked) entropy = trainer.unigram_entropy();
     if (report_valid) {
       LMOE_INFO("validation loss {:.4f} nats (perplexity {:.1f}) vs unigram entropy {:.4f} nats of the training tokens: "
-                "{:.2f} nats below", loss, std::exp(loss), *entropy, *entropy - loss);
+                "{:.2f} nats {}", loss, std::exp(loss), *entropy, std::abs(*entropy - loss), loss <= *entropy ? "below" : "above");
     }
     if (trainer.last_checkpoint()) LMOE_INFO("latest checkpoint: {}", *trainer.last_checkpoint());
     if (checked) {

@@ -270,7 +270,11 @@ Config config_from_yaml(const std::function<YAML::Node()>& parse, const std::str
     throw ConfigError(fmt::format("{}:{}:{}: {} syntax error: {}", source, e.mark.line + 1, e.mark.column + 1, format, e.msg));
   }
   Config cfg;
-  if (root.IsNull()) return cfg;  // an empty file is the defaults
+  if (root.IsNull()) {  // silently the debug preset's defaults is never what an empty file meant
+    throw ConfigError(fmt::format("{}: the config is empty; give at least one key (e.g. `name: my-run`), or --config "
+                                  "debug for the defaults",
+                                  source));
+  }
   Loader loader(source);
   loader.apply_map(describe_root(cfg), root, "");
   loader.throw_if_errors();

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <cstdio>
 #include <string>
 
@@ -118,9 +119,59 @@ TEST(Cli, InitGenerateAndBadTokenIds) {
   EXPECT_NE(r.output.find("'x' is not an integer token id"), std::string::npos) << r.output;
   r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1 --top-p 0");
   EXPECT_EQ(r.exit_code, 2);
+  // Each of these used to be accepted (or to end in a raw torch message with exit 1).
+  for (const char* ids : {"1,,2", ",1", "1,2,", "1;;2"}) {
+    r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids '" + std::string(ids) + "'");
+    EXPECT_EQ(r.exit_code, 2) << ids << ": " << r.output;
+    EXPECT_NE(r.output.find("--prompt-ids: '" + std::string(ids) + "'"), std::string::npos) << r.output;
+  }
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1 --temperature nan");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("--temperature nan: must be a finite number >= 0"), std::string::npos) << r.output;
+  r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1 --stop-id 999999");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("--stop-id 999999: must be a token id in [0, model.vocab_size=8192) or -1"), std::string::npos)
+      << r.output;
   r = run_cli("generate --checkpoint " + (dir.path() / "none").string() + " --prompt-ids 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("not a latentmoe model directory"), std::string::npos) << r.output;
+}
+
+TEST(Cli, WritersRefuseNonEmptyDirectoriesWithoutForceAndCommittedOnesAlways) {
+  TempDir dir;
+  const std::string model_dir = (dir.path() / "m").string();
+  ASSERT_EQ(run_cli("init --set model.num_hidden_layers=2 --out " + model_dir).exit_code, 0);
+  const auto weights = std::filesystem::path(model_dir) / "model.safetensors";
+  const auto before = std::filesystem::last_write_time(weights);
+  CliRun r = run_cli("init --set model.num_hidden_layers=2 --set seed=7 --out " + model_dir);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("the directory is not empty"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--force"), std::string::npos) << r.output;
+  EXPECT_EQ(std::filesystem::last_write_time(weights), before);  // untouched
+  EXPECT_EQ(run_cli("init --set model.num_hidden_layers=2 --out " + model_dir + " --force").exit_code, 0);
+  const std::string hf_dir = (dir.path() / "hf").string();
+  ASSERT_EQ(run_cli("convert --checkpoint " + model_dir + " --to-hf " + hf_dir).exit_code, 0);
+  r = run_cli("convert --checkpoint " + model_dir + " --to-hf " + hf_dir);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run_cli("convert --from-hf " + hf_dir + " --out " + model_dir);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--out " + model_dir + ": the directory is not empty"), std::string::npos) << r.output;
+  std::ofstream(std::filesystem::path(model_dir) / "COMMITTED") << "";
+  r = run_cli("init --set model.num_hidden_layers=2 --out " + model_dir + " --force");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("is a committed training checkpoint; it is never overwritten"), std::string::npos) << r.output;
+  r = run_cli("convert --from-hf " + hf_dir + " --out " + model_dir + " --force");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+TEST(Cli, EndOfRunSaysAboveWhenTheLossIsAboveTheEntropy) {
+  TempDir dir;
+  const std::string d = dir.path().string();
+  const CliRun r = run_cli("train --config tiny --set train.steps=2 --set schedule.warmup=1 --set train.eval_batches=1 "
+                           "--set checkpoint.dir=" + d + "/c --set logging.dir=" + d + "/l");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("nats above"), std::string::npos) << r.output;  // it used to say "-1.2 nats below"
+  EXPECT_EQ(r.output.find("nats below"), std::string::npos) << r.output;
 }
 
 TEST(Cli, ConvertRejectsCorruptCheckpoints) {

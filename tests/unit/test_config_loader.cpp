@@ -9,9 +9,12 @@ using latentmoe::testing::expect_error_contains;
 using latentmoe::testing::TempDir;
 namespace cfg = latentmoe::config;
 
-TEST(ConfigLoader, EmptyFileGivesDefaults) {
+TEST(ConfigLoader, EmptyFileIsAnError) {  // it used to be silently the debug preset
   TempDir dir;
-  EXPECT_EQ(cfg::load_config_file(dir.write("empty.yaml", "")), cfg::Config{});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("empty.yaml", "")); },
+                                     {"empty.yaml", "the config is empty", "--config debug"});
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(dir.write("comments.yaml", "# nothing\n")); },
+                                     {"the config is empty"});
 }
 
 TEST(ConfigLoader, ReadsNestedValuesOfEveryType) {
