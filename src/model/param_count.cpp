@@ -4,42 +4,65 @@
 
 #include <fmt/format.h>
 
+#include "latentmoe/util/error.h"
+
 namespace latentmoe::model {
 
 namespace {
-struct BlockCounts {
-  int64_t attention = 0, dense_ffn = 0, routed = 0, routed_activated = 0, shared = 0, router = 0, norms = 0;
-  int64_t total() const { return attention + dense_ffn + routed + shared + router + norms; }
-  int64_t activated() const { return attention + dense_ffn + routed_activated + shared + router + norms; }
+// int64 arithmetic that cannot wrap: an absurd config gets an error naming the model section,
+// not a negative parameter count.
+class Count {
+ public:
+  Count(int64_t v = 0) : v_(v) {}  // NOLINT: implicit, so config fields mix in freely
+  int64_t value() const { return v_; }
+  friend Count operator+(Count a, Count b) { return checked(__builtin_add_overflow(a.v_, b.v_, &a.v_), a); }
+  friend Count operator*(Count a, Count b) { return checked(__builtin_mul_overflow(a.v_, b.v_, &a.v_), a); }
+  Count& operator+=(Count b) { return *this = *this + b; }
+
+ private:
+  static Count checked(bool overflowed, Count result) {
+    if (overflowed) {
+      throw ConfigError("model: the parameter count overflows 64-bit integers; the model section's sizes "
+                        "(hidden_size, vocab_size, intermediate sizes, experts, layers) are far beyond any real model");
+    }
+    return result;
+  }
+  int64_t v_;
 };
 
-int64_t attention_parameters(const config::ModelConfig& m) {
-  const int64_t heads = m.num_attention_heads, qk = m.qk_nope_head_dim + m.qk_rope_head_dim;
-  const int64_t bias = m.attention_bias ? 1 : 0;
-  int64_t n = 0;
+struct BlockCounts {
+  Count attention, dense_ffn, routed, routed_activated, shared, router, norms;
+  Count total() const { return attention + dense_ffn + routed + shared + router + norms; }
+  Count activated() const { return attention + dense_ffn + routed_activated + shared + router + norms; }
+};
+
+Count attention_parameters(const config::ModelConfig& m) {
+  const Count heads = m.num_attention_heads, qk = Count(m.qk_nope_head_dim) + m.qk_rope_head_dim;
+  const Count hidden = m.hidden_size, bias = m.attention_bias ? 1 : 0;
+  Count n;
   if (m.q_lora_rank) {
-    const int64_t r = *m.q_lora_rank;
-    n += m.hidden_size * r + bias * r + r + r * heads * qk;  // q_a, its bias, q_a_layernorm, q_b
+    const Count r = *m.q_lora_rank;
+    n += hidden * r + bias * r + r + r * heads * qk;  // q_a, its bias, q_a_layernorm, q_b
   } else {
-    n += m.hidden_size * heads * qk;
+    n += hidden * heads * qk;
   }
-  const int64_t kv_a = m.kv_lora_rank + m.qk_rope_head_dim;
-  n += m.hidden_size * kv_a + bias * kv_a + m.kv_lora_rank;               // kv_a (+bias), kv_a_layernorm
-  n += m.kv_lora_rank * heads * (m.qk_nope_head_dim + m.v_head_dim);     // kv_b
-  n += heads * m.v_head_dim * m.hidden_size + bias * m.hidden_size;       // o_proj
+  const Count kv_a = Count(m.kv_lora_rank) + m.qk_rope_head_dim;
+  n += hidden * kv_a + bias * kv_a + m.kv_lora_rank;                                 // kv_a (+bias), kv_a_layernorm
+  n += Count(m.kv_lora_rank) * heads * (Count(m.qk_nope_head_dim) + m.v_head_dim);  // kv_b
+  n += heads * m.v_head_dim * hidden + bias * hidden;                                // o_proj
   return n;
 }
 
 BlockCounts block_counts(const config::ModelConfig& m, int64_t layer_index) {
   BlockCounts b;
   b.attention = attention_parameters(m);
-  b.norms = 2 * m.hidden_size;
-  const int64_t swiglu = 3 * m.hidden_size;
+  b.norms = Count(2) * m.hidden_size;
+  const Count swiglu = Count(3) * m.hidden_size;
   if (m.n_routed_experts > 0 && layer_index >= m.first_k_dense_replace) {
-    b.routed = m.n_routed_experts * swiglu * m.moe_intermediate_size;
-    b.routed_activated = m.num_experts_per_tok * swiglu * m.moe_intermediate_size;
-    b.shared = m.n_shared_experts * swiglu * m.moe_intermediate_size;
-    b.router = m.n_routed_experts * m.hidden_size;
+    b.routed = Count(m.n_routed_experts) * swiglu * m.moe_intermediate_size;
+    b.routed_activated = Count(m.num_experts_per_tok) * swiglu * m.moe_intermediate_size;
+    b.shared = Count(m.n_shared_experts) * swiglu * m.moe_intermediate_size;
+    b.router = Count(m.n_routed_experts) * m.hidden_size;
   } else {
     b.dense_ffn = swiglu * m.intermediate_size;
   }
@@ -53,29 +76,37 @@ std::string billions(int64_t n) {
 }  // namespace
 
 ParameterCounts count_parameters(const config::ModelConfig& m) {
-  ParameterCounts c;
-  c.embedding = m.vocab_size * m.hidden_size;
-  c.head = m.vocab_size * m.hidden_size;
-  int64_t activated_blocks = 0;
+  const Count hidden = m.hidden_size, embedding = Count(m.vocab_size) * hidden;
+  Count attention, dense_ffn, routed, shared, routers, norms, activated_blocks, mtp_total, mtp_activated;
   for (int64_t i = 0; i < m.num_hidden_layers; ++i) {
     const BlockCounts b = block_counts(m, i);
-    c.attention += b.attention;
-    c.dense_ffn += b.dense_ffn;
-    c.routed_experts += b.routed;
-    c.shared_experts += b.shared;
-    c.routers += b.router;
-    c.norms += b.norms;
+    attention += b.attention;
+    dense_ffn += b.dense_ffn;
+    routed += b.routed;
+    shared += b.shared;
+    routers += b.router;
+    norms += b.norms;
     activated_blocks += b.activated();
   }
-  c.norms += m.hidden_size;  // final norm
-  c.total = c.embedding + c.head + c.attention + c.dense_ffn + c.routed_experts + c.shared_experts + c.routers + c.norms;
-  c.activated = c.embedding + c.head + activated_blocks + m.hidden_size;
+  norms += hidden;  // final norm
   for (int64_t k = 0; k < m.num_nextn_predict_layers; ++k) {
     const BlockCounts b = block_counts(m, m.num_hidden_layers + k);
-    const int64_t extra = 3 * m.hidden_size + 2 * m.hidden_size * m.hidden_size;  // enorm, hnorm, norm, eh_proj
-    c.mtp_total += b.total() + extra;
-    c.mtp_activated += b.activated() + extra;
+    const Count extra = Count(3) * hidden + Count(2) * hidden * hidden;  // enorm, hnorm, norm, eh_proj
+    mtp_total += b.total() + extra;
+    mtp_activated += b.activated() + extra;
   }
+  ParameterCounts c;
+  c.embedding = c.head = embedding.value();
+  c.attention = attention.value();
+  c.dense_ffn = dense_ffn.value();
+  c.routed_experts = routed.value();
+  c.shared_experts = shared.value();
+  c.routers = routers.value();
+  c.norms = norms.value();
+  c.total = (embedding + embedding + attention + dense_ffn + routed + shared + routers + norms).value();
+  c.activated = (embedding + embedding + activated_blocks + hidden).value();
+  c.mtp_total = mtp_total.value();
+  c.mtp_activated = mtp_activated.value();
   return c;
 }
 
@@ -96,7 +127,8 @@ FlopCounts forward_flops_per_token(const config::ModelConfig& m, int64_t seq_len
   if (m.num_nextn_predict_layers > 0) {
     const int64_t mtp_norm_like = m.num_nextn_predict_layers *
                                   (5 * m.hidden_size + m.kv_lora_rank + (m.q_lora_rank ? *m.q_lora_rank : 0));
-    f.mtp_forward = 2.0 * static_cast<double>(c.mtp_activated - mtp_norm_like + m.num_nextn_predict_layers * c.head) +
+    f.mtp_forward = 2.0 * (static_cast<double>(c.mtp_activated - mtp_norm_like) +
+                           static_cast<double>(m.num_nextn_predict_layers) * static_cast<double>(c.head)) +
                     per_layer_attention * static_cast<double>(m.num_nextn_predict_layers);
   }
   return f;

@@ -164,6 +164,14 @@ TEST(Cli, WritersRefuseNonEmptyDirectoriesWithoutForceAndCommittedOnesAlways) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
+TEST(Cli, SummaryOfAnAbsurdModelIsAnErrorNotANegativeCount) {
+  const CliRun r = run_cli("config --set model.hidden_size=2147483648 --summary");
+  EXPECT_EQ(r.exit_code, 2) << r.output;  // it printed "MTP -9223367782689.65M extra parameters"
+  EXPECT_NE(r.output.find("the parameter count overflows 64-bit integers"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("-9"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli("config --config deepseek-v3 --summary").exit_code, 0);
+}
+
 TEST(Cli, EndOfRunSaysAboveWhenTheLossIsAboveTheEntropy) {
   TempDir dir;
   const std::string d = dir.path().string();
