@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 
 #include "commands.h"
@@ -9,9 +10,41 @@
 #include "latentmoe/train/trainer.h"
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
+#include "latentmoe/util/directory_lock.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
+
+namespace {
+// One run per checkpoint.dir and logging.dir: rank 0 holds both locks for the whole job, and every
+// rank learns whether it got them, so a refused job stops on all ranks at once.
+std::vector<std::unique_ptr<DirectoryLock>> lock_run_directories(const config::Config& cfg, parallel::Communicator* comm,
+                                                                 int rank) {
+  std::vector<std::unique_ptr<DirectoryLock>> locks;
+  std::string error;
+  if (rank == 0) {
+    try {
+      locks.push_back(std::make_unique<DirectoryLock>(cfg.checkpoint.dir, "checkpoint.dir"));
+      namespace fs = std::filesystem;
+      if (fs::weakly_canonical(cfg.logging.dir) != fs::weakly_canonical(cfg.checkpoint.dir)) {
+        locks.push_back(std::make_unique<DirectoryLock>(cfg.logging.dir, "logging.dir"));
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  if (comm) {
+    at::Tensor refused = at::full({1}, error.empty() ? 0.0 : 1.0, at::kDouble);
+    comm->all_reduce_sum(refused, "run directory lock agreement all-reduce");
+    if (rank != 0 && refused.item<double>() > 0) {
+      throw std::runtime_error(fmt::format("rank {}: rank 0 could not lock checkpoint.dir {} or logging.dir {} (its "
+                                           "message says why)", rank, cfg.checkpoint.dir, cfg.logging.dir));
+    }
+  }
+  if (!error.empty()) throw std::runtime_error(error);
+  return locks;
+}
+}  // namespace
 
 void add_train_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("train", "Train a model (one process, or one per rank under torchrun: see the README)");
@@ -34,6 +67,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
     if (env.distributed()) {
       comm = parallel::Communicator::create(env, cfg.parallel.backend, std::chrono::seconds(cfg.parallel.timeout_s));
     }
+    const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
     int training_exit = kExitOk;

@@ -1,0 +1,33 @@
+// An exclusive, advisory lock on a directory for the lifetime of a run (checkpoint.dir,
+// logging.dir), so two runs can never write into one directory. flock(2) on DIR/.latentmoe.lock:
+// the kernel releases it when the holder exits in any way, so a crash leaves no stale lock (the
+// file itself stays, harmless). No torch headers.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace latentmoe {
+
+class DirectoryLock {
+ public:
+  // Creates dir if needed. Throws DirectoryLockError naming `setting`, the directory and the
+  // holder (pid, host, start time, command) when another process holds the lock, and a
+  // std::runtime_error when the directory cannot be created or written.
+  DirectoryLock(const std::string& dir, const std::string& setting);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+class DirectoryLockError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace latentmoe
