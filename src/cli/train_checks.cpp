@@ -64,9 +64,20 @@ std::vector<std::pair<std::string, std::string>> numeric_config(const config::Co
   return out;
 }
 
+// What the run trained on: every dataset's index and size, and the tokenizer.
+std::string data_fingerprint(const config::Config& cfg) {
+  std::string text;
+  for (const std::string& prefix : train::resolve_data_paths(cfg)) {
+    text += sha256_file_hex(prefix + ".idx") + ":" + std::to_string(std::filesystem::file_size(prefix + ".bin")) + ";";
+  }
+  text += sha256_file_hex(train::resolve_tokenizer_path(cfg));
+  return sha256_hex(text.data(), text.size());
+}
+
 // A file that training would only write at the end is checked now, so a typo costs no run.
 void ensure_writable(const std::string& path, const char* option) {
   if (path.empty()) return;
+  if (std::filesystem::is_directory(path)) throw ConfigError(fmt::format("{} {}: is a directory; give a file name", option, path));
   const std::string probe = path + ".probe";
   try {
     write_text_file_atomically(probe, "");
@@ -89,14 +100,31 @@ std::vector<train::RunStep> run_steps(const train::Trainer& trainer) {
 
 }  // namespace
 
+void TrainChecks::check_fresh_start(int64_t resumed_step) const {
+  if (!args_.golden_file.empty() && resumed_step != 0) {
+    throw ConfigError(fmt::format("--golden {}: a golden run is compared from step 1, but this run resumes at step {}; use "
+                                  "an empty checkpoint.dir and no --resume", args_.golden_file, resumed_step));
+  }
+}
+
+bool TrainChecks::needs_unigram_entropy() const {
+  for (const train::Expectation& e : expectations_) {
+    for (const auto* operand : {&e.lhs, &e.rhs}) {
+      const auto* name = std::get_if<std::string>(operand);
+      if (name && (*name == "unigram_entropy" || *name == "entropy_gap")) return true;
+    }
+  }
+  return false;
+}
+
 void TrainCheckArgs::add_to(CLI::App& command) {
   command.add_option("--golden", golden_file,
                      "Check this run's per-step losses, gradient norms and expert loads against a golden file "
                      "(docs/ci.md); with --golden-write, record it instead");
   command.add_flag("--golden-write", golden_write, "Record the --golden file from this run (which must train from step 1)");
   command.add_option("--golden-mode", golden_mode,
-                     "auto (exact when the environment matches the golden run's, else its tolerances) | exact | tolerance")
-      ->default_str("auto");
+                     "auto (default: exact when the environment matches the golden run's, else its tolerances) | exact | "
+                     "tolerance");
   std::string metrics;
   for (const auto& m : train::expectation_metrics()) metrics += (metrics.empty() ? "" : ", ") + m.name;
   command.add_option("--expect", expect,
@@ -112,7 +140,8 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
                          int world_size)
     : args_(args), cfg_(cfg), start_(std::chrono::steady_clock::now()) {
   for (const std::string& text : args_.expect) expectations_.push_back(train::parse_expectation(text));
-  golden_mode_ = train::parse_golden_mode(args_.golden_mode);
+  if (!args_.golden_mode.empty() && args_.golden_file.empty()) throw ConfigError("--golden-mode needs --golden FILE");
+  golden_mode_ = train::parse_golden_mode(args_.golden_mode.empty() ? "auto" : args_.golden_mode);
   if (args_.golden_write && args_.golden_file.empty()) throw ConfigError("--golden-write needs --golden FILE (the file to record)");
   if (!args_.golden_file.empty() && !args_.golden_write) golden_ = train::read_golden(args_.golden_file);
   ensure_writable(args_.report_file, "--report");
@@ -133,10 +162,13 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
   }
   s.config_name = cfg.name;
   s.config_source = config_args.config;
-  s.config_sha256 = sha256_hex(config::dump_config_yaml(cfg).data(), config::dump_config_yaml(cfg).size());
+  std::string numeric;
+  for (const auto& [key, value] : numeric_config(cfg)) numeric += key + "=" + value + "\n";
+  s.config_sha256 = sha256_hex(numeric.data(), numeric.size());
   s.environment = {.latentmoe_version = kVersion, .torch_version = torch_version(), .compiler = compiler_id(),
                    .cpu_model = cpu_model_name(), .cpu_capability = cpu_capability(),
-                   .compute_dtype = cfg.precision.compute_dtype, .threads = at::get_num_threads(), .world_size = world_size};
+                   .compute_dtype = cfg.precision.compute_dtype, .threads = at::get_num_threads(), .world_size = world_size,
+                   .data = ""};  // fingerprinted after training, when the data is surely prepared
   s.started_at = utc_now_iso8601();
   s.hostname = host_name();
   s.target_steps = cfg.train.steps;
@@ -193,6 +225,12 @@ int TrainChecks::finish(const train::Trainer& trainer, int training_exit, const 
                           .command = s.command,
                           .tolerance = train::default_golden_tolerance(cfg_.precision.compute_dtype),
                           .steps = run_steps(trainer)};
+  try {
+    s.environment.data = run.environment.data = data_fingerprint(cfg_);
+  } catch (const std::exception& e) {
+    LMOE_WARN("cannot fingerprint the training data for the golden check: {}", e.what());
+    s.environment.data = run.environment.data = "unknown";
+  }
   if (golden_) {
     s.golden = train::compare_golden(*golden_, run, golden_mode_);
     for (const std::string& d : s.golden->config_differences) LMOE_WARN("golden check: config differs from the golden run: {}", d);
@@ -211,10 +249,16 @@ int TrainChecks::finish(const train::Trainer& trainer, int training_exit, const 
       training_exit = kExitFailure;
       s.error = "golden file not written: the run did not train from step 1";
     } else {
-      train::write_golden(args_.golden_file, run);
-      s.golden_written = true;
+      try {
+        train::write_golden(args_.golden_file, run);
+        s.golden_written = true;
+      } catch (const std::exception& e) {
+        LMOE_ERROR("golden file {} not written: {}", args_.golden_file, e.what());
+        training_exit = kExitFailure;
+        s.error = fmt::format("golden file not written: {}", e.what());
+      }
       const train::GoldenTolerance& t = run.tolerance;
-      LMOE_INFO("golden file written: {} ({} steps; for other environments: steps 1-{} within loss {:.0e}, grad norm "
+      if (s.golden_written) LMOE_INFO("golden file written: {} ({} steps; for other environments: steps 1-{} within loss {:.0e}, grad norm "
                 "{:.0e}, expert load share {:.0e}; later means over {} steps within {:.0e}, {:.0e}, {:.0e})",
                 args_.golden_file, run.steps.size(), t.early_steps, t.early.loss_rtol, t.early.grad_norm_rtol,
                 t.early.load_atol, t.window, t.late.loss_rtol, t.late.grad_norm_rtol, t.late.load_atol);

@@ -23,7 +23,7 @@ class Trainer;
 namespace latentmoe::cli {
 
 struct TrainCheckArgs {
-  std::string golden_file, golden_mode = "auto", report_file, junit_file;
+  std::string golden_file, golden_mode, report_file, junit_file;  // golden_mode "": auto
   bool golden_write = false;
   std::vector<std::string> expect;
   void add_to(CLI::App& command);
@@ -35,6 +35,10 @@ class TrainChecks {
   // Throws ConfigError for a malformed --expect, --golden-mode, an unreadable golden file, or a
   // metric the config cannot produce (valid_loss without a validation split).
   TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_args, const config::Config& cfg, int world_size);
+  // After a resume: a golden run starts at step 1 (ConfigError otherwise).
+  void check_fresh_start(int64_t resumed_step) const;
+  // Whether an expectation names the unigram entropy (reading the corpus costs a second or more).
+  bool needs_unigram_entropy() const;
   // After training (rank 0): evaluates, writes what was asked for, logs each outcome; returns the
   // exit code (training's own if it failed, else 0 or kExitCheckFailed).
   int finish(const train::Trainer& trainer, int training_exit, const std::string& error,

@@ -10,12 +10,20 @@
 #include "latentmoe/train/trainer.h"
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
+#include "latentmoe/data/tokenizer.h"
 #include "latentmoe/util/directory_lock.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
 
 namespace {
+// The exit code main() gives an exception, and its message without a C++ backtrace.
+std::pair<int, std::string> classify_error(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return {kExitFailure, c10->what_without_backtrace()};
+  if (dynamic_cast<const ConfigError*>(&e) || dynamic_cast<const data::TokenizerError*>(&e)) return {kExitConfigError, e.what()};
+  return {kExitFailure, e.what()};
+}
+
 // One run per checkpoint.dir and logging.dir: rank 0 holds both locks for the whole job, and every
 // rank learns whether it got them, so a refused job stops on all ranks at once.
 std::vector<std::unique_ptr<DirectoryLock>> lock_run_directories(const config::Config& cfg, parallel::Communicator* comm,
@@ -70,24 +78,35 @@ void add_train_command(CLI::App& app, int& exit_code) {
     const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
+    checks.check_fresh_start(trainer.step());
+    const bool report_valid_split = cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
     int training_exit = kExitOk;
+    double loss = 0.0;
+    std::optional<double> entropy;
     try {
       training_exit = trainer.run();
+      // Evaluation is collective under expert parallelism: every rank takes part, rank 0 reports.
+      if (training_exit == kExitOk && report_valid_split) {
+        loss = trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate();
+      }
+      if (env.rank == 0 && ((training_exit == kExitOk && report_valid_split) || (checked && checks.needs_unigram_entropy()))) {
+        entropy = trainer.unigram_entropy();
+      }
     } catch (const std::exception& e) {
       // The report and JUnit file still say what happened; main() then reports the error as usual.
       if (checked) {
-        checks.finish(trainer, dynamic_cast<const ConfigError*>(&e) ? kExitConfigError : kExitFailure, e.what(),
-                      std::nullopt, std::nullopt);
+        const auto [code, message] = classify_error(e);
+        try {
+          checks.finish(trainer, code, message, std::nullopt, std::nullopt);
+        } catch (const std::exception& also) {
+          LMOE_ERROR("could not write the run report: {}", also.what());
+        }
       }
       throw;
     }
-    // Evaluation is collective under expert parallelism: every rank takes part, rank 0 reports.
-    const bool report_valid = training_exit == kExitOk && cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
-    const double loss = report_valid ? (trainer.last_valid_loss() ? *trainer.last_valid_loss() : trainer.evaluate()) : 0.0;
+    const bool report_valid = training_exit == kExitOk && report_valid_split;
     exit_code = training_exit;
     if (env.rank != 0) return;  // every rank holds the same numbers; rank 0 reports them
-    std::optional<double> entropy;
-    if (report_valid || checked) entropy = trainer.unigram_entropy();
     if (report_valid) {
       LMOE_INFO("validation loss {:.4f} nats (perplexity {:.1f}) vs unigram entropy {:.4f} nats of the training tokens: "
                 "{:.2f} nats {}", loss, std::exp(loss), *entropy, std::abs(*entropy - loss), loss <= *entropy ? "below" : "above");

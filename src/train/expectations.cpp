@@ -86,7 +86,7 @@ const std::vector<ExpectationMetric>& expectation_metrics() {
       {"entropy_gap", "unigram_entropy - valid_loss (> 0: the model beats the unigram model)"},
       {"tokens_per_s", "median training throughput over the run's steps after the first"},
       {"step_time_s", "median step time over the run's steps after the first"},
-      {"wall_s", "wall time of the training loop"},
+      {"wall_s", "wall time from the start of `train` (config loaded) to the end of training and final validation"},
       {"peak_rss_mb", "peak resident memory of the process (MiB)"},
       {"max_violation", "largest expert-load MaxVio over the MoE layers at the final step"},
       {"skipped_steps", "updates skipped as loss spikes during this run"},
@@ -95,23 +95,22 @@ const std::vector<ExpectationMetric>& expectation_metrics() {
 }
 
 Expectation parse_expectation(const std::string& text) {
-  static const char* kOps[] = {"<=", ">=", "==", "!=", "<", ">"};  // two-character operators first
-  for (const char* op : kOps) {
-    const size_t at = text.find(op);
-    if (at == std::string::npos) continue;
-    const std::string rest = text.substr(at + std::string(op).size());
-    if (rest.find_first_of("<>=!") != std::string::npos) fail(text, "only one comparison is allowed");
-    Expectation e;
-    e.text = text;
-    e.op = op;
-    e.lhs = parse_operand(text, text.substr(0, at), "left");
-    e.rhs = parse_operand(text, rest, "right");
-    if (std::holds_alternative<double>(e.lhs) && std::holds_alternative<double>(e.rhs)) {
-      fail(text, "at least one side must be a metric");
-    }
-    return e;
+  const size_t at = text.find_first_of("<>=!");
+  if (at == std::string::npos) fail(text, "no comparison operator");
+  const bool two = at + 1 < text.size() && text[at + 1] == '=';
+  const std::string op = text.substr(at, two ? 2 : 1);
+  if (op == "=" || op == "!") fail(text, fmt::format("'{}' is not an operator", op));
+  const std::string rest = text.substr(at + op.size());
+  if (rest.find_first_of("<>=!") != std::string::npos) fail(text, "only one comparison is allowed");
+  Expectation e;
+  e.text = text;
+  e.op = op;
+  e.lhs = parse_operand(text, text.substr(0, at), "left");
+  e.rhs = parse_operand(text, rest, "right");
+  if (std::holds_alternative<double>(e.lhs) && std::holds_alternative<double>(e.rhs)) {
+    fail(text, "at least one side must be a metric");
   }
-  fail(text, "no comparison operator");
+  return e;
 }
 
 ExpectationResult evaluate_expectation(const Expectation& e, const std::map<std::string, double>& metrics) {

@@ -32,7 +32,7 @@ const std::vector<std::string>& scalar_metric_names() {
 json environment_json(const RunEnvironment& e) {
   return {{"latentmoe", e.latentmoe_version}, {"torch", e.torch_version},       {"compiler", e.compiler},
           {"cpu", e.cpu_model},                {"cpu_capability", e.cpu_capability}, {"compute_dtype", e.compute_dtype},
-          {"threads", e.threads},              {"world_size", e.world_size}};
+          {"threads", e.threads},              {"world_size", e.world_size},         {"data", e.data}};
 }
 
 json bounds_json(const GoldenBounds& b) {
@@ -91,10 +91,11 @@ struct CheckBuilder {
   GoldenCheck check;
   int64_t failures = 0;
   double worst = 0;
-  void fail(int64_t step, const std::string& message) {
+  void fail(int64_t step, const std::string& where, const std::string& message) {
     if (failures++ == 0) {
       check.passed = false;
       check.first_step = step;
+      check.where = where;
       check.message = message;
     }
   }
@@ -102,7 +103,7 @@ struct CheckBuilder {
     if (check.passed) {
       check.message = compared;
     } else if (failures > 1) {
-      check.message += fmt::format(" (and {} later step(s))", failures - 1);
+      check.message += fmt::format(" (and {} later comparison(s) out of tolerance)", failures - 1);
     }
     return check;
   }
@@ -125,6 +126,7 @@ std::vector<std::string> environment_differences(const RunEnvironment& g, const 
   add("compute dtype", g.compute_dtype, r.compute_dtype);
   add("threads", std::to_string(g.threads), std::to_string(r.threads));
   add("world size", std::to_string(g.world_size), std::to_string(r.world_size));
+  if (g.data != r.data) out.push_back("training data or tokenizer (fingerprint " + g.data.substr(0, 12) + " → " + r.data.substr(0, 12) + ")");
   return out;
 }
 
@@ -136,14 +138,15 @@ GoldenTolerance default_golden_tolerance(const std::string& compute_dtype) {
   // in the losses (bf16: not at all) and the expert loads are identical; from step ~20 on the runs
   // drift apart like two seeds: means over 10 steps differ by up to ~6e-3 (LM/MTP losses), ~2e-2
   // (balance loss), 0.28 (gradient norm) and 0.22 (an expert's share of the tokens). The bounds
-  // leave a margin of >= 15x early and 2-5x late; bf16 gets 10x looser early bounds for CPUs whose
+  // leave a margin of >= 15x early and about 2x or more late (expert loads: 2x, and 0.45 only catches
+  // an expert collapsing to all or nothing of its possible share); bf16 gets 10x looser early bounds for CPUs whose
   // bf16 kernels round differently (not measurable on this project's one kind of machine).
   const double early_scale = compute_dtype == "bf16" ? 10.0 : 1.0;
   return {.early_steps = 10,
           .early = {.loss_rtol = 2e-6 * early_scale, .aux_loss_rtol = 2e-6 * early_scale,
                     .grad_norm_rtol = 1e-5 * early_scale, .load_atol = 0.01 * early_scale},
           .window = 10,
-          .late = {.loss_rtol = 2e-2, .aux_loss_rtol = 0.1, .grad_norm_rtol = 0.6, .load_atol = 0.4}};
+          .late = {.loss_rtol = 2e-2, .aux_loss_rtol = 0.1, .grad_norm_rtol = 0.6, .load_atol = 0.45}};
 }
 
 void write_golden(const std::string& path, const GoldenRecord& record) {
@@ -168,7 +171,7 @@ void write_golden(const std::string& path, const GoldenRecord& record) {
                       {"window", record.tolerance.window},
                       {"late", bounds_json(record.tolerance.late)}}},
                     {"steps", steps}};
-  write_text_file_atomically(path, doc.dump(1) + "\n");
+  write_text_file_atomically(path, doc.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 GoldenRecord read_golden(const std::string& path) {
@@ -196,7 +199,8 @@ GoldenRecord read_golden(const std::string& path) {
                    .cpu_capability = r.get<std::string>(env, "cpu_capability", "environment"),
                    .compute_dtype = r.get<std::string>(env, "compute_dtype", "environment"),
                    .threads = r.get<int64_t>(env, "threads", "environment"),
-                   .world_size = r.get<int64_t>(env, "world_size", "environment")};
+                   .world_size = r.get<int64_t>(env, "world_size", "environment"),
+                   .data = r.get<std::string>(env, "data", "environment")};
   g.config_sha256 = r.get<std::string>(doc, "config_sha256", "");
   const json& config = r.at(doc, "config", "");
   if (!config.is_object()) r.fail("config", "is not an object");
@@ -273,8 +277,8 @@ std::string GoldenReport::summary() const {
   const std::string mode = exact ? "exact" : "within tolerance";
   if (!first) return fmt::format("golden check passed ({} metrics, {}: {})", checks.size(), mode, mode_reason);
   std::string line = first->first_step > 0
-                         ? fmt::format("golden check failed: first divergence at step {} in {}: {}", first->first_step,
-                                       first->name, first->message)
+                         ? fmt::format("golden check failed: first divergence at {} in {}: {}", first->where, first->name,
+                                       first->message)
                          : fmt::format("golden check failed: {}: {}", first->name, first->message);
   line += fmt::format(" [{} check(s) failing: {}; comparison {}: {}]", failing.size(), fmt::join(failing, ", "), mode, mode_reason);
   if (!config_differences.empty()) {
@@ -303,7 +307,8 @@ std::vector<Unit> comparison_units(const std::vector<RunStep>& steps, bool exact
       units.push_back({step, step, exact ? nullptr : &tol.early});
       ++i;
     } else {
-      const size_t end = std::min(steps.size(), i + static_cast<size_t>(tol.window));
+      size_t end = std::min(steps.size(), i + static_cast<size_t>(tol.window));
+      if (steps.size() - end < static_cast<size_t>(tol.window)) end = steps.size();  // no short last window: join it
       units.push_back({step, steps[end - 1].step, &tol.late});
       i = end;
     }
@@ -334,7 +339,7 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
   CheckBuilder steps("steps");
   if (golden.steps.size() != run.steps.size() ||
       (!run.steps.empty() && golden.steps.front().step != run.steps.front().step)) {
-    steps.fail(0, fmt::format("the run trained {}, the golden file holds {} (train from scratch with the same "
+    steps.fail(0, "", fmt::format("the run trained {}, the golden file holds {} (train from scratch with the same "
                               "train.steps, into an empty checkpoint.dir)",
                               describe_steps(run.steps), describe_steps(golden.steps)));
   }
@@ -363,7 +368,7 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
         actual += value->second / static_cast<double>(pairs[u].size());
       }
       if (!recorded) {
-        check.fail(units[u].first, fmt::format("{}: the run did not record it", units[u].label()));
+        check.fail(units[u].first, units[u].label(), "the run did not record it");
         continue;
       }
       const double rel = relative_difference(actual, expected);
@@ -373,8 +378,8 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
                           : name == "grad_norm"                           ? b->grad_norm_rtol
                           : name == "loss/balance" || name == "loss/z" ? b->aux_loss_rtol
                                                                           : b->loss_rtol;
-      if (b ? rel > rtol : actual != expected) {
-        check.fail(units[u].first, fmt::format("{}: {} vs golden {}: {}", units[u].label(), format_value(actual, !b),
+      if (b ? !(rel <= rtol) : actual != expected) {  // NaN fails either way
+        check.fail(units[u].first, units[u].label(), fmt::format("{} vs golden {}: {}", format_value(actual, !b),
                                                format_value(expected, !b),
                                                b ? fmt::format("relative difference {:.2e} > tolerance {:.1e}", rel, rtol)
                                                  : fmt::format("not bit-identical (relative difference {:.2e})", rel)));
@@ -407,7 +412,7 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
         for (size_t e = 0; e < ge.size(); ++e) expected[e] += ge[e], actual[e] += re[e];
       }
       if (!mismatch.empty()) {
-        check.fail(units[u].first, mismatch);
+        check.fail(units[u].first, units[u].label(), mismatch);
         continue;
       }
       int64_t tokens = 0;
@@ -416,10 +421,10 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
       for (size_t e = 0; e < expected.size(); ++e) {
         const double share = tokens > 0 ? static_cast<double>(std::abs(actual[e] - expected[e])) / static_cast<double>(tokens) : 0.0;
         check.worst = std::max(check.worst, share);
-        if (b ? share > b->load_atol : actual[e] != expected[e]) {
-          check.fail(units[u].first,
-                     fmt::format("{}: expert {} received {} tokens vs golden {} (a difference of {:.4f} of the layer's {} "
-                                 "routed tokens{})", units[u].label(), e, actual[e], expected[e], share, tokens,
+        if (b ? !(share <= b->load_atol) : actual[e] != expected[e]) {
+          check.fail(units[u].first, units[u].label(),
+                     fmt::format("expert {} received {} tokens vs golden {} (a difference of {:.4f} of the layer's {} "
+                                 "routed tokens{})", e, actual[e], expected[e], share, tokens,
                                  b ? fmt::format(" > tolerance {}", b->load_atol) : ", not bit-identical"));
           break;
         }

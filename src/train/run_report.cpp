@@ -20,7 +20,8 @@ json golden_json(const RunSummary& s) {
   if (!s.golden) return g;
   json checks = json::array();
   for (const GoldenCheck& c : s.golden->checks) {
-    checks.push_back({{"name", c.name}, {"passed", c.passed}, {"first_step", c.first_step}, {"message", c.message}});
+    checks.push_back({{"name", c.name}, {"passed", c.passed}, {"first_step", c.first_step}, {"where", c.where},
+                      {"message", c.message}});
   }
   g.update({{"passed", s.golden->passed()},
             {"mode", s.golden->exact ? "exact" : "tolerance"},
@@ -54,7 +55,7 @@ std::vector<JunitCase> junit_cases(const RunSummary& s) {
   if (s.golden) {
     for (const GoldenCheck& c : s.golden->checks) {
       cases.push_back({.classname = "latentmoe.golden", .name = c.name, .failure_kind = c.passed ? "" : "failure",
-                       .message = c.first_step > 0 ? fmt::format("step {}: {}", c.first_step, c.message) : c.message,
+                       .message = c.where.empty() ? c.message : fmt::format("{}: {}", c.where, c.message),
                        .detail = fmt::format("{} ({}; golden file {})", c.message,
                                              s.golden->exact ? "exact comparison" : "within tolerance", s.golden_file)});
     }
@@ -70,7 +71,8 @@ void finish_summary(RunSummary& s, int training_exit_code) {
   if (s.golden) checks_pass = checks_pass && s.golden->passed();
   if (training_exit_code != kExitOk) {
     s.exit_code = training_exit_code;
-    s.status = training_exit_code == 3 ? "interrupted" : "error";
+    constexpr int kInterrupted = 3;  // train::kExitInterrupted (trainer.h, which needs torch)
+    s.status = training_exit_code == kInterrupted ? "interrupted" : "error";
   } else {
     s.exit_code = checks_pass ? kExitOk : kExitCheckFailed;
     s.status = checks_pass ? "passed" : "failed";
@@ -80,17 +82,26 @@ void finish_summary(RunSummary& s, int training_exit_code) {
 std::string xml_escape(const std::string& text) {
   std::string out;
   out.reserve(text.size());
-  for (const char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
+  for (size_t i = 0; i < text.size();) {
+    const auto u = static_cast<unsigned char>(text[i]);
+    if (u >= 0x80) {  // copy a whole valid UTF-8 sequence, or write U+FFFD for a broken one
+      const size_t length = u >= 0xF0 && u <= 0xF4 ? 4 : u >= 0xE0 ? 3 : u >= 0xC2 && u <= 0xDF ? 2 : 0;
+      bool valid = length > 0 && i + length <= text.size();
+      for (size_t k = 1; valid && k < length; ++k) valid = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
+      out += valid ? text.substr(i, length) : "\xEF\xBF\xBD";
+      i += valid ? length : 1;
+      continue;
+    }
+    switch (text[i]) {
       case '&': out += "&amp;"; break;
       case '<': out += "&lt;"; break;
       case '>': out += "&gt;"; break;
       case '"': out += "&quot;"; break;
       case '\'': out += "&apos;"; break;
       default:
-        if (u >= 0x20 || c == '\n' || c == '\t' || c == '\r') out += c;  // other control characters are not XML
+        if (u >= 0x20 || u == '\n' || u == '\t' || u == '\r') out += text[i];  // other control characters are not XML
     }
+    ++i;
   }
   return out;
 }
@@ -115,14 +126,14 @@ void write_report_json(const std::string& path, const RunSummary& s) {
       {"versions", {{"latentmoe", env.latentmoe_version}, {"torch", env.torch_version}, {"compiler", env.compiler}}},
       {"environment",
        {{"cpu", env.cpu_model}, {"cpu_capability", env.cpu_capability}, {"threads", env.threads},
-        {"world_size", env.world_size}, {"compute_dtype", env.compute_dtype}}},
+        {"world_size", env.world_size}, {"compute_dtype", env.compute_dtype}, {"data", env.data}}},
       {"steps", {{"first", s.first_step}, {"final", s.final_step}, {"target", s.target_steps}}},
       {"metrics", s.metrics},
       {"checkpoints", s.checkpoints},
       {"expectations", expectations},
       {"golden", golden_json(s)},
   };
-  write_text_file_atomically(path, doc.dump(2) + "\n");
+  write_text_file_atomically(path, doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 void write_junit_xml(const std::string& path, const RunSummary& s) {

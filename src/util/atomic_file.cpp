@@ -16,7 +16,9 @@ void write_text_file_atomically(const std::string& path, const std::string& text
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create the directory of {}: {}", path, ec.message()));
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  char host[64] = {};
+  ::gethostname(host, sizeof host - 1);  // ranks on several hosts may share a file system
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, host, ::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << text;

@@ -53,7 +53,10 @@ TEST(Expectations, MalformedExpressionsAreConfigErrorsNamingThem) {
   expect_error_contains<ConfigError>([] { train::parse_expectation("valid_loss<inf"); }, {"'inf'"});
   expect_error_contains<ConfigError>([] { train::parse_expectation("1<2"); }, {"at least one side must be a metric"});
   expect_error_contains<ConfigError>([] { train::parse_expectation("1<loss<3"); }, {"only one comparison"});
-  expect_error_contains<ConfigError>([] { train::parse_expectation("loss=3"); }, {"no comparison operator"});
+  expect_error_contains<ConfigError>([] { train::parse_expectation("loss=3"); }, {"'=' is not an operator"});
+  expect_error_contains<ConfigError>([] { train::parse_expectation("loss>1<2"); }, {"only one comparison"});
+  expect_error_contains<ConfigError>([] { train::parse_expectation("valid_loss =< 5"); }, {"'=' is not an operator"});
+  expect_error_contains<ConfigError>([] { train::parse_expectation("valid_loss< =5"); }, {"only one comparison"});
   expect_error_contains<ConfigError>([] { train::parse_expectation("loss-1<3"); }, {"'loss-1' is neither"});
 }
 
@@ -61,7 +64,8 @@ namespace {
 train::GoldenRecord sample_record(int64_t steps) {
   train::GoldenRecord g;
   g.environment = {.latentmoe_version = "0.1.0", .torch_version = "2.11.0", .compiler = "gcc 12", .cpu_model = "cpu",
-                   .cpu_capability = "AVX2", .compute_dtype = "fp32", .threads = 2, .world_size = 1};
+                   .cpu_capability = "AVX2", .compute_dtype = "fp32", .threads = 2, .world_size = 1,
+                   .data = "d"};
   g.config_sha256 = "abc";
   g.config = {{"model.rope_theta", "10000.0"}, {"checkpoint.dir", "/a"}, {"train.steps", std::to_string(steps)}};
   g.command = {"latentmoe", "train", "--config", "tiny"};
@@ -124,7 +128,7 @@ TEST(Golden, ToleranceModeWhenTheEnvironmentDiffers) {
   r = train::compare_golden(golden, run, train::GoldenMode::automatic);
   EXPECT_FALSE(r.passed());
   const std::string s = r.summary();
-  EXPECT_NE(s.find("first divergence at step 4 in expert_load/layer1: step 4: expert 2 received 356 tokens vs golden 256"),
+  EXPECT_NE(s.find("first divergence at step 4 in expert_load/layer1: expert 2 received 356 tokens vs golden 256"),
             std::string::npos) << s;
   EXPECT_NE(s.find("loss/total"), std::string::npos) << s;
   // Forcing exact mode across environments fails even inside the tolerance.
@@ -149,7 +153,28 @@ TEST(Golden, AfterTheEarlyStepsWindowMeansAreCompared) {
   EXPECT_FALSE(train::compare_golden(golden, run, train::GoldenMode::exact).passed());
   for (size_t i = 20; i < 30; ++i) run.steps[i].scalars["loss/lm"] *= 1.0 + 2.0 * golden.tolerance.late.loss_rtol;
   const train::GoldenReport r = train::compare_golden(golden, run, train::GoldenMode::tolerance);
-  EXPECT_NE(r.summary().find("first divergence at step 21 in loss/lm: steps 21-30 (means)"), std::string::npos) << r.summary();
+  EXPECT_NE(r.summary().find("first divergence at steps 21-30 (means) in loss/lm: "), std::string::npos) << r.summary();
+  // The balance and z losses follow the routing: their late bound is aux_loss_rtol, not loss_rtol.
+  run = golden;
+  for (auto& step : run.steps) step.scalars["loss/balance"] = 0.01;
+  train::GoldenRecord with_balance = golden;
+  for (auto& step : with_balance.steps) step.scalars["loss/balance"] = 0.01;
+  const double between = 0.5 * (golden.tolerance.late.loss_rtol + golden.tolerance.late.aux_loss_rtol);
+  for (size_t i = 10; i < 30; ++i) run.steps[i].scalars["loss/balance"] *= 1.0 + between;
+  EXPECT_TRUE(train::compare_golden(with_balance, run, train::GoldenMode::tolerance).passed());
+  for (size_t i = 10; i < 30; ++i) run.steps[i].scalars["loss/balance"] = 0.01 * (1.0 + 2 * golden.tolerance.late.aux_loss_rtol);
+  EXPECT_FALSE(train::compare_golden(with_balance, run, train::GoldenMode::tolerance).passed());
+  // A NaN is never within tolerance, and a short last window joins the one before it.
+  run = golden;
+  run.steps[25].scalars["grad_norm"] = std::nan("");
+  const train::GoldenReport nan = train::compare_golden(golden, run, train::GoldenMode::tolerance);
+  EXPECT_FALSE(nan.passed());
+  EXPECT_NE(nan.summary().find("steps 21-30 (means) in grad_norm"), std::string::npos) << nan.summary();
+  train::GoldenRecord longer = sample_record(35);
+  train::GoldenRecord longer_run = longer;
+  longer_run.steps[34].scalars["loss/lm"] *= 2;
+  EXPECT_NE(train::compare_golden(longer, longer_run, train::GoldenMode::tolerance).summary().find("steps 21-35 (means)"),
+            std::string::npos);
 }
 
 TEST(Golden, StepRangeMismatchAndConfigDifferencesAreReported) {
@@ -194,6 +219,7 @@ TEST(Golden, MalformedFilesNameTheFileAndKey) {
 
 TEST(RunReport, XmlEscapingAndExitCodes) {
   EXPECT_EQ(train::xml_escape("a<b & \"c\" > 'd'\x01"), "a&lt;b &amp; &quot;c&quot; &gt; &apos;d&apos;");
+  EXPECT_EQ(train::xml_escape("\xC3\xA9 \xFF \xE2\x86\x92"), "\xC3\xA9 \xEF\xBF\xBD \xE2\x86\x92");  // é, broken byte, →
   train::RunSummary s;
   s.expectations.push_back({.expression = "loss<1", .passed = true, .lhs = 0.5, .rhs = 1.0, .message = "ok"});
   train::finish_summary(s, 0);
@@ -206,4 +232,7 @@ TEST(RunReport, XmlEscapingAndExitCodes) {
   train::finish_summary(s, 4);  // training's own failure wins
   EXPECT_EQ(s.exit_code, 4);
   EXPECT_EQ(s.status, "error");
+  train::finish_summary(s, 3);
+  EXPECT_EQ(s.exit_code, 3);
+  EXPECT_EQ(s.status, "interrupted");
 }

@@ -16,6 +16,7 @@ namespace latentmoe::train {
 struct RunEnvironment {
   std::string latentmoe_version, torch_version, compiler, cpu_model, cpu_capability, compute_dtype;
   int64_t threads = 0, world_size = 1;
+  std::string data;  // fingerprint of the training data and tokenizer (the default corpus is a Debian package)
   bool operator==(const RunEnvironment&) const = default;
 };
 
@@ -69,7 +70,8 @@ GoldenMode parse_golden_mode(const std::string& text);
 struct GoldenCheck {
   std::string name;   // "steps", "loss/lm", "grad_norm", "expert_load/layer1", ...
   bool passed = true;
-  int64_t first_step = 0;  // first step out of tolerance (0: none)
+  int64_t first_step = 0;  // first step of the first comparison out of tolerance (0: none)
+  std::string where;       // that comparison: "step 4" or "steps 21-30 (means)"
   std::string message;     // why it failed, or what was compared
 };
 
