@@ -8,6 +8,7 @@
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/data/tokenizer.h"
 #include "latentmoe/model/generate.h"
+#include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/trainer.h"
 
 namespace latentmoe::cli {
@@ -18,6 +19,7 @@ void add_generate_command(CLI::App& app, int& exit_code) {
     std::string checkpoint, prompt_ids, prompt, tokenizer;
     model::GenerateOptions options;
     int64_t stop = -1;
+    bool no_verify = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--checkpoint", a->checkpoint, "latentmoe model directory")->required();
@@ -30,12 +32,14 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--top-p", a->options.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
   cmd->add_option("--seed", a->options.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--stop-id", a->stop, "Stop after this token id (-1 = never)")->capture_default_str();
+  cmd->add_flag("--no-verify", a->no_verify, "Read a model directory without a manifest.json (made by hand)");
   cmd->callback([a, &exit_code] {
     if (a->options.top_p <= 0.0 || a->options.top_p > 1.0) throw ConfigError("--top-p must be in (0, 1]");
     if (!(a->options.temperature >= 0.0) || !std::isfinite(a->options.temperature)) {
       throw ConfigError(fmt::format("--temperature {}: must be a finite number >= 0 (0 = greedy)", a->options.temperature));
     }
     if (a->options.max_new_tokens < 0) throw ConfigError("--max-tokens must be >= 0");
+    if (!a->no_verify) train::verify_model_dir(a->checkpoint);
     config::Config cfg;
     model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
     if (a->prompt_ids.empty() == a->prompt.empty()) throw ConfigError("generate: give --prompt TEXT or --prompt-ids IDS");

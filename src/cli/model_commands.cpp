@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
+#include "latentmoe/train/checkpoint.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
@@ -107,7 +108,7 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("convert", "Convert between HF transformers DeepseekV3 and latentmoe model directories");
   struct Args {
     std::string from_hf, out, checkpoint, to_hf;
-    bool no_mtp = false, force = false;
+    bool no_mtp = false, force = false, no_verify = false;
   };
   auto a = std::make_shared<Args>();
   auto* from = cmd->add_option("--from-hf", a->from_hf, "HF directory (config.json + safetensors, sharded or not; FP8 ok)");
@@ -116,6 +117,7 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* to = cmd->add_option("--to-hf", a->to_hf, "HF directory to write (with --checkpoint)");
   cmd->add_flag("--no-mtp", a->no_mtp, "With --to-hf: leave out the MTP modules (strict HF loaders)");
   cmd->add_flag("--force", a->force, "Write into a non-empty --out/--to-hf directory (never into a committed checkpoint)");
+  cmd->add_flag("--no-verify", a->no_verify, "With --checkpoint: read a directory without a manifest.json (made by hand)");
   from->excludes(to);
   from->needs(cmd->get_option("--out"));
   to->needs(ckpt);
@@ -126,9 +128,11 @@ void add_convert_command(CLI::App& app, int& exit_code) {
       model::DeepSeekV3 m = io::import_hf(a->from_hf, &cfg.model);
       cfg.name = "imported";
       io::save_model_dir(a->out, cfg, *m);
+      train::write_model_manifest(a->out, {"config.yaml", "model.safetensors"});
       LMOE_INFO("imported {} into {}", a->from_hf, a->out);
     } else if (!a->to_hf.empty()) {
       check_output_dir(a->to_hf, "--to-hf", a->force);
+      if (!a->no_verify) train::verify_model_dir(a->checkpoint);
       config::Config cfg;
       model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
       io::export_hf(a->to_hf, cfg.model, *m, !a->no_mtp);
@@ -154,6 +158,7 @@ void add_init_command(CLI::App& app, int& exit_code) {
     torch::manual_seed(static_cast<uint64_t>(cfg.seed));
     model::DeepSeekV3 m(cfg.model);
     io::save_model_dir(*out, cfg, *m);
+    train::write_model_manifest(*out, {"config.yaml", "model.safetensors"});
     LMOE_INFO("initialized '{}' (seed {}, init_std {}) in {}", cfg.name, cfg.seed, cfg.model.init_std, *out);
     exit_code = kExitOk;
   });
@@ -164,14 +169,16 @@ void add_forward_command(CLI::App& app, int& exit_code) {
       "forward", "Run one batch through a model and save logits, routing (and gradients) to a safetensors file");
   struct Args {
     std::string checkpoint, ids, out;
-    bool grads = false;
+    bool grads = false, no_verify = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--checkpoint", a->checkpoint, "latentmoe model directory")->required();
   cmd->add_option("--ids", a->ids, "Token ids: 1,2,3 (one row) or 1,2;3,4 (a batch)")->required();
   cmd->add_option("--out", a->out, "Output .safetensors")->required();
   cmd->add_flag("--grads", a->grads, "Also save the LM loss (next-token CE) and every parameter's gradient");
+  cmd->add_flag("--no-verify", a->no_verify, "Read a model directory without a manifest.json (made by hand)");
   cmd->callback([a, &exit_code] {
+    if (!a->no_verify) train::verify_model_dir(a->checkpoint);
     config::Config cfg;
     model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
     const at::Tensor ids = ids_tensor(parse_id_rows(a->ids, "--ids"), cfg.model.vocab_size, "--ids");

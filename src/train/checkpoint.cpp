@@ -183,6 +183,25 @@ void Checkpointer::prune() const {
   }
 }
 
+namespace {
+// Every file the manifest lists exists and has its SHA-256.
+void verify_manifest_files(const std::string& dir_text, const json& manifest) {
+  const fs::path dir(dir_text);
+  for (const auto& [f, expected] : manifest["files"].items()) {
+    const fs::path path = dir / f;
+    if (fs::path(f).has_parent_path() || !expected.is_string()) {
+      throw CheckpointError(fmt::format("{}/manifest.json: bad entry '{}'", dir_text, f));
+    }
+    if (!fs::exists(path)) throw CheckpointError(fmt::format("{}/{}: missing", dir_text, f));
+    const std::string actual = sha256_file_hex(path.string());
+    if (actual != expected.get<std::string>()) {
+      throw CheckpointError(fmt::format("{}/{}: SHA-256 mismatch (expected {}, got {}): the file is corrupt", dir_text, f,
+                                        expected.get<std::string>(), actual));
+    }
+  }
+}
+}  // namespace
+
 void Checkpointer::verify(const std::string& checkpoint_dir) {
   const fs::path dir(checkpoint_dir);
   if (!fs::is_directory(dir)) throw CheckpointError(fmt::format("{}: no such checkpoint directory", checkpoint_dir));
@@ -214,18 +233,37 @@ void Checkpointer::verify(const std::string& checkpoint_dir) {
                                         checkpoint_dir, stem, stem));
     }
   }
-  for (const auto& [f, expected] : manifest["files"].items()) {
-    const fs::path path = dir / f;
-    if (fs::path(f).has_parent_path() || !expected.is_string()) {
-      throw CheckpointError(fmt::format("{}/manifest.json: bad entry '{}'", checkpoint_dir, f));
-    }
-    if (!fs::exists(path)) throw CheckpointError(fmt::format("{}/{}: missing", checkpoint_dir, f));
-    const std::string actual = sha256_file_hex(path.string());
-    if (actual != expected.get<std::string>()) {
-      throw CheckpointError(fmt::format("{}/{}: SHA-256 mismatch (expected {}, got {}): the file is corrupt", checkpoint_dir, f,
-                                        expected.get<std::string>(), actual));
-    }
+  verify_manifest_files(checkpoint_dir, manifest);
+}
+
+void write_model_manifest(const std::string& model_dir, const std::vector<std::string>& files) {
+  json manifest = {{"format", "latentmoe-model"}, {"files", json::object()}};
+  for (const std::string& f : files) manifest["files"][f] = sha256_file_hex((fs::path(model_dir) / f).string());
+  const fs::path path = fs::path(model_dir) / "manifest.json";
+  write_text(fs::path(path.string() + ".tmp"), manifest.dump(2));
+  fs::rename(path.string() + ".tmp", path);
+}
+
+void verify_model_dir(const std::string& dir) {
+  if (fs::exists(fs::path(dir) / kMarker)) return Checkpointer::verify(dir);
+  if (!fs::exists(fs::path(dir) / "config.yaml")) return;  // not a model directory at all: the loader says so
+  const fs::path manifest_path = fs::path(dir) / "manifest.json";
+  if (!fs::exists(manifest_path)) {
+    throw CheckpointError(fmt::format("{}: no manifest.json, so its weights cannot be verified (training checkpoints, "
+                                      "`latentmoe init` and `convert --from-hf` all write one); for a directory made by "
+                                      "hand, pass --no-verify to read it unverified", dir));
   }
+  json manifest;
+  try {
+    manifest = json::parse(read_text(manifest_path));
+  } catch (const json::exception& e) {
+    throw CheckpointError(fmt::format("{}/manifest.json: invalid JSON: {}", dir, e.what()));
+  }
+  if (!manifest.contains("files") || !manifest["files"].is_object() || !manifest["files"].contains("config.yaml") ||
+      !manifest["files"].contains("model.safetensors")) {
+    throw CheckpointError(fmt::format("{}/manifest.json: must list config.yaml and model.safetensors", dir));
+  }
+  verify_manifest_files(dir, manifest);
 }
 
 std::optional<std::string> Checkpointer::latest(std::vector<std::string>* skipped) const {

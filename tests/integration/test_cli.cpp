@@ -182,14 +182,54 @@ TEST(Cli, EndOfRunSaysAboveWhenTheLossIsAboveTheEntropy) {
   EXPECT_EQ(r.output.find("nats below"), std::string::npos) << r.output;
 }
 
+// Issue 15, finding 2: a NaN written into a committed checkpoint's weights was generated from,
+// forwarded and exported with exit 0; every reader now verifies the manifest first.
+TEST(Cli, EveryCheckpointReaderVerifiesTheManifest) {
+  TempDir dir;
+  const std::string d = dir.path().string();
+  ASSERT_EQ(run_cli("train --config tiny --set train.steps=2 --set schedule.warmup=1 --set train.eval_batches=1 "
+                    "--set checkpoint.dir=" + d + "/c --set logging.dir=" + d + "/l").exit_code, 0);
+  const std::string ckpt = d + "/c/step-00000002";
+  ASSERT_EQ(run_cli("generate --checkpoint " + ckpt + " --prompt-ids 1,2 --max-tokens 2").exit_code, 0);
+  {  // a NaN (0x7fc00000, little-endian) over 4 bytes in the middle of the weights
+    std::fstream f(ckpt + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(std::filesystem::file_size(ckpt + "/model.safetensors") / 2 / 4 * 4));
+    const char nan[4] = {0, 0, static_cast<char>(0xc0), 0x7f};
+    f.write(nan, 4);
+  }
+  for (const std::string& cmd : {"generate --checkpoint " + ckpt + " --prompt-ids 1,2",
+                                 "forward --checkpoint " + ckpt + " --ids 1,2 --out " + d + "/f.safetensors",
+                                 "convert --checkpoint " + ckpt + " --to-hf " + d + "/hf"}) {
+    const CliRun r = run_cli(cmd);
+    EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("model.safetensors: SHA-256 mismatch"), std::string::npos) << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(d + "/f.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(d + "/hf/model.safetensors"));
+  // init writes a manifest too; a directory without one is read only with --no-verify.
+  const std::string model_dir = d + "/m";
+  ASSERT_EQ(run_cli("init --set model.num_hidden_layers=2 --out " + model_dir).exit_code, 0);
+  ASSERT_TRUE(std::filesystem::exists(model_dir + "/manifest.json"));
+  std::filesystem::remove(model_dir + "/manifest.json");
+  CliRun r = run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1,2 --max-tokens 2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("no manifest.json"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--no-verify"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli("generate --checkpoint " + model_dir + " --prompt-ids 1,2 --max-tokens 2 --no-verify").exit_code, 0);
+}
+
 TEST(Cli, ConvertRejectsCorruptCheckpoints) {
   TempDir dir;
   const std::string model_dir = (dir.path() / "m").string();
   ASSERT_EQ(run_cli("init --set model.num_hidden_layers=2 --out " + model_dir).exit_code, 0);
-  // Truncate the weights: the error names the file and a tensor, and nothing is written.
+  // Truncate the weights: the manifest check names the file; unverified, the bounds-checked reader
+  // names the file and a tensor; either way nothing is written.
   const auto weights = std::filesystem::path(model_dir) / "model.safetensors";
   std::filesystem::resize_file(weights, std::filesystem::file_size(weights) / 2);
-  const CliRun r = run_cli("convert --checkpoint " + model_dir + " --to-hf " + (dir.path() / "hf").string());
+  CliRun r = run_cli("convert --checkpoint " + model_dir + " --to-hf " + (dir.path() / "hf").string());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("model.safetensors: SHA-256 mismatch"), std::string::npos) << r.output;
+  r = run_cli("convert --checkpoint " + model_dir + " --to-hf " + (dir.path() / "hf").string() + " --no-verify");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("model.safetensors: tensor '"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("exceed the data buffer"), std::string::npos) << r.output;

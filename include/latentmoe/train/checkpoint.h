@@ -66,4 +66,12 @@ class Checkpointer {
   int64_t keep_last_;
 };
 
+// Model directories outside training (`init`, `convert --from-hf`) carry a manifest.json too:
+// the SHA-256 of each listed file (no COMMITTED marker: they are not training checkpoints).
+void write_model_manifest(const std::string& model_dir, const std::vector<std::string>& files);
+// What every reader of a model directory calls first: a committed checkpoint is verified as
+// Checkpointer::verify does; otherwise its manifest.json must exist and match (CheckpointError
+// naming the file, and --no-verify as the way to read a hand-made directory).
+void verify_model_dir(const std::string& dir);
+
 }  // namespace latentmoe::train
