@@ -110,8 +110,8 @@ void DataConfig::describe(FieldVisitor& v) {
   v.field({"paths", &paths, "Dataset prefixes (.bin/.idx); empty = the bundled default corpus"});
   v.field({"weights", &weights, "Blend weights, one per path (empty = proportional to size)"});
   v.field({"valid_fraction", &valid_fraction, "Fraction of documents held out for validation"});
-  v.field({"fim_rate", &fim_rate, "Fill-in-the-middle (PSM) rate per document (0 = off)"});
-  v.field({"num_workers", &num_workers, "Background threads preparing batches"});
+  v.field({"fim_rate", &fim_rate, "Reserved: fill-in-the-middle rate per document; not implemented, only 0 is allowed"});
+  v.field({"num_workers", &num_workers, "Reserved: background threads preparing batches; not implemented, only 1 is allowed"});
 }
 
 void ParallelConfig::describe(FieldVisitor& v) {

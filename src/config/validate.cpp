@@ -188,8 +188,13 @@ void check_rest(const Config& c, int64_t world_size, Rules& r) {
                         d.weights.size(), d.paths.size()));
   for (double w : d.weights) r.require(w >= 0, fmt::format("data.weights must be >= 0, got {}", w));
   r.in_unit_interval(d.valid_fraction, "data.valid_fraction", true);
-  r.require(d.fim_rate >= 0 && d.fim_rate <= 1, fmt::format("data.fim_rate must be in [0, 1], got {}", d.fim_rate));
-  r.positive(d.num_workers, "data.num_workers");
+  // Accepted keys must do what they say: these two are reserved until FIM and background batch
+  // preparation exist, so a set value is refused rather than silently ignored (saved configs, which
+  // hold the defaults, still load).
+  r.require(d.fim_rate == 0.0, fmt::format("data.fim_rate={}: fill-in-the-middle is not implemented yet; only 0 is "
+                                           "allowed", d.fim_rate));
+  r.require(d.num_workers == 1, fmt::format("data.num_workers={}: batches are prepared on the training thread (background "
+                                            "workers are not implemented yet); only 1 is allowed", d.num_workers));
 
   const ParallelConfig& p = c.parallel;
   r.positive(p.ep, "parallel.ep");

@@ -84,6 +84,21 @@ std::string Checkpointer::save(int64_t step, const CheckpointData& data) {
 
 std::string Checkpointer::save(int64_t step, const CheckpointShard& shard, const std::string& trainer_state_json,
                                const std::string& config_yaml, parallel::Communicator* comm) {
+  try {
+    return save_into_tmp_then_commit(step, shard, trainer_state_json, config_yaml, comm);
+  } catch (...) {
+    // A failed save (disk full, permissions) leaves nothing behind; older checkpoints are untouched.
+    if (!comm || comm->rank() == 0) {
+      std::error_code ec;
+      fs::remove_all(fs::path(dir_) / fmt::format(".{}.tmp", step_dir_name(step)), ec);
+    }
+    throw;
+  }
+}
+
+std::string Checkpointer::save_into_tmp_then_commit(int64_t step, const CheckpointShard& shard,
+                                                    const std::string& trainer_state_json, const std::string& config_yaml,
+                                                    parallel::Communicator* comm) {
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
   const fs::path final_dir = fs::path(dir_) / step_dir_name(step);
   const fs::path tmp = fs::path(dir_) / fmt::format(".{}.tmp", step_dir_name(step));

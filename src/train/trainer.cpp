@@ -256,6 +256,17 @@ void Trainer::resume(const std::string& spec) {
     throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
                                   "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
   }
+  // Resuming continues the saved data stream only if these match; a change is allowed but said.
+  const auto saved_values = config::config_key_values(saved), current_values = config::config_key_values(cfg_);
+  for (size_t i = 0; i < saved_values.size() && i < current_values.size(); ++i) {
+    const std::string& key = saved_values[i].first;
+    const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
+                        key == "train.seq_len" || key == "train.global_batch_size";
+    if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
+      LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
+                "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);
+    }
+  }
   // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
   std::map<std::string, torch::Tensor> needed;
   for (const auto& [name, t] : io::model_state(*model_)) {

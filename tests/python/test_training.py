@@ -125,3 +125,29 @@ def test_eval_command_and_bf16_training(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["step"] == 6 and report["valid_loss"] > 0 and report["unigram_entropy"] > 0
+
+
+def test_resuming_with_another_data_stream_warns(run_cli, tmp_path):
+    assert train(run_cli, tmp_path, 4, "--set", "checkpoint.interval=2").returncode == 0
+    resumed = train(run_cli, tmp_path, 6, "--resume", "auto", "--set", "train.seq_len=16")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume: train.seq_len is 32 in" in resumed.stderr and "but 16 now" in resumed.stderr
+    same = train(run_cli, tmp_path, 8, "--resume", "auto", "--set", "train.seq_len=16")
+    assert same.returncode == 0 and "resume: " not in same.stderr.replace("resume: skipped", "")
+
+
+def test_a_failed_save_leaves_no_temporary_directory(run_cli, tmp_path):
+    """Disk full, as a file size limit: writing the weights fails with EFBIG (SIGXFSZ ignored)."""
+    assert train(run_cli, tmp_path, 2).returncode == 0  # one committed checkpoint; the corpus is prepared
+    import os
+    binary = pathlib.Path(os.environ.get("LATENTMOE_BUILD_DIR", REPO / "build")) / "latentmoe"
+    args = " ".join(["train", *SMALL, "--set", "train.steps=4", "--set", "checkpoint.interval=4",
+                     "--set", f"checkpoint.dir={tmp_path / 'ckpt'}", "--set", f"logging.dir={tmp_path / 'run'}",
+                     "--resume", "auto"])
+    limited = subprocess.run(["bash", "-c", f"trap '' XFSZ; ulimit -f 64; exec {binary} {args}"], capture_output=True,
+                             text=True, timeout=300)
+    assert limited.returncode == 1, limited.stderr[-2000:]
+    ckpt = tmp_path / "ckpt"
+    assert not list(ckpt.glob(".step-*.tmp")), sorted(p.name for p in ckpt.iterdir())
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000002"]
+    assert (ckpt / "step-00000002" / "COMMITTED").exists()

@@ -37,6 +37,12 @@ TEST(ConfigValidate, DefaultsAndEveryPresetAreValid) {
   }
 }
 
+TEST(ConfigValidate, ReservedDataKeysRefuseValuesThatWouldDoNothing) {
+  // They used to be accepted and ignored: a run with fim_rate=0.9 trained byte-identically.
+  expect_violation({"data.fim_rate=0.9"}, {"data.fim_rate=0.9", "not implemented", "only 0 is allowed"});
+  expect_violation({"data.num_workers=16"}, {"data.num_workers=16", "only 1 is allowed"});
+}
+
 TEST(ConfigValidate, DebugPresetEqualsTheDefaults) {
   EXPECT_EQ(cfg::load_config("debug", {}), cfg::Config{});
 }

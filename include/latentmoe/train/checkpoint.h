@@ -62,6 +62,8 @@ class Checkpointer {
 
  private:
   void prune() const;
+  std::string save_into_tmp_then_commit(int64_t step, const CheckpointShard& shard, const std::string& trainer_state_json,
+                                        const std::string& config_yaml, parallel::Communicator* comm);
   std::string dir_;
   int64_t keep_last_;
 };
