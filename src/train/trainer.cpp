@@ -17,7 +17,6 @@
 #include <nlohmann/json.hpp>
 
 #include "latentmoe/config/loader.h"
-#include "latentmoe/data/prepare.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/model/param_count.h"
 #include "latentmoe/train/losses.h"
@@ -70,27 +69,6 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::stoll(v) : fallback;
 }
 }  // namespace
-
-std::string resolve_tokenizer_path(const config::Config& cfg) {
-  return cfg.data.tokenizer.empty() ? std::string(LATENTMOE_SOURCE_DIR) + "/data/tokenizer/python-docs-bpe-8k.json"
-                                    : cfg.data.tokenizer;
-}
-
-std::vector<std::string> resolve_data_paths(const config::Config& cfg) {
-  if (!cfg.data.paths.empty()) return cfg.data.paths;
-  const char* dir = std::getenv("LATENTMOE_DATA_DIR");
-  const std::string prefix = std::string(dir && *dir ? dir : LATENTMOE_DEFAULT_DATA_DIR) + "/python-docs";
-  if (!fs::exists(prefix + ".idx")) {
-    LMOE_INFO("preparing the default corpus (Debian python3.11-doc sources) into {}", prefix);
-    data::PrepareOptions options;
-    options.tokenizer = resolve_tokenizer_path(cfg);
-    options.inputs = {"/usr/share/doc/python3.11/html/_sources"};
-    options.output_prefix = prefix;
-    options.workers = std::max(1u, std::thread::hardware_concurrency());
-    data::prepare_data(options);
-  }
-  return {prefix};
-}
 
 Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::move(cfg)), comm_(comm) {
   const auto& t = cfg_.train;
