@@ -77,6 +77,7 @@ class Session {
   ~Session() {
     if (std::uncaught_exceptions() > 0) {  // unwinding from an error
       mark_failed(kOwnError);
+      mark_diagnosed();  // done with the store (a collective failure was diagnosed before the throw)
       if (hosts_store_) linger();
     }
     {
@@ -132,6 +133,16 @@ class Session {
     }
   }
 
+  // This rank no longer needs the store: its failure report is complete. The store host lingers
+  // until every live peer has said so (marking "failed" alone is too early: the diagnosis that
+  // follows still reads the store for a couple of seconds).
+  void mark_diagnosed() {
+    try {
+      heartbeat_store->set(diagnosed_key(env.rank), std::vector<uint8_t>{'1'});
+    } catch (const std::exception&) {
+    }
+  }
+
   DistributedEnv env;
   std::string backend;  // "gloo" or "nccl"
   std::chrono::seconds timeout;
@@ -142,6 +153,7 @@ class Session {
   static std::string env_or(const char* name, const std::string& fallback) { return env_var(name).value_or(fallback); }
   std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
   std::string failed_key(int rank) const { return fmt::format("{}/failed/{}", prefix, rank); }
+  std::string diagnosed_key(int rank) const { return fmt::format("{}/diagnosed/{}", prefix, rank); }
   void beat() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (!wake_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; })) {
@@ -156,7 +168,7 @@ class Session {
     }
   }
   // The store dies with this process: give the other ranks time to diagnose through it (until
-  // each has marked itself failed or stopped beating, at most a few seconds).
+  // each has finished its diagnosis or stopped beating, at most a few seconds).
   void linger() const {
     const auto deadline = std::chrono::steady_clock::now() + kHeartbeatSilence + std::chrono::seconds(3);
     try {
@@ -165,7 +177,7 @@ class Session {
       while (std::chrono::steady_clock::now() < deadline) {
         bool waiting = false;
         for (int r = 0; r < env.world_size; ++r) {
-          if (r == env.rank || probe->check({failed_key(r)})) continue;
+          if (r == env.rank || probe->check({diagnosed_key(r)})) continue;
           const int64_t beats = probe->add(beat_key(r), 0);
           waiting = waiting || beats != last[static_cast<size_t>(r)];  // still alive and not yet done
           last[static_cast<size_t>(r)] = beats;
@@ -276,8 +288,10 @@ class C10dCommunicator final : public Communicator {
   // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
     session_->mark_failed(Session::kCollectiveError);
+    const std::string diagnosis = session_->diagnose();
+    session_->mark_diagnosed();
     throw std::runtime_error(fmt::format("rank {} of {}: {} (group {}, {} ranks) failed: {}; {}: {}", global_rank(),
-                                         session_->env.world_size, what, name_, ranks_.size(), session_->diagnose(),
+                                         session_->env.world_size, what, name_, ranks_.size(), diagnosis,
                                          session_->backend, first_line(e.what())));
   }
 
