@@ -185,6 +185,11 @@ def test_bad_golden_usage_exits_2(tmp_path, short_golden):
     assert mode.returncode == 2 and "--golden-mode 'strict'" in mode.stderr
     no_valid = train(tmp_path, *SHORT, "--set", "data.valid_fraction=0", "--expect", "entropy_gap>0")
     assert no_valid.returncode == 2 and "data.valid_fraction=0" in no_valid.stderr
+    directory = train(tmp_path, *SHORT, "--report", str(tmp_path))
+    assert directory.returncode == 2 and f"--report {tmp_path}: is a directory" in directory.stderr
+    unwritable = train(tmp_path, *SHORT, "--junit", "/proc/no/such/junit.xml")
+    assert unwritable.returncode == 2 and "--junit /proc/no/such/junit.xml: cannot write there" in unwritable.stderr
+    assert not (tmp_path / "run" / "ckpt").exists()  # all before training
 
 
 def test_golden_runs_refuse_a_resumed_run_before_training(tmp_path, short_golden):
