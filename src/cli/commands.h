@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <CLI/CLI.hpp>
 
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,14 @@ struct ConfigArgs {
 std::vector<std::vector<int64_t>> parse_id_rows(const std::string& text, const std::string& option);
 // Rows → int64 [rows, cols] tensor; ids must lie in [0, vocab).
 at::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, int64_t vocab, const std::string& option);
+
+// How main() reports a failure: its kind, its message (without a C++ backtrace) and the exit code.
+struct FailureReport {
+  const char* kind;
+  std::string message;
+  int exit_code;
+};
+FailureReport describe_failure(const std::exception& e);
 
 void add_config_command(CLI::App& app, int& exit_code);
 void add_version_command(CLI::App& app, int& exit_code);

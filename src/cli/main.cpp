@@ -13,12 +13,20 @@
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/util/error.h"
 
-namespace {
-int report(const char* kind, const char* message, int exit_code) {
-  std::fprintf(stderr, "latentmoe: %s: %s\n", kind, message);
-  return exit_code;
+namespace latentmoe::cli {
+
+FailureReport describe_failure(const std::exception& e) {
+  if (dynamic_cast<const ConfigError*>(&e)) return {"config error", e.what(), kExitConfigError};
+  if (dynamic_cast<const data::TokenizerError*>(&e)) return {"tokenizer error", e.what(), kExitConfigError};
+  if (dynamic_cast<const data::DataError*>(&e)) return {"data error", e.what(), kExitFailure};
+  if (dynamic_cast<const train::CheckpointError*>(&e) || dynamic_cast<const io::SafetensorsError*>(&e)) {
+    return {"checkpoint error", e.what(), kExitFailure};
+  }
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return {"error", c10->what_without_backtrace(), kExitFailure};
+  return {"error", e.what(), kExitFailure};
 }
-}  // namespace
+
+}  // namespace latentmoe::cli
 
 int main(int argc, char** argv) {
   using namespace latentmoe;
@@ -44,20 +52,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return kExitConfigError;
-  } catch (const ConfigError& e) {
-    return report("config error", e.what(), kExitConfigError);
-  } catch (const data::TokenizerError& e) {
-    return report("tokenizer error", e.what(), kExitConfigError);
-  } catch (const data::DataError& e) {
-    return report("data error", e.what(), kExitFailure);
-  } catch (const train::CheckpointError& e) {
-    return report("checkpoint error", e.what(), kExitFailure);
-  } catch (const io::SafetensorsError& e) {
-    return report("checkpoint error", e.what(), kExitFailure);
-  } catch (const c10::Error& e) {
-    return report("error", e.what_without_backtrace(), kExitFailure);
   } catch (const std::exception& e) {
-    return report("error", e.what(), kExitFailure);
+    const cli::FailureReport failure = cli::describe_failure(e);
+    std::fprintf(stderr, "latentmoe: %s: %s\n", failure.kind, failure.message.c_str());
+    return failure.exit_code;
   }
   return exit_code;
 }

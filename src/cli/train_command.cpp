@@ -10,20 +10,12 @@
 #include "latentmoe/train/trainer.h"
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
-#include "latentmoe/data/tokenizer.h"
 #include "latentmoe/util/directory_lock.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
 
 namespace {
-// The exit code main() gives an exception, and its message without a C++ backtrace.
-std::pair<int, std::string> classify_error(const std::exception& e) {
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return {kExitFailure, c10->what_without_backtrace()};
-  if (dynamic_cast<const ConfigError*>(&e) || dynamic_cast<const data::TokenizerError*>(&e)) return {kExitConfigError, e.what()};
-  return {kExitFailure, e.what()};
-}
-
 // One run per checkpoint.dir and logging.dir: rank 0 holds both locks for the whole job, and every
 // rank learns whether it got them, so a refused job stops on all ranks at once.
 std::vector<std::unique_ptr<DirectoryLock>> lock_run_directories(const config::Config& cfg, parallel::Communicator* comm,
@@ -95,9 +87,9 @@ void add_train_command(CLI::App& app, int& exit_code) {
     } catch (const std::exception& e) {
       // The report and JUnit file still say what happened; main() then reports the error as usual.
       if (checked) {
-        const auto [code, message] = classify_error(e);
+        const FailureReport failure = describe_failure(e);
         try {
-          checks.finish(trainer, code, message, std::nullopt, std::nullopt);
+          checks.finish(trainer, failure.exit_code, failure.message, std::nullopt, std::nullopt);
         } catch (const std::exception& also) {
           LMOE_ERROR("could not write the run report: {}", also.what());
         }
