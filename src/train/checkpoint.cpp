@@ -14,6 +14,7 @@
 
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/parallel/communicator.h"
+#include "latentmoe/util/atomic_file.h"
 #include "latentmoe/util/hash.h"
 
 namespace latentmoe::train {
@@ -254,9 +255,7 @@ void Checkpointer::verify(const std::string& checkpoint_dir) {
 void write_model_manifest(const std::string& model_dir, const std::vector<std::string>& files) {
   json manifest = {{"format", "latentmoe-model"}, {"files", json::object()}};
   for (const std::string& f : files) manifest["files"][f] = sha256_file_hex((fs::path(model_dir) / f).string());
-  const fs::path path = fs::path(model_dir) / "manifest.json";
-  write_text(fs::path(path.string() + ".tmp"), manifest.dump(2));
-  fs::rename(path.string() + ".tmp", path);
+  write_text_file_atomically((fs::path(model_dir) / "manifest.json").string(), manifest.dump(2));
 }
 
 void verify_model_dir(const std::string& dir) {

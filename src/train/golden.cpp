@@ -241,13 +241,14 @@ GoldenMode parse_golden_mode(const std::string& text) {
   throw ConfigError(fmt::format("--golden-mode '{}': allowed values are auto, exact, tolerance", text));
 }
 
+bool is_output_config_key(const std::string& key) { return key.starts_with("checkpoint.") || key.starts_with("logging."); }
+
 std::vector<std::string> config_differences(const std::vector<std::pair<std::string, std::string>>& golden,
                                             const std::vector<std::pair<std::string, std::string>>& run) {
-  const auto ignored = [](const std::string& key) { return key.starts_with("checkpoint.") || key.starts_with("logging."); };
   std::map<std::string, std::string> in_run(run.begin(), run.end());
   std::vector<std::string> out;
   for (const auto& [key, value] : golden) {
-    if (ignored(key)) continue;
+    if (is_output_config_key(key)) continue;
     const auto it = in_run.find(key);
     if (it == in_run.end()) {
       out.push_back(fmt::format("{}: {} → (not in this build's schema)", key, value));
@@ -257,7 +258,7 @@ std::vector<std::string> config_differences(const std::vector<std::pair<std::str
     if (it != in_run.end()) in_run.erase(it);
   }
   for (const auto& [key, value] : in_run) {
-    if (!ignored(key)) out.push_back(fmt::format("{}: (not in the golden file) → {}", key, value));
+    if (!is_output_config_key(key)) out.push_back(fmt::format("{}: (not in the golden file) → {}", key, value));
   }
   return out;
 }

@@ -1,5 +1,6 @@
 // Temporary file + rename: atomic on POSIX file systems.
 #include "latentmoe/util/atomic_file.h"
+#include "latentmoe/util/host.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -16,9 +17,8 @@ void write_text_file_atomically(const std::string& path, const std::string& text
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create the directory of {}: {}", path, ec.message()));
-  char host[64] = {};
-  ::gethostname(host, sizeof host - 1);  // ranks on several hosts may share a file system
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, host, ::getpid());
+  // ranks on several hosts may share a file system
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, host_name(), ::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << text;

@@ -1,5 +1,6 @@
 // flock-based directory locks with the holder's identity written into the lock file.
 #include "latentmoe/util/directory_lock.h"
+#include "latentmoe/util/host.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -8,7 +9,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -18,17 +18,10 @@ namespace latentmoe {
 
 namespace {
 std::string holder_description() {
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char when[32];
-  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
   std::string command;
   std::ifstream cmdline("/proc/self/cmdline", std::ios::binary);
   for (std::string arg; std::getline(cmdline, arg, '\0');) command += (command.empty() ? "" : " ") + arg;
-  return fmt::format("pid {} on host {}, started {}: {}", ::getpid(), host, when, command);
+  return fmt::format("pid {} on host {}, started {}: {}", ::getpid(), host_name(), utc_now_iso8601(), command);
 }
 }  // namespace
 
@@ -53,7 +46,7 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& setting)
       throw std::runtime_error(fmt::format("{} {}: cannot lock {}: {}", setting, dir, path_, std::strerror(err)));
     }
     const std::string who = holder.str().empty() ? "another process (it has not written its name yet)" : holder.str();
-    throw DirectoryLockError(fmt::format("{} {} is in use by another run: {}. Two runs must not share it (their "
+    throw std::runtime_error(fmt::format("{} {} is in use by another run: {}. Two runs must not share it (their "
                                          "checkpoints or metrics would mix): wait for that run to end, or give this one "
                                          "another {}. The lock is released whenever its holder exits, even by a crash; "
                                          "if no such process exists, the directory is on a file system without flock "

@@ -88,7 +88,11 @@ struct GoldenReport {
 // Compares a run against the golden record, metric by metric, step by step.
 GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run, GoldenMode mode);
 
-// Keys whose values differ (checkpoint.* and logging.* are left out: they change no number).
+// checkpoint.* and logging.*: output locations, which change no number (left out of golden files,
+// of their config comparison and of the run's config hash).
+bool is_output_config_key(const std::string& key);
+
+// Keys whose values differ (output keys are left out).
 std::vector<std::string> config_differences(const std::vector<std::pair<std::string, std::string>>& golden,
                                             const std::vector<std::pair<std::string, std::string>>& run);
 

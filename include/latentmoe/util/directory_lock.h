@@ -4,30 +4,23 @@
 // file itself stays, harmless). No torch headers.
 #pragma once
 
-#include <stdexcept>
 #include <string>
 
 namespace latentmoe {
 
 class DirectoryLock {
  public:
-  // Creates dir if needed. Throws DirectoryLockError naming `setting`, the directory and the
-  // holder (pid, host, start time, command) when another process holds the lock, and a
-  // std::runtime_error when the directory cannot be created or written.
+  // Creates dir if needed. Throws std::runtime_error naming `setting` and the directory: with the
+  // holder (pid, host, start time, command) when another process holds the lock, or why the
+  // directory cannot be created or written.
   DirectoryLock(const std::string& dir, const std::string& setting);
   ~DirectoryLock();
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;
-  const std::string& path() const { return path_; }
 
  private:
   std::string path_;
   int fd_ = -1;
-};
-
-class DirectoryLockError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
 };
 
 }  // namespace latentmoe
