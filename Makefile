@@ -6,7 +6,7 @@ CONFIG ?= debug
 CMAKE_ARGS ?=
 export LATENTMOE_CACHE ?= $(HOME)/.cache/latentmoe
 
-.PHONY: all setup configure build test train data demo-dist docs bench golden gpu-check clean
+.PHONY: all setup configure build test test-asan fuzz train data demo-dist docs bench golden gpu-check clean
 
 all: build
 
@@ -24,6 +24,18 @@ build: configure
 
 test: build
 	@bash tools/run_tests.sh $(BUILD)
+
+# The torch-free core (config, data, tokenizer, safetensors/HF-config parsers, CI checks) built
+# with clang under ASan + UBSan in build-asan/, and its unit tests. `make test` runs it too.
+test-asan: setup
+	@bash tools/sanitizers.sh test
+
+# Every libFuzzer target for FUZZ_SECONDS each on its committed corpus (docs/fuzzing.md);
+# FUZZ_TARGETS picks some of them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: setup
+	@bash tools/sanitizers.sh fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # The main job: train the preset (default: debug on the bundled corpus), resuming a previous run
 # of it if one exists, then sample from the newest checkpoint.

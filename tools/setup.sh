@@ -31,9 +31,11 @@ say() { printf '[setup] %s\n' "$*"; }
 #   libgloo-dev                  HEADERS ONLY: torch's ProcessGroupGloo.hpp includes gloo headers the
 #                                wheel does not ship; we never link Debian's libgloo (libtorch has
 #                                its own gloo built in). tests/python/test_distributed.py checks it.
+#   clang, libclang-rt-14-dev    the sanitizer and libFuzzer build of the torch-free core
+#                                (tools/sanitizers.sh: `make test-asan`, `make fuzz`)
 apt_packages=(cmake ninja-build g++ ccache libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev
               libfmt-dev libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev python3.11-doc
-              libgloo-dev)
+              libgloo-dev clang libclang-rt-14-dev)
 if [[ "${LATENTMOE_NO_APT:-0}" != 1 ]]; then
   missing=()
   for pkg in "${apt_packages[@]}"; do

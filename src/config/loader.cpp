@@ -1,6 +1,7 @@
 // YAML/JSON → Config through the declared schema. JSON goes through the same YAML parser (JSON is
 // a YAML flow document), so both formats share one schema, one set of errors and file:line marks.
 #include "latentmoe/config/loader.h"
+#include "latentmoe/util/utf8.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -29,6 +30,18 @@ std::string origin_of(const std::string& source, const YAML::Node& node) {
 // Quoted scalars carry the non-specific tag "!": they are strings even if they look numeric.
 bool is_quoted(const YAML::Node& node) { return node.Tag() == "!"; }
 
+// Config strings end up in paths, log lines and the dumped config.yaml: printable UTF-8 only.
+std::string unprintable(const std::string& s) {
+  if (const size_t bad = first_invalid_utf8(s); bad != std::string::npos) {
+    return fmt::format("is not valid UTF-8 (byte 0x{:02x} at offset {})", static_cast<unsigned char>(s[bad]), bad);
+  }
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return fmt::format("contains the control character 0x{:02x} at offset {}", c, i);
+  }
+  return "";
+}
+
 bool is_null(const YAML::Node& node) {
   return node.IsNull() || (node.IsScalar() && !is_quoted(node) && (node.Scalar() == "null" || node.Scalar() == "~"));
 }
@@ -47,7 +60,13 @@ class Loader {
     const SchemaLevel level = collect_level(describe);
     std::map<std::string, int> first_line;
     for (auto it = map.begin(); it != map.end(); ++it) {
-      const std::string key = it->first.as<std::string>();
+      if (!it->first.IsScalar()) {
+        error(it->first, fmt::format("a key in '{}' is {}; keys must be plain names",
+                                     prefix.empty() ? "<top level>" : prefix.substr(0, prefix.size() - 1),
+                                     describe_value(it->first)));
+        continue;
+      }
+      const std::string key = it->first.Scalar();
       const std::string path = prefix + key;
       const int line = it->first.Mark().line + 1;
       if (auto [pos, inserted] = first_line.emplace(key, line); !inserted) {
@@ -176,6 +195,10 @@ class Loader {
               error(node, fmt::format("'{}' must be {}, got '{}'", path, field_type_name(f), value), hint);
               return true;  // reported
             }
+            if (const std::string problem = unprintable(value); !problem.empty()) {
+              error(node, fmt::format("'{}' {}; config strings must be printable UTF-8", path, problem));
+              return true;  // reported
+            }
             *target = value;
             return true;
           } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
@@ -189,7 +212,15 @@ class Loader {
             return true;
           } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>> ||
                                std::is_same_v<T, std::vector<std::string>>) {
-            return convert_list(node, *target);
+            if (!convert_list(node, *target)) return false;
+            if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+              for (size_t i = 0; i < target->size(); ++i) {
+                if (const std::string problem = unprintable((*target)[i]); !problem.empty()) {
+                  error(node, fmt::format("'{}' item {} {}; config strings must be printable UTF-8", path, i, problem));
+                }
+              }
+            }
+            return true;
           } else {
             return convert_scalar(node, *target);
           }
@@ -276,7 +307,11 @@ Config config_from_yaml(const std::function<YAML::Node()>& parse, const std::str
                                   source));
   }
   Loader loader(source);
-  loader.apply_map(describe_root(cfg), root, "");
+  try {
+    loader.apply_map(describe_root(cfg), root, "");
+  } catch (const YAML::Exception& e) {  // a conversion the loader did not foresee: still name the place
+    throw ConfigError(fmt::format("{}:{}:{}: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
   loader.throw_if_errors();
   return cfg;
 }

@@ -77,6 +77,15 @@ void TrainConfig::describe(FieldVisitor& v) {
   v.field({"spike_zscore", &spike_zscore,
            "Skip the update when the loss z-score over the last spike_window steps exceeds this (0 = off)"});
   v.field({"spike_window", &spike_window, "Steps of loss history for the spike detector"});
+  v.field({"spike_action", &spike_action,
+           "On a loss spike: skip the update; rerun the step from the same state (also on a non-finite step): "
+           "bit-identical = the data or the model (samples logged, update skipped), different = a machine fault "
+           "(stops naming the rank, exit 7); stop (exit 6)",
+           {"skip", "rerun", "stop"}});
+  v.field({"replica_check_interval", &replica_check_interval,
+           "Steps between bit-exact comparisons of every replica of the replicated parameters (and, without "
+           "ZeRO-1, their AdamW moments); also before each checkpoint. A divergence stops naming the rank "
+           "(exit 7). 0 = off"});
   v.field({"collapse_warn_steps", &collapse_warn_steps,
            "Warn when a routed expert gets no tokens for this many consecutive steps (0 = off)"});
 }

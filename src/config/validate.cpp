@@ -117,6 +117,9 @@ void check_train(const Config& c, int64_t world_size, Rules& r) {
   r.non_negative(t.eval_batches, "train.eval_batches");
   r.non_negative(t.spike_zscore, "train.spike_zscore");
   r.require(t.spike_window >= 2, fmt::format("train.spike_window must be >= 2, got {}", t.spike_window));
+  r.require(t.spike_action != "stop" || t.spike_zscore > 0,
+            "train.spike_action=stop needs train.spike_zscore > 0 (with 0 no step is ever a spike)");
+  r.non_negative(t.replica_check_interval, "train.replica_check_interval");
   r.non_negative(t.collapse_warn_steps, "train.collapse_warn_steps");
   r.require(t.seq_len <= c.model.max_position_embeddings,
             fmt::format("train.seq_len ({}) must be <= model.max_position_embeddings ({})", t.seq_len,

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 namespace latentmoe::data {
 
@@ -119,9 +120,7 @@ struct IndexedDataset::Mapping {
 IndexedDataset::~IndexedDataset() = default;
 IndexedDataset::IndexedDataset(IndexedDataset&&) noexcept = default;
 
-IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix), bin_(std::make_unique<Mapping>()) {
-  const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
-  const std::string idx = read_whole(idx_path);
+IndexedDatasetIndex parse_indexed_dataset_index(std::string_view idx, const std::string& idx_path) {
   const auto need = [&](size_t bytes, const char* what) {
     if (idx.size() < bytes) {
       throw DataError(fmt::format("{}: truncated: {} bytes, need at least {} for {}", idx_path, idx.size(), bytes, what));
@@ -136,47 +135,73 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix), bin
     std::memcpy(&value, idx.data() + at, sizeof(value));
     at += sizeof(value);
   };
+  IndexedDatasetIndex out;
   uint64_t version = 0, sequences = 0, documents = 0;
   uint8_t code = 0;
   get(version);
   if (version != 1) throw DataError(fmt::format("{}: version {} is not supported (expected 1)", idx_path, version));
   get(code);
   if (code < 1 || code > 8) throw DataError(fmt::format("{}: unknown dtype code {} (Megatron codes are 1..8)", idx_path, code));
-  dtype_ = static_cast<TokenDtype>(code);
-  if (dtype_ == TokenDtype::f32 || dtype_ == TokenDtype::f64) {
+  out.dtype = static_cast<TokenDtype>(code);
+  if (out.dtype == TokenDtype::f32 || out.dtype == TokenDtype::f64) {
     throw DataError(fmt::format("{}: dtype code {} is a float type: not token ids", idx_path, code));
   }
   get(sequences);
   get(documents);
-  const uint64_t expected = 9 + 8 + 1 + 8 + 8 + sequences * (4 + 8) + documents * 8;
-  if (sequences > (1ull << 40) || documents > (1ull << 40) || idx.size() < expected) {
+  // Bounded first so that the byte count cannot overflow.
+  const bool bounded = sequences <= (1ull << 40) && documents <= (1ull << 40);
+  const uint64_t expected = bounded ? 9 + 8 + 1 + 8 + 8 + sequences * (4 + 8) + documents * 8 : 0;
+  if (!bounded || idx.size() < expected) {
     throw DataError(fmt::format("{}: {} sequences and {} document indices need {} bytes, the file has {}", idx_path,
-                                sequences, documents, expected, idx.size()));
+                                sequences, documents, bounded ? fmt::to_string(expected) : "more than 2^40", idx.size()));
   }
-  lengths_.resize(sequences);
-  pointers_.resize(sequences);
-  document_indices_.resize(documents);
-  std::memcpy(lengths_.data(), idx.data() + at, sequences * 4);
-  at += sequences * 4;
-  std::memcpy(pointers_.data(), idx.data() + at, sequences * 8);
-  at += sequences * 8;
-  std::memcpy(document_indices_.data(), idx.data() + at, documents * 8);
-  if (documents < 1 || document_indices_.front() != 0 || document_indices_.back() != static_cast<int64_t>(sequences)) {
+  // memcpy from or to a null pointer is undefined even for 0 bytes (empty vectors have none).
+  const auto copy = [&](auto& values) {
+    const size_t bytes = values.size() * sizeof(values[0]);
+    if (bytes > 0) std::memcpy(values.data(), idx.data() + at, bytes);
+    at += bytes;
+  };
+  out.lengths.resize(sequences);
+  out.pointers.resize(sequences);
+  out.document_indices.resize(documents);
+  copy(out.lengths);
+  copy(out.pointers);
+  copy(out.document_indices);
+  const auto& docs = out.document_indices;
+  if (documents < 1 || docs.front() != 0 || docs.back() != static_cast<int64_t>(sequences)) {
     throw DataError(fmt::format("{}: document indices must run from 0 to the sequence count {}", idx_path, sequences));
   }
   for (size_t d = 1; d < documents; ++d) {
-    if (document_indices_[d] < document_indices_[d - 1]) throw DataError(fmt::format("{}: document indices decrease at {}", idx_path, d));
+    if (docs[d] < docs[d - 1]) throw DataError(fmt::format("{}: document indices decrease at {}", idx_path, d));
   }
-  const int64_t item = static_cast<int64_t>(token_dtype_size(dtype_));
+  const int64_t item = static_cast<int64_t>(token_dtype_size(out.dtype));
   int64_t pointer = 0;
   for (size_t i = 0; i < sequences; ++i) {
-    if (lengths_[i] < 0 || pointers_[i] != pointer) {
+    const int32_t length = out.lengths[i];
+    if (length < 0 || out.pointers[i] != pointer) {
       throw DataError(fmt::format("{}: sequence {} has length {} at byte {}, expected a non-negative length at byte {}",
-                                  idx_path, i, lengths_[i], pointers_[i], pointer));
+                                  idx_path, i, length, out.pointers[i], pointer));
     }
-    pointer += static_cast<int64_t>(lengths_[i]) * item;
-    total_tokens_ += lengths_[i];
+    if (static_cast<int64_t>(length) * item > std::numeric_limits<int64_t>::max() - pointer) {
+      throw DataError(fmt::format("{}: sequence {} ends past 2^63 bytes: corrupt lengths", idx_path, i));
+    }
+    pointer += static_cast<int64_t>(length) * item;
+    out.total_tokens += length;
   }
+  out.bin_bytes = pointer;
+  return out;
+}
+
+IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix), bin_(std::make_unique<Mapping>()) {
+  const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
+  IndexedDatasetIndex index = parse_indexed_dataset_index(read_whole(idx_path), idx_path);
+  dtype_ = index.dtype;
+  lengths_ = std::move(index.lengths);
+  pointers_ = std::move(index.pointers);
+  document_indices_ = std::move(index.document_indices);
+  total_tokens_ = index.total_tokens;
+  const int64_t pointer = index.bin_bytes;
+  const int64_t item = static_cast<int64_t>(token_dtype_size(dtype_));
   const int fd = ::open(bin_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw DataError(fmt::format("{}: cannot open: {}", bin_path, std::strerror(errno)));
   struct stat st {};

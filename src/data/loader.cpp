@@ -66,6 +66,8 @@ PackedDataset::PackedDataset(std::shared_ptr<const IndexedDataset> dataset, cons
   }
 }
 
+const std::string& PackedDataset::prefix() const { return dataset_->prefix(); }
+
 std::vector<int32_t> PackedDataset::sample(int64_t k) const {
   std::vector<int32_t> out;
   out.reserve(static_cast<size_t>(seq_len_ + 1));
@@ -133,7 +135,7 @@ std::pair<size_t, int64_t> DataLoader::blend(int64_t position) const {
   return {blend_dataset_[static_cast<size_t>(position)], blend_local_[static_cast<size_t>(position)]};
 }
 
-std::vector<int32_t> DataLoader::sample(int64_t global_index) const {
+std::pair<size_t, int64_t> DataLoader::origin(int64_t global_index) const {
   if (global_index < 0) throw DataError(fmt::format("sample index {} is negative", global_index));
   const int64_t epoch = global_index / samples_per_epoch_;
   const int64_t position = global_index % samples_per_epoch_;
@@ -144,7 +146,19 @@ std::vector<int32_t> DataLoader::sample(int64_t global_index) const {
   const PackedDataset& d = datasets_[dataset];
   const int64_t wrap = local / d.num_samples();
   const IndexPermutation inner(static_cast<uint64_t>(d.num_samples()), key ^ splitmix64(dataset + 1 + 977 * static_cast<uint64_t>(wrap)));
-  return d.sample(static_cast<int64_t>(inner(static_cast<uint64_t>(local % d.num_samples()))));
+  return {dataset, static_cast<int64_t>(inner(static_cast<uint64_t>(local % d.num_samples())))};
+}
+
+std::vector<int32_t> DataLoader::sample(int64_t global_index) const {
+  const auto [dataset, k] = origin(global_index);
+  return datasets_[dataset].sample(k);
+}
+
+std::string DataLoader::describe_sample(int64_t global_index) const {
+  const auto [dataset, k] = origin(global_index);
+  const int64_t begin = k * options_.seq_len;
+  return fmt::format("{} sample {} (tokens [{}, {}) of its {} split)", datasets_[dataset].prefix(), k, begin,
+                     begin + options_.seq_len + 1, options_.split == Split::train ? "train" : "validation");
 }
 
 Batch DataLoader::batch(const std::vector<int64_t>& global_indices) const {

@@ -4,6 +4,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "latentmoe/data/tokenizer.h"
 
+#include "latentmoe/util/utf8.h"
+
 #include <fmt/format.h>
 #include <pcre2.h>
 
@@ -108,38 +110,6 @@ struct AddedToken {
   int32_t id;
 };
 
-// Offset of the first byte that is not part of well-formed UTF-8 (no overlongs, no surrogates,
-// <= U+10FFFF), or npos.
-size_t first_invalid_utf8(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4, cp = c & 0x07;
-    } else {
-      return i;
-    }
-    if (i + len > text.size()) return i;
-    for (size_t k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(text[i + k]);
-      if ((cc & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    const uint32_t min_cp = len == 2 ? 0x80 : (len == 3 ? 0x800 : 0x10000);
-    if (cp < min_cp || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
 
 uint64_t pair_key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
 
@@ -194,6 +164,17 @@ struct Tokenizer::Impl {
     }
   }
 
+  // Ids index id_to_token, so they must be exact integers in a sane range (nlohmann would turn
+  // 3e21 into undefined behaviour and -1 into a write before the table).
+  int32_t token_id_value(const json& value, const std::string& token) const {
+    constexpr int64_t kMaxId = (1 << 24) - 1;
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > kMaxId ||
+        (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(kMaxId))) {
+      fail(fmt::format("token '{}' has id {}; ids must be integers in [0, {}]", token, value.dump(), kMaxId));
+    }
+    return static_cast<int32_t>(value.get<int64_t>());
+  }
+
   void load(const json& j) {
     if (!j.contains("model") || j["model"].value("type", "") != "BPE") {
       fail(fmt::format("unsupported model type '{}' (supported: BPE)", j.contains("model") ? j["model"].value("type", "?") : "none"));
@@ -215,7 +196,7 @@ struct Tokenizer::Impl {
 
     int32_t max_id = -1;
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
-      const int32_t id = it.value().get<int32_t>();
+      const int32_t id = token_id_value(it.value(), it.key());
       vocab.emplace(it.key(), id);
       max_id = std::max(max_id, id);
     }
@@ -223,7 +204,8 @@ struct Tokenizer::Impl {
       if (t.value("single_word", false) || t.value("lstrip", false) || t.value("rstrip", false)) {
         fail(fmt::format("unsupported added token options single_word/lstrip/rstrip on '{}'", t.value("content", "")));
       }
-      added.push_back({t.at("content").get<std::string>(), t.at("id").get<int32_t>()});
+      const std::string content = t.at("content").get<std::string>();
+      added.push_back({content, token_id_value(t.at("id"), content)});
       max_id = std::max(max_id, added.back().id);
     }
     std::sort(added.begin(), added.end(), [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
@@ -351,16 +333,18 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  auto impl = std::make_unique<Impl>();
-  impl->path = path;
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
-  json j;
+  return from_json_text(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()), path);
+}
+
+Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& source) {
+  auto impl = std::make_unique<Impl>();
+  impl->path = source;
   try {
-    j = json::parse(in);
-    impl->load(j);
+    impl->load(json::parse(text.begin(), text.end()));
   } catch (const json::exception& e) {
-    throw TokenizerError(fmt::format("{}: malformed tokenizer.json: {}", path, e.what()));
+    throw TokenizerError(fmt::format("{}: malformed tokenizer.json: {}", source, e.what()));
   }
   return Tokenizer(std::move(impl));
 }
@@ -409,20 +393,14 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
     // UTF-8 code points of the mapped alphabet → original bytes.
     for (size_t i = 0; i < token.size();) {
       const auto c = static_cast<unsigned char>(token[i]);
-      uint32_t cp = 0;
-      int len = 1;
-      if (c < 0x80) {
-        cp = c;
-      } else if ((c & 0xE0) == 0xC0) {
-        cp = ((c & 0x1F) << 6) | (token[i + 1] & 0x3F);
-        len = 2;
-      } else {
-        cp = ((c & 0x0F) << 12) | ((token[i + 1] & 0x3F) << 6) | (token[i + 2] & 0x3F);
-        len = 3;
-      }
+      // The token is valid UTF-8 (the JSON parser checked), but never read past its end.
+      size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+      len = std::min(len, token.size() - i);
+      uint32_t cp = len == 1 ? c : c & (0x7Fu >> len);
+      for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(token[i + k]) & 0x3F);
       const auto it = impl_->cp_byte.find(cp);
       if (it != impl_->cp_byte.end()) out += static_cast<char>(it->second);
-      i += static_cast<size_t>(len);
+      i += len;
     }
   }
   return out;

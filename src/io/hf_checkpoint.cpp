@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
+#include "latentmoe/io/hf_config.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/util/error.h"
@@ -19,32 +20,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw ConfigError(fmt::format("{}: invalid JSON: {}", path.string(), e.what()));
-  }
-}
-
-template <class T>
-T get_or(const json& j, const std::string& key, T fallback, const std::string& file) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  try {
-    return j[key].get<T>();
-  } catch (const json::exception&) {
-    throw ConfigError(fmt::format("{}: key '{}' has value {} of the wrong type", file, key, j[key].dump()));
-  }
-}
-
-template <class T>
-T require(const json& j, const std::string& key, const std::string& file) {
-  if (!j.contains(key) || j[key].is_null()) throw ConfigError(fmt::format("{}: required key '{}' is missing", file, key));
-  return get_or<T>(j, key, T{}, file);
-}
 
 // FP8 weight [out, in] with weight_scale_inv [ceil(out/b0), ceil(in/b1)] → fp32.
 at::Tensor dequantize_fp8(const at::Tensor& weight, const at::Tensor& scale_inv, int64_t block0, int64_t block1,
@@ -60,85 +35,10 @@ at::Tensor dequantize_fp8(const at::Tensor& weight, const at::Tensor& scale_inv,
 
 }  // namespace
 
-namespace {
-config::ModelConfig model_config_from_hf_json(const json& j, const std::string& file) {
-  const std::string model_type = get_or<std::string>(j, "model_type", "", file);
-  if (model_type != "deepseek_v3" && model_type != "deepseek_v2") {
-    throw ConfigError(fmt::format("{}: model_type '{}' is not supported (expected 'deepseek_v3' or 'deepseek_v2')", file, model_type));
-  }
-  config::ModelConfig m;
-  m.vocab_size = require<int64_t>(j, "vocab_size", file);
-  m.hidden_size = require<int64_t>(j, "hidden_size", file);
-  m.intermediate_size = require<int64_t>(j, "intermediate_size", file);
-  m.moe_intermediate_size = require<int64_t>(j, "moe_intermediate_size", file);
-  m.num_hidden_layers = require<int64_t>(j, "num_hidden_layers", file);
-  m.num_attention_heads = require<int64_t>(j, "num_attention_heads", file);
-  const int64_t kv_heads = get_or<int64_t>(j, "num_key_value_heads", m.num_attention_heads, file);
-  if (kv_heads != m.num_attention_heads) {
-    throw ConfigError(fmt::format("{}: num_key_value_heads ({}) != num_attention_heads ({}): MLA has no grouped KV heads",
-                                  file, kv_heads, m.num_attention_heads));
-  }
-  m.q_lora_rank = j.contains("q_lora_rank") && !j["q_lora_rank"].is_null()
-                      ? std::optional<int64_t>(require<int64_t>(j, "q_lora_rank", file))
-                      : std::nullopt;
-  m.kv_lora_rank = require<int64_t>(j, "kv_lora_rank", file);
-  m.qk_nope_head_dim = require<int64_t>(j, "qk_nope_head_dim", file);
-  m.qk_rope_head_dim = require<int64_t>(j, "qk_rope_head_dim", file);
-  m.v_head_dim = require<int64_t>(j, "v_head_dim", file);
-  m.n_routed_experts = get_or<int64_t>(j, "n_routed_experts", 0, file);
-  m.n_shared_experts = get_or<int64_t>(j, "n_shared_experts", 0, file);
-  m.num_experts_per_tok = get_or<int64_t>(j, "num_experts_per_tok", 1, file);
-  m.n_group = get_or<int64_t>(j, "n_group", 1, file);
-  m.topk_group = get_or<int64_t>(j, "topk_group", 1, file);
-  m.routed_scaling_factor = get_or<double>(j, "routed_scaling_factor", 1.0, file);
-  m.norm_topk_prob = get_or<bool>(j, "norm_topk_prob", model_type == "deepseek_v3", file);
-  m.scoring_func = get_or<std::string>(j, "scoring_func", model_type == "deepseek_v3" ? "sigmoid" : "softmax", file);
-  m.first_k_dense_replace = get_or<int64_t>(j, "first_k_dense_replace", 0, file);
-  m.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, file);
-  m.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 4096, file);
-  m.rope_interleave = get_or<bool>(j, "rope_interleave", true, file);
-  m.attention_bias = get_or<bool>(j, "attention_bias", false, file);
-  m.num_nextn_predict_layers = get_or<int64_t>(j, "num_nextn_predict_layers", 0, file);
-  m.init_std = get_or<double>(j, "initializer_range", m.init_std, file);
-  if (get_or<bool>(j, "tie_word_embeddings", false, file)) {
-    throw ConfigError(fmt::format("{}: tie_word_embeddings=true is not supported (DeepSeek models use an untied head)", file));
-  }
-  // v5 writes rope_parameters (with rope_theta inside); v4 writes rope_scaling + rope_theta.
-  const json rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
-                    : (j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"] : json::object());
-  m.rope_theta = get_or<double>(rope, "rope_theta", get_or<double>(j, "rope_theta", 10000.0, file), file);
-  std::string type = get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default", file), file);
-  if (type == "yarn") {
-    m.rope_scaling.type = "yarn";
-    m.rope_scaling.factor = require<double>(rope, "factor", file + " rope parameters");
-    m.rope_scaling.original_max_position_embeddings =
-        require<int64_t>(rope, "original_max_position_embeddings", file + " rope parameters");
-    m.rope_scaling.beta_fast = get_or<double>(rope, "beta_fast", 32.0, file);
-    m.rope_scaling.beta_slow = get_or<double>(rope, "beta_slow", 1.0, file);
-    m.rope_scaling.mscale = get_or<double>(rope, "mscale", 0.0, file);
-    m.rope_scaling.mscale_all_dim = get_or<double>(rope, "mscale_all_dim", 0.0, file);
-  } else if (type != "default") {
-    throw ConfigError(fmt::format("{}: rope type '{}' is not supported (supported: default, yarn)", file, type));
-  }
-  return m;
-}
-}  // namespace
-
-config::ModelConfig model_config_from_hf(const std::string& hf_dir) {
-  const fs::path path = fs::path(hf_dir) / "config.json";
-  return model_config_from_hf_json(read_json(path), path.string());
-}
-
 model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg) {
-  const fs::path cfg_file = fs::path(hf_dir) / "config.json";
-  const json j = read_json(cfg_file);
-  *cfg = model_config_from_hf_json(j, cfg_file.string());
-  int64_t block0 = 128, block1 = 128;
-  if (j.contains("quantization_config") && j["quantization_config"].contains("weight_block_size")) {
-    const auto& b = j["quantization_config"]["weight_block_size"];
-    block0 = b.at(0).get<int64_t>();
-    block1 = b.at(1).get<int64_t>();
-  }
+  const HfConfig hf_config = read_hf_config(hf_dir);
+  *cfg = hf_config.model;
+  const int64_t block0 = hf_config.fp8_block_rows, block1 = hf_config.fp8_block_cols;
   std::map<std::string, at::Tensor> hf = load_safetensors_dir(hf_dir);
   const int64_t layers = cfg->num_hidden_layers;
   const std::regex layer_key(R"(model\.layers\.(\d+)\.(.+))");

@@ -21,8 +21,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
-
 struct DtypeInfo {
   const char* code;
   at::ScalarType type;
@@ -80,87 +78,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path), mapping
   ::close(fd);
   if (mapping_->address == MAP_FAILED) fail(path, fmt::format("mmap failed: {}", std::strerror(errno)));
   const auto* bytes = static_cast<const uint8_t*>(mapping_->address);
-
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little endian
-  if (header_len > kMaxHeaderBytes) {
-    fail(path, fmt::format("header length {} exceeds the {} byte limit (corrupt or not safetensors)", header_len, kMaxHeaderBytes));
-  }
-  if (8 + header_len > file_size) {
-    fail(path, fmt::format("header length {} runs past the end of the file ({} bytes): truncated", header_len, file_size));
-  }
-  json header;
-  try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len);
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
-  }
-  if (!header.is_object()) fail(path, "header is not a JSON object");
-  data_ = bytes + 8 + header_len;
-  const uint64_t buffer_size = file_size - 8 - header_len;
-
-  std::vector<std::pair<uint64_t, std::string>> spans;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    if (name == "__metadata__") {
-      if (!it->is_object()) fail(path, "__metadata__ must be an object of strings");
-      for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) fail(path, fmt::format("__metadata__ '{}' must be a string", m.key()));
-        metadata_[m.key()] = m->get<std::string>();
-      }
-      continue;
-    }
-    const json& e = *it;
-    const auto bad = [&](const std::string& what) { fail(path, fmt::format("tensor '{}': {}", name, what)); };
-    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets")) {
-      bad("entry needs dtype, shape and data_offsets");
-    }
-    if (!e["dtype"].is_string()) bad("dtype must be a string");
-    TensorEntry entry;
-    entry.dtype = e["dtype"].get<std::string>();
-    at::ScalarType type{};
-    try {
-      type = scalar_type_from_safetensors(entry.dtype);
-    } catch (const SafetensorsError& err) {
-      bad(err.what());
-    }
-    if (!e["shape"].is_array()) bad("shape must be an array");
-    uint64_t numel = 1;
-    for (const auto& d : e["shape"]) {
-      if (!d.is_number_unsigned()) bad(fmt::format("shape {} has a negative or non-integer dimension", e["shape"].dump()));
-      const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > (std::numeric_limits<uint64_t>::max() / 16) / dim) bad("shape is too large");
-      numel *= dim;
-      entry.shape.push_back(static_cast<int64_t>(dim));
-    }
-    const json& offsets = e["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned()) {
-      bad("data_offsets must be two non-negative integers");
-    }
-    entry.begin = offsets[0].get<uint64_t>();
-    entry.end = offsets[1].get<uint64_t>();
-    if (entry.begin > entry.end) bad(fmt::format("data_offsets [{}, {}] are reversed", entry.begin, entry.end));
-    if (entry.end > buffer_size) {
-      bad(fmt::format("data_offsets [{}, {}] exceed the data buffer of {} bytes (file truncated?)", entry.begin,
-                      entry.end, buffer_size));
-    }
-    const uint64_t expected = numel * c10::elementSize(type);
-    if (entry.end - entry.begin != expected) {
-      bad(fmt::format("holds {} bytes but shape {} x {} needs {}", entry.end - entry.begin, e["shape"].dump(),
-                      entry.dtype, expected));
-    }
-    spans.emplace_back(entry.begin, name);
-    entries_.emplace(name, std::move(entry));
-  }
-  std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i) {
-    const TensorEntry& previous = entries_.at(spans[i - 1].second);
-    const TensorEntry& current = entries_.at(spans[i].second);
-    if (current.begin < previous.end && current.end > current.begin) {
-      fail(path, fmt::format("tensors '{}' [{}, {}] and '{}' [{}, {}] overlap", spans[i - 1].second, previous.begin,
-                             previous.end, spans[i].second, current.begin, current.end));
-    }
-  }
+  SafetensorsHeader header = parse_safetensors_header(bytes, file_size, path);
+  data_ = bytes + header.data_offset;
+  entries_ = std::move(header.entries);
+  metadata_ = std::move(header.metadata);
 }
 
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
@@ -234,28 +155,21 @@ std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir, c
     for (const auto& [name, entry] : file.entries()) out.emplace(name, file.tensor(name));
     return out;
   }
-  json map;
-  try {
-    std::ifstream in(index);
-    map = json::parse(in);
-  } catch (const json::exception& e) {
-    throw SafetensorsError(fmt::format("{}: invalid JSON: {}", index.string(), e.what()));
-  }
-  if (!map.contains("weight_map") || !map["weight_map"].is_object()) {
-    throw SafetensorsError(fmt::format("{}: missing the 'weight_map' object", index.string()));
+  std::string text;
+  {
+    std::ifstream in(index, std::ios::binary);
+    if (!in) throw SafetensorsError(fmt::format("{}: cannot open", index.string()));
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   std::map<std::string, std::vector<std::string>> names_by_shard;
   const fs::path canonical_root = fs::weakly_canonical(root);
-  for (auto it = map["weight_map"].begin(); it != map["weight_map"].end(); ++it) {
-    if (!it->is_string()) throw SafetensorsError(fmt::format("{}: weight_map['{}'] must be a file name", index.string(), it.key()));
-    const std::string shard = it->get<std::string>();
-    const fs::path resolved = fs::weakly_canonical(root / shard);
-    const auto rel = resolved.lexically_relative(canonical_root);
-    if (fs::path(shard).is_absolute() || rel.empty() || *rel.begin() == "..") {
+  for (const auto& [name, shard] : parse_safetensors_index(text, index.string())) {
+    const auto rel = fs::weakly_canonical(root / shard).lexically_relative(canonical_root);
+    if (rel.empty() || *rel.begin() == "..") {
       throw SafetensorsError(fmt::format("{}: shard path '{}' for '{}' leaves the checkpoint directory", index.string(),
-                                         shard, it.key()));
+                                         shard, name));
     }
-    names_by_shard[shard].push_back(it.key());
+    names_by_shard[shard].push_back(name);
   }
   for (const auto& [shard, names] : names_by_shard) {
     const SafetensorsFile file((root / shard).string());

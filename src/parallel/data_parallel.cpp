@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "latentmoe/train/optimizer.h"
+#include "latentmoe/util/hash.h"
 
 namespace latentmoe::parallel {
 
@@ -81,6 +82,7 @@ void DataParallel::begin_backward(bool last_micro_batch) {
   armed_ = last_micro_batch;
   if (!armed_) return;
   std::fill(seen_.begin(), seen_.end(), 0);
+  local_fingerprint_ = 0;
   for (Group* g : {&dense_, &expert_}) {
     g->next_launch = 0;
     for (auto& b : g->buckets) {
@@ -133,6 +135,10 @@ void DataParallel::launch_ready(Group& g, bool force) {
 
 void DataParallel::launch(Group& g, Bucket& b) {
   const std::string what = options_.zero1 ? "gradient reduce-scatter" : "gradient all-reduce";
+  if (options_.fingerprint_local_gradients) {  // before the collective overwrites the buffer
+    const torch::Tensor local = b.buffer.device().is_cpu() ? b.buffer : b.buffer.cpu();
+    local_fingerprint_ = fingerprint64(local.data_ptr(), static_cast<size_t>(local.numel()) * local.element_size(), local_fingerprint_);
+  }
   b.pending = options_.zero1 ? g.comm->reduce_scatter_sum_async(b.chunk, b.buffer, what)
                              : g.comm->all_reduce_sum_async(b.buffer, what);
   if (g.comm->world_size() > 1) bytes_reduced_ += b.padded * 4;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -27,6 +28,8 @@ namespace latentmoe::train {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+bool is_expert_tensor(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
 
 namespace {
 std::atomic<int> g_signal{0};
@@ -61,14 +64,25 @@ std::string human_duration(double seconds) {
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
 }
 
-// Routed-expert parameters (and their optimizer state) are sharded by expert parallelism.
-bool is_expert_tensor(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
-
 int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::stoll(v) : fallback;
 }
 }  // namespace
+
+// "STEP:RANK[:once|always]" (test hooks only; malformed values are a test bug, so they throw).
+template <class Fault>
+void parse_test_fault(const char* name, Fault& fault) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return;
+  const std::string text(v);
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos) throw ConfigError(fmt::format("{}='{}': expected STEP:RANK[:once|always]", name, text));
+  fault.step = std::stoll(text.substr(0, colon));
+  const size_t second = text.find(':', colon + 1);
+  fault.rank = std::stoi(text.substr(colon + 1, second == std::string::npos ? std::string::npos : second - colon - 1));
+  fault.always = second != std::string::npos && text.substr(second + 1) == "always";
+}
 
 Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::move(cfg)), comm_(comm) {
   const auto& t = cfg_.train;
@@ -104,7 +118,8 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
     }
     parallel::DataParallelOptions options{.zero1 = cfg_.parallel.zero_stage == 1,
                                           .bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_size_mb * (1 << 20)),
-                                          .expert_buckets_from_hooks = cfg_.parallel.backend != "nccl"};
+                                          .expert_buckets_from_hooks = cfg_.parallel.backend != "nccl",
+                                          .fingerprint_local_gradients = t.spike_action == "rerun"};
     data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, expert_dp_comm_.get(), ep_comm_.get(), replicated, options);
     if (data_parallel_->zero1()) optimizer_->restrict_to_ranges(data_parallel_->owned_ranges());
     int64_t held = 0, state = 0;
@@ -127,6 +142,12 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   // Test hook: the balancing update with its sign flipped (a deliberately wrong change for the golden-check tests).
   const double gamma = env_int("LATENTMOE_TEST_FLIP_BALANCE_SIGN", 0) == 1 ? -t.bias_update_speed : t.bias_update_speed;
   balancer_ = std::make_unique<ExpertBalancer>(biases, gamma, t.bias_update_freeze_tokens);
+  parse_test_fault("LATENTMOE_TEST_SPIKE", test_spike_);
+  parse_test_fault("LATENTMOE_TEST_CORRUPT_REPLICA", test_corrupt_replica_);
+  if (t.replica_check_interval > 0 && world_ == 1) {
+    LMOE_WARN("train.replica_check_interval={}: a single process holds no replicas, so there is nothing to compare",
+              t.replica_check_interval);
+  }
   idle_steps_.assign(biases.size() * static_cast<size_t>(cfg_.model.n_routed_experts), 0);
   checkpointer_ = std::make_unique<Checkpointer>(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
   // Every rank computes the same (reduced) metrics; rank 0 writes them.
@@ -285,6 +306,11 @@ StepRecord Trainer::train_step() {
       losses = compute_losses(out, tokens, cfg_, mtp_weight);
       for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
     }
+    // Test hook: this rank's loss (and so its gradients) blown up at one step, on its first
+    // execution only ("once": a fault of the machine) or on every execution ("always": the data).
+    if (test_spike_.step == r.step && test_spike_.rank == rank_ && (test_spike_.always || !test_spike_.fired)) {
+      losses.total = losses.total * 50.0;
+    }
     if (data_parallel_) data_parallel_->begin_backward(micro == accum_steps_ - 1);
     (losses.total / static_cast<double>(accum_steps_)).backward();
     const double scale = 1.0 / static_cast<double>(accum_steps_);
@@ -293,6 +319,12 @@ StepRecord Trainer::train_step() {
     r.mtp += losses.mtp * scale;
     r.balance += losses.balance * scale;
     r.z += losses.z * scale;
+  }
+  if (test_spike_.step == r.step) test_spike_.fired = true;
+  const bool fingerprint = t.spike_action == "rerun";
+  uint64_t local = 0;
+  if (fingerprint) {
+    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z}) local = mix_fingerprint(local, std::bit_cast<uint64_t>(v));
   }
   if (data_parallel_) {
     // A signal is acted on when every rank knows of it: it travels with the step scalars, so all
@@ -314,6 +346,18 @@ StepRecord Trainer::train_step() {
     }
   }
   r.grad_norm = std::sqrt(norm_sq);
+  if (fingerprint) {
+    if (data_parallel_) {
+      local = mix_fingerprint(local, data_parallel_->local_gradient_fingerprint());
+    } else {
+      for (const auto& p : model_->parameters()) {
+        if (p.grad().defined()) local = tensor_fingerprint(p.grad(), local);
+      }
+    }
+    uint64_t reduced = 0;
+    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z, r.grad_norm}) reduced = mix_fingerprint(reduced, std::bit_cast<uint64_t>(v));
+    fingerprint_ = {.local = local, .reduced = reduced};
+  }
   return r;
 }
 
@@ -376,7 +420,13 @@ int Trainer::run() {
   while (step_ < t.steps) {
     const auto start = std::chrono::steady_clock::now();
     StepRecord r = train_step();
-    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+    double z = 0, mean = 0;
+    const bool spike = finite && is_spike(r, &z, &mean);
+    if ((!finite || spike) && t.spike_action == "rerun") {
+      if (const int code = rerun_diagnosis(r, finite ? "loss spike" : "non-finite step"); code != 0) return code;
+    }
+    if (!finite) {
       LMOE_ERROR("non-finite {} at step {} (loss {}, lm {}, mtp {}, balance {}, z {}, grad norm {}): stopped before the "
                  "optimizer update; parameters are unchanged. Lower optimizer.lr or check the data; resume from {}",
                  std::isfinite(r.loss) ? "gradient norm" : "loss", r.step, r.loss, r.lm, r.mtp, r.balance, r.z,
@@ -385,18 +435,19 @@ int Trainer::run() {
       metrics_->flush();
       return kExitNonFinite;
     }
-    if (t.spike_zscore > 0 && static_cast<int64_t>(loss_window_.size()) >= t.spike_window) {
-      double mean = 0, var = 0;
-      for (double l : loss_window_) mean += l;
-      mean /= static_cast<double>(loss_window_.size());
-      for (double l : loss_window_) var += (l - mean) * (l - mean);
-      const double std_dev = std::sqrt(var / static_cast<double>(loss_window_.size() - 1));
-      if (std_dev > 0 && (r.loss - mean) / std_dev > t.spike_zscore) {
-        LMOE_WARN("loss spike at step {}: {:.4f} is {:.1f} std above the mean {:.4f} of the last {} steps; update skipped",
-                  r.step, r.loss, (r.loss - mean) / std_dev, mean, loss_window_.size());
-        r.skipped = true;
-        ++spikes_skipped_;
-      }
+    if (spike && t.spike_action == "stop") {
+      LMOE_ERROR("loss spike at step {}: {:.4f} (train.spike_action=stop); stopped before the update, parameters are "
+                 "unchanged; its samples: {}. Resume from {} (with train.spike_action=skip to step over it)",
+                 r.step, r.loss, describe_step_samples(), last_checkpoint_.value_or("scratch"));
+      optimizer_->zero_grad();
+      metrics_->flush();
+      return kExitSpikeStopped;
+    }
+    if (spike) {
+      LMOE_WARN("loss spike at step {}: {:.4f} is {:.1f} std above the mean {:.4f} of the last {} steps; update skipped",
+                r.step, r.loss, z, mean, loss_window_.size());
+      r.skipped = true;
+      ++spikes_skipped_;
     }
     std::vector<LayerLoadStats> loads;
     if (!r.skipped) {
@@ -408,6 +459,7 @@ int Trainer::run() {
       }
       optimizer_->step(r.lr);
       if (data_parallel_) data_parallel_->gather_parameters();
+      apply_test_faults_after_update();
       loads = balancer_->step(tokens_seen_);
       loss_window_.push_back(r.loss);
       if (static_cast<int64_t>(loss_window_.size()) > t.spike_window) loss_window_.erase(loss_window_.begin());
@@ -443,16 +495,23 @@ int Trainer::run() {
       LMOE_INFO("step {}: validation loss {:.4f} (perplexity {:.2f})", step_, loss, std::exp(loss));
     }
     metrics_->flush();
-    if ((cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0) || last) save_checkpoint();
+    const bool saving = (cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0) || last;
     if (env_int("LATENTMOE_TEST_STOP_AFTER_STEP", -1) == step_) {  // test hook: as if signalled (on every rank)
       g_signal = SIGTERM;
       r.stop_requested = true;
     }
-    if (comm_ ? r.stop_requested : g_signal != 0) {
+    // Every rank takes the same decision (stop_requested was reduced), so all enter the check.
+    const bool stopping = comm_ ? r.stop_requested : g_signal != 0;
+    // Before any checkpoint can capture a divergence.
+    if (t.replica_check_interval > 0 && (step_ % t.replica_check_interval == 0 || saving || stopping)) {
+      if (const int code = check_replicas(); code != 0) return code;
+    }
+    if (saving) save_checkpoint();
+    if (stopping) {
       LMOE_WARN("received signal {} at step {}: saving and exiting with code {}",
                 g_signal != 0 ? std::to_string(g_signal.load()) : std::string("(on another rank)"), step_,
                 static_cast<int>(kExitInterrupted));
-      if (!last && !(cfg_.checkpoint.interval > 0 && step_ % cfg_.checkpoint.interval == 0)) save_checkpoint();
+      if (!saving) save_checkpoint();
       return kExitInterrupted;
     }
   }

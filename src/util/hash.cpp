@@ -123,4 +123,36 @@ uint32_t masked_crc32c(const void* data, size_t size) {
   return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 
+namespace {
+// splitmix64's finalizer: every input bit affects every output bit.
+uint64_t avalanche(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+uint64_t mix64(uint64_t seed, uint64_t value) { return avalanche(seed ^ (value + 0x9e3779b97f4a7c15ull)); }
+
+uint64_t fingerprint64(const void* data, size_t size, uint64_t seed) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  // Four independent lanes keep the multiply chain from serializing the loop.
+  uint64_t lanes[4] = {seed ^ 0x243f6a8885a308d3ull, seed ^ 0x13198a2e03707344ull, seed ^ 0xa4093822299f31d0ull,
+                       seed ^ 0x082efa98ec4e6c89ull};
+  size_t i = 0;
+  for (; i + 32 <= size; i += 32) {
+    for (int l = 0; l < 4; ++l) {
+      uint64_t word;
+      std::memcpy(&word, bytes + i + 8 * l, 8);
+      lanes[l] = ((lanes[l] ^ word) * 0x100000001b3ull) ^ (lanes[l] >> 29);
+    }
+  }
+  uint64_t h = mix64(seed, static_cast<uint64_t>(size));
+  for (; i < size; ++i) h = mix64(h, bytes[i]);
+  for (uint64_t lane : lanes) h = mix64(h, lane);
+  return h;
+}
+
 }  // namespace latentmoe

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "latentmoe/config/loader.h"
+#include "latentmoe/io/hf_config.h"
 #include "test_util.h"
 
 using latentmoe::ConfigError;
@@ -168,4 +169,39 @@ TEST(ConfigLoader, ClosestMatch) {
   EXPECT_EQ(cfg::closest_match("n_routed_expert", {"n_group", "n_routed_experts"}), "n_routed_experts");
   EXPECT_EQ(cfg::closest_match("hiden_size", {"hidden_size", "vocab_size"}), "hidden_size");
   EXPECT_EQ(cfg::closest_match("zzzz", {"hidden_size", "vocab_size"}), "");
+}
+
+// Found by fuzz_config (tests/fuzz/corpus/fuzz_config/regression-*).
+TEST(ConfigLoader, NonScalarKeysAndUnprintableStringsAreConfigErrors) {
+  using latentmoe::config::load_config_text;
+  expect_error_contains<latentmoe::ConfigError>([] { load_config_text("{model: {hidden_size: 8}, [a, b]: 1}\n", "f.yaml"); },
+                                                {"f.yaml:1", "a key in '<top level>' is", "keys must be plain names"});
+  expect_error_contains<latentmoe::ConfigError>([] { load_config_text("checkpoint:\n  dir: \"runs/\\fx\"\n", "f.yaml"); },
+                                                {"'checkpoint.dir' contains the control character 0x0c at offset 5",
+                                                 "printable UTF-8", "f.yaml:2"});
+  expect_error_contains<latentmoe::ConfigError>([] { load_config_text("name: \"a\xff\"\n", "f.yaml"); },
+                                                {"'name' is not valid UTF-8 (byte 0xff at offset 1)"});
+  expect_error_contains<latentmoe::ConfigError>([] { load_config_text("data:\n  paths: [ok, \"b\\tc\"]\n", "f.yaml"); },
+                                                {"'data.paths' item 1 contains the control character 0x09"});
+}
+
+// HF config.json values must be exact: nlohmann would turn 3.5 into 3 and 2^64-1 into -1.
+TEST(HfConfig, IntegersAreExactAndBlockSizesChecked) {
+  using latentmoe::io::parse_hf_config;
+  const std::string base = R"({"model_type": "deepseek_v3", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+    "moe_intermediate_size": 16, "num_attention_heads": 2, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 4, "v_head_dim": 8, )";
+  const auto cfg = parse_hf_config(base + R"("num_hidden_layers": 2, "quantization_config": {"weight_block_size": [64, 32]}})", "c.json");
+  EXPECT_EQ(cfg.model.num_hidden_layers, 2);
+  EXPECT_EQ(cfg.fp8_block_rows, 64);
+  EXPECT_EQ(cfg.fp8_block_cols, 32);
+  expect_error_contains<latentmoe::ConfigError>([&] { parse_hf_config(base + R"("num_hidden_layers": 3.5})", "c.json"); },
+                                                {"c.json: key 'num_hidden_layers' must be an integer, got 3.5"});
+  expect_error_contains<latentmoe::ConfigError>(
+      [&] { parse_hf_config(base + R"("num_hidden_layers": 18446744073709551615})", "c.json"); },
+      {"'num_hidden_layers' must be an integer, got 18446744073709551615"});
+  expect_error_contains<latentmoe::ConfigError>(
+      [&] { parse_hf_config(base + R"("num_hidden_layers": 2, "quantization_config": {"weight_block_size": [0, 128]}})", "c.json"); },
+      {"weight_block_size must be two positive integers, got [0,128]"});
+  expect_error_contains<latentmoe::ConfigError>([&] { parse_hf_config("[1, 2]", "c.json"); }, {"c.json: must be a JSON object"});
 }

@@ -9,11 +9,13 @@
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/data/loader.h"
 #include "latentmoe/data/tokenizer.h"
+#include "latentmoe/io/safetensors_format.h"
 #include "test_util.h"
 
 using latentmoe::testing::expect_error_contains;
 using latentmoe::testing::TempDir;
 namespace data = latentmoe::data;
+namespace io = latentmoe::io;
 
 namespace {
 // Documents of lengths 1..n with token values encoding (document, position).
@@ -84,6 +86,52 @@ TEST(IndexedDataset, CorruptFilesNameFileExpectedAndActual) {
   std::filesystem::resize_file(tiny + ".idx", 10);
   expect_error_contains<data::DataError>([&] { data::IndexedDataset d(tiny); }, {"tiny.idx: truncated: 10 bytes"});
   expect_error_contains<data::DataError>([&] { data::IndexedDataset d((dir.path() / "none").string()); }, {"none.idx: cannot open"});
+}
+
+// Parsers of untrusted bytes, as the fuzz targets call them (tests/fuzz).
+TEST(IndexedDataset, AnEmptyIndexParses) {  // UBSan: no memcpy from the null data of empty vectors
+  std::string idx("MMIDIDX\0\0", 9);
+  const auto put = [&](auto v) { idx.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  put(uint64_t{1}), put(uint8_t{8}), put(uint64_t{0}), put(uint64_t{1}), put(int64_t{0});
+  const data::IndexedDatasetIndex none = data::parse_indexed_dataset_index(idx, "empty.idx");  // no memcpy from null
+  EXPECT_EQ(none.bin_bytes, 0);
+  EXPECT_TRUE(none.lengths.empty());
+}
+
+TEST(Tokenizer, TokenIdsMustBeExactIntegersInRange) {
+  const auto load = [](const std::string& id) {
+    return data::Tokenizer::from_json_text(R"({"model": {"type": "BPE", "vocab": {"a": )" + id + R"(}, "merges": []}})", "t.json");
+  };
+  EXPECT_EQ(load("0").vocab_size(), 1);
+  for (const std::string bad : {"-1", "3.19e21", "1.5", "16777216", "18446744073709551615", "\"7\""}) {
+    expect_error_contains<data::TokenizerError>([&] { load(bad); }, {"t.json: token 'a' has id", "ids must be integers in [0, 16777215]"});
+  }
+}
+
+TEST(SafetensorsHeader, ParsesAndRejectsByTensorName) {
+  const auto file = [](const std::string& header, size_t data_bytes) {
+    std::string bytes(8, '\0');
+    uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    return bytes + header + std::string(data_bytes, '\0');
+  };
+  const auto parse = [](const std::string& bytes) {
+    return io::parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "m.safetensors");
+  };
+  const auto ok = parse(file(R"({"w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"k": "v"}})", 12));
+  EXPECT_EQ(ok.entries.at("w").shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(ok.metadata.at("k"), "v");
+  expect_error_contains<io::SafetensorsError>(
+      [&] { parse(file(R"({"w": {"dtype": "U8", "shape": [9223372036854775808], "data_offsets": [0, 0]}})", 0)); },
+      {"m.safetensors: tensor 'w': shape is too large"});
+  expect_error_contains<io::SafetensorsError>(
+      [&] { parse(file(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 4)); },
+      {"tensor 'w': data_offsets [0, 8] exceed the data buffer of 4 bytes"});
+  expect_error_contains<io::SafetensorsError>([&] { parse(std::string(5, '\0')); }, {"truncated: 5 bytes"});
+  expect_error_contains<io::SafetensorsError>(
+      [] { io::parse_safetensors_index(R"({"weight_map": {"w": "a/../../x.safetensors"}})", "i.json"); },
+      {"i.json: shard path 'a/../../x.safetensors' for 'w' leaves the checkpoint directory"});
+  EXPECT_EQ(io::parse_safetensors_index(R"({"weight_map": {"w": "s/1.safetensors"}})", "i.json").at("w"), "s/1.safetensors");
 }
 
 TEST(IndexPermutation, IsABijectionAndKeyed) {

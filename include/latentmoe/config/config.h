@@ -74,6 +74,8 @@ struct TrainConfig {
   int64_t eval_batches = 8;
   double spike_zscore = 0.0;
   int64_t spike_window = 50;
+  std::string spike_action = "skip";  // skip | rerun | stop
+  int64_t replica_check_interval = 0;
   int64_t collapse_warn_steps = 20;
   void describe(FieldVisitor& v);
 };

@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace latentmoe::data {
@@ -23,6 +24,19 @@ enum class TokenDtype : uint8_t { u8 = 1, i8 = 2, i16 = 3, i32 = 4, i64 = 5, f64
 size_t token_dtype_size(TokenDtype dtype);
 // Megatron's rule: uint16 when the vocabulary has fewer than 65500 ids, else int32.
 TokenDtype token_dtype_for_vocab(int64_t vocab_size);
+
+// The contents of a .idx file, checked for internal consistency (magic, version, dtype, sizes,
+// pointers contiguous from 0, document indices from 0 to the sequence count, no overflow) but not
+// yet against the .bin. Throws DataError naming idx_path.
+struct IndexedDatasetIndex {
+  TokenDtype dtype = TokenDtype::u16;
+  std::vector<int32_t> lengths;
+  std::vector<int64_t> pointers;
+  std::vector<int64_t> document_indices;
+  int64_t total_tokens = 0;
+  int64_t bin_bytes = 0;  // the exact size the .bin must have
+};
+IndexedDatasetIndex parse_indexed_dataset_index(std::string_view idx, const std::string& idx_path);
 
 class IndexedDatasetWriter {
  public:

@@ -49,6 +49,7 @@ class PackedDataset {
   int64_t num_tokens() const { return stream_tokens_; }
   // Tokens [k * seq_len, k * seq_len + seq_len + 1) of the split's stream.
   std::vector<int32_t> sample(int64_t k) const;
+  const std::string& prefix() const;
 
  private:
   std::shared_ptr<const IndexedDataset> dataset_;
@@ -74,12 +75,16 @@ class DataLoader {
   // [step*B + rank*B/W, step*B + (rank+1)*B/W). B must be divisible by W.
   Batch rank_batch(int64_t first_sample, int64_t global_batch, int64_t rank, int64_t world) const;
   Batch batch(const std::vector<int64_t>& global_indices) const;
+  // Where global sample n comes from: "<dataset prefix> sample k (tokens [a, b) of its split)".
+  std::string describe_sample(int64_t global_index) const;
   int64_t samples_per_epoch() const { return samples_per_epoch_; }
   int64_t seq_len() const { return options_.seq_len; }
 
  private:
   // Dataset and its local sample index for global sample position p within an epoch.
   std::pair<size_t, int64_t> blend(int64_t position) const;
+  // Dataset and its split-stream sample index for global sample n (epoch shuffle, blend, wrap).
+  std::pair<size_t, int64_t> origin(int64_t global_index) const;
 
   LoaderOptions options_;
   std::vector<PackedDataset> datasets_;

@@ -23,6 +23,8 @@ class TokenizerError : public std::runtime_error {
 class Tokenizer {
  public:
   static Tokenizer from_file(const std::string& path);
+  // The same from the file's text; `source` names it in errors.
+  static Tokenizer from_json_text(std::string_view text, const std::string& source);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

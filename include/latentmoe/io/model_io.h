@@ -10,6 +10,8 @@
 #include <string>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/io/hf_config.h"
+#include "latentmoe/io/hf_config.h"
 #include "latentmoe/model/deepseek_v3.h"
 
 namespace latentmoe::io {
@@ -28,10 +30,8 @@ void save_model_dir(const std::string& dir, const config::Config& cfg, model::De
 config::Config load_model_dir_config(const std::string& dir);
 model::DeepSeekV3 load_model_dir(const std::string& dir, config::Config* cfg_out = nullptr);
 
-// HF transformers DeepseekV3 (config.json keys, both the v4 `rope_scaling` and v5
-// `rope_parameters` forms are read; the MTP block sits at layer index num_hidden_layers).
-config::ModelConfig model_config_from_hf(const std::string& hf_dir);
-// Imports weights; if the checkpoint has no MTP weights, num_nextn_predict_layers in
+// HF transformers DeepseekV3 (config.json read by hf_config.h; the MTP block sits at layer index
+// num_hidden_layers). Imports weights; if the checkpoint has no MTP weights, num_nextn_predict_layers in
 // *cfg is set to 0 (and a warning logged).
 model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg);
 // Writes config.json (both rope forms) and model.safetensors; include_mtp writes the MTP modules

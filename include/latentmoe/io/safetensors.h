@@ -6,25 +6,13 @@
 
 #include <map>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "latentmoe/io/safetensors_format.h"
+
 namespace latentmoe::io {
-
-// A malformed or unreadable safetensors file (or index). what() names the file and tensor.
-class SafetensorsError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-struct TensorEntry {
-  std::string dtype;  // safetensors code: F32, BF16, F16, F8_E4M3, ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets relative to the data buffer
-  uint64_t end = 0;
-};
 
 class SafetensorsFile {
  public:
@@ -55,7 +43,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
 
 // Every tensor of a checkpoint directory: `<stem>.safetensors`, or the shards named by
 // `<stem>.safetensors.index.json` (each shard validated; every name must be where the index says,
-// and shard paths must stay inside the directory). Tensors view the mapped files (read lazily).
+// and shard paths must stay inside the directory, symbolic links resolved). Tensors view the mapped files (read lazily).
 // Throws SafetensorsError.
 std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir, const std::string& stem = "model");
 

@@ -32,6 +32,9 @@ struct DataParallelOptions {
   // launching them from hooks interleaves the expert-DP group's work differently with the EP
   // all-to-alls on each rank: fine for Gloo, a deadlock risk for NCCL, where they wait for the end.
   bool expert_buckets_from_hooks = true;
+  // Fingerprint this rank's gradients as they enter each reduction (train.spike_action=rerun:
+  // the rank whose own gradients changed on a rerun is the faulty one).
+  bool fingerprint_local_gradients = false;
 };
 
 struct ReplicatedParam {
@@ -69,6 +72,10 @@ class DataParallel {
   // Full optimizer moments ("exp_avg.<name>", "exp_avg_sq.<name>") of this rank's parameters,
   // assembled from the owners' chunks under ZeRO-1 (collective), plus "step".
   std::map<std::string, torch::Tensor> full_optimizer_state(const train::AdamW& optimizer);
+
+  // Fingerprint of this rank's (unreduced) gradients of the last armed backward, in bucket
+  // launch order (the same on every execution of the same step).
+  uint64_t local_gradient_fingerprint() const { return local_fingerprint_; }
 
   // Bytes this rank has sent into gradient/parameter collectives so far (payload, not protocol).
   int64_t bytes_reduced() const { return bytes_reduced_; }
@@ -111,6 +118,7 @@ class DataParallel {
   std::vector<uint64_t> hook_handles_;
   bool armed_ = false;
   int64_t bytes_reduced_ = 0;
+  uint64_t local_fingerprint_ = 0;
 };
 
 }  // namespace latentmoe::parallel

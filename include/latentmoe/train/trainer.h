@@ -18,6 +18,7 @@
 #include "latentmoe/parallel/layout.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
+#include "latentmoe/train/fault_check.h"
 #include "latentmoe/train/metrics.h"
 #include "latentmoe/train/optimizer.h"
 #include "latentmoe/train/schedule.h"
@@ -28,6 +29,8 @@ namespace latentmoe::train {
 enum TrainExit : int {
   kExitInterrupted = 3,  // SIGTERM/SIGINT: the current step finished and a checkpoint was committed
   kExitNonFinite = 4,    // non-finite loss or gradient norm: stopped before the update
+  kExitSpikeStopped = 6,  // train.spike_action=stop: a loss spike, stopped before the update
+  kExitMachineFault = 7,  // a step that did not reproduce on rerun, or replicas that diverged
 };
 
 struct StepRecord {
@@ -39,6 +42,9 @@ struct StepRecord {
   std::vector<std::vector<int64_t>> expert_load;  // [MoE layer][expert] tokens routed (empty when skipped)
   bool stop_requested = false;  // distributed: some rank had received SIGTERM/SIGINT by this step's reduction
 };
+
+// Routed-expert parameters (and their optimizer state): sharded by expert parallelism.
+bool is_expert_tensor(const std::string& name);
 
 // Resolves data.paths (default: the bundled corpus, prepared on first use) and data.tokenizer.
 std::vector<std::string> resolve_data_paths(const config::Config& cfg);
@@ -72,6 +78,15 @@ class Trainer {
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
   void setup_parallel();
+  // Bad step or bad machine (trainer_faults.cpp). rerun_diagnosis re-executes step r from the same
+  // state and returns kExitMachineFault when it differs (0 when it reproduces bit for bit);
+  // check_replicas returns kExitMachineFault when replicas diverged (0 when consistent).
+  // Loss z-score over the window above train.spike_zscore (z and mean returned when a spike).
+  bool is_spike(const StepRecord& r, double* z = nullptr, double* mean = nullptr) const;
+  int rerun_diagnosis(const StepRecord& r, const std::string& what);
+  int check_replicas();
+  std::string describe_step_samples() const;
+  void apply_test_faults_after_update();
 
   config::Config cfg_;
   parallel::Communicator* comm_ = nullptr;
@@ -100,6 +115,15 @@ class Trainer {
   std::optional<double> last_valid_loss_;
   double train_flops_per_token_ = 0;
   bool bf16_ = false;
+  StepFingerprint fingerprint_;  // of the last train_step (train.spike_action=rerun)
+  // Test hooks (LATENTMOE_TEST_SPIKE=STEP:RANK:once|always, LATENTMOE_TEST_CORRUPT_REPLICA=STEP:RANK).
+  struct TestFault {
+    int64_t step = -1;
+    int rank = 0;
+    bool always = false;
+    bool fired = false;
+  };
+  TestFault test_spike_, test_corrupt_replica_;
 };
 
 }  // namespace latentmoe::train

@@ -11,7 +11,7 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitFailure = 1,
   kExitConfigError = 2,
-  // 3 and 4 belong to `train` (train::TrainExit)
+  // 3, 4, 6 and 7 belong to `train` (train::TrainExit)
   kExitCheckFailed = 5,  // `train`: an --expect expression or a --golden check failed
 };
 

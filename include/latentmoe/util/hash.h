@@ -1,5 +1,5 @@
 // Checksums written by hand (no extra dependency): SHA-256 for checkpoint integrity manifests,
-// CRC32C (Castagnoli) with TensorBoard's masking for event-file records.
+// CRC32C (Castagnoli) with TensorBoard's masking for event-file records, a fast fingerprint.
 #pragma once
 
 #include <cstddef>
@@ -15,5 +15,10 @@ std::string sha256_file_hex(const std::string& path);
 uint32_t crc32c(const void* data, size_t size);
 // TensorBoard/TFRecord mask: ((c >> 15) | (c << 17)) + 0xa282ead8.
 uint32_t masked_crc32c(const void* data, size_t size);
+
+// Fast 64-bit fingerprint (not cryptographic) chained from `seed`: bit-exact comparisons of
+// tensors across ranks and reruns (train/fault_check.h). Any changed bit changes it.
+uint64_t fingerprint64(const void* data, size_t size, uint64_t seed = 0);
+uint64_t mix64(uint64_t seed, uint64_t value);
 
 }  // namespace latentmoe

@@ -1,0 +1,151 @@
+// HF transformers config.json (DeepseekV3 / DeepseekV2) -> latentmoe ModelConfig. Torch-free.
+#include "latentmoe/io/hf_config.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <type_traits>
+
+#include "latentmoe/util/error.h"
+
+namespace latentmoe::io {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+json parse_json(std::string_view text, const std::string& file) {
+  try {
+    return json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    throw ConfigError(fmt::format("{}: invalid JSON: {}", file, e.what()));
+  }
+}
+
+template <class T>
+T get_or(const json& j, const std::string& key, T fallback, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  const json& value = j[key];
+  // nlohmann converts 3.5 to 3 and 2^64-1 to -1 for integers; a config.json value must be exact.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!value.is_number_integer() || (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max()))) {
+      throw ConfigError(fmt::format("{}: key '{}' must be an integer, got {}", file, key, value.dump()));
+    }
+  }
+  try {
+    return value.get<T>();
+  } catch (const json::exception&) {
+    throw ConfigError(fmt::format("{}: key '{}' has value {} of the wrong type", file, key, j[key].dump()));
+  }
+}
+
+template <class T>
+T require(const json& j, const std::string& key, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) throw ConfigError(fmt::format("{}: required key '{}' is missing", file, key));
+  return get_or<T>(j, key, T{}, file);
+}
+
+config::ModelConfig model_config_from_hf_json(const json& j, const std::string& file) {
+  const std::string model_type = get_or<std::string>(j, "model_type", "", file);
+  if (model_type != "deepseek_v3" && model_type != "deepseek_v2") {
+    throw ConfigError(fmt::format("{}: model_type '{}' is not supported (expected 'deepseek_v3' or 'deepseek_v2')", file, model_type));
+  }
+  config::ModelConfig m;
+  m.vocab_size = require<int64_t>(j, "vocab_size", file);
+  m.hidden_size = require<int64_t>(j, "hidden_size", file);
+  m.intermediate_size = require<int64_t>(j, "intermediate_size", file);
+  m.moe_intermediate_size = require<int64_t>(j, "moe_intermediate_size", file);
+  m.num_hidden_layers = require<int64_t>(j, "num_hidden_layers", file);
+  m.num_attention_heads = require<int64_t>(j, "num_attention_heads", file);
+  const int64_t kv_heads = get_or<int64_t>(j, "num_key_value_heads", m.num_attention_heads, file);
+  if (kv_heads != m.num_attention_heads) {
+    throw ConfigError(fmt::format("{}: num_key_value_heads ({}) != num_attention_heads ({}): MLA has no grouped KV heads",
+                                  file, kv_heads, m.num_attention_heads));
+  }
+  m.q_lora_rank = j.contains("q_lora_rank") && !j["q_lora_rank"].is_null()
+                      ? std::optional<int64_t>(require<int64_t>(j, "q_lora_rank", file))
+                      : std::nullopt;
+  m.kv_lora_rank = require<int64_t>(j, "kv_lora_rank", file);
+  m.qk_nope_head_dim = require<int64_t>(j, "qk_nope_head_dim", file);
+  m.qk_rope_head_dim = require<int64_t>(j, "qk_rope_head_dim", file);
+  m.v_head_dim = require<int64_t>(j, "v_head_dim", file);
+  m.n_routed_experts = get_or<int64_t>(j, "n_routed_experts", 0, file);
+  m.n_shared_experts = get_or<int64_t>(j, "n_shared_experts", 0, file);
+  m.num_experts_per_tok = get_or<int64_t>(j, "num_experts_per_tok", 1, file);
+  m.n_group = get_or<int64_t>(j, "n_group", 1, file);
+  m.topk_group = get_or<int64_t>(j, "topk_group", 1, file);
+  m.routed_scaling_factor = get_or<double>(j, "routed_scaling_factor", 1.0, file);
+  m.norm_topk_prob = get_or<bool>(j, "norm_topk_prob", model_type == "deepseek_v3", file);
+  m.scoring_func = get_or<std::string>(j, "scoring_func", model_type == "deepseek_v3" ? "sigmoid" : "softmax", file);
+  m.first_k_dense_replace = get_or<int64_t>(j, "first_k_dense_replace", 0, file);
+  m.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, file);
+  m.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 4096, file);
+  m.rope_interleave = get_or<bool>(j, "rope_interleave", true, file);
+  m.attention_bias = get_or<bool>(j, "attention_bias", false, file);
+  m.num_nextn_predict_layers = get_or<int64_t>(j, "num_nextn_predict_layers", 0, file);
+  m.init_std = get_or<double>(j, "initializer_range", m.init_std, file);
+  if (get_or<bool>(j, "tie_word_embeddings", false, file)) {
+    throw ConfigError(fmt::format("{}: tie_word_embeddings=true is not supported (DeepSeek models use an untied head)", file));
+  }
+  // v5 writes rope_parameters (with rope_theta inside); v4 writes rope_scaling + rope_theta.
+  const json rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
+                    : (j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"] : json::object());
+  m.rope_theta = get_or<double>(rope, "rope_theta", get_or<double>(j, "rope_theta", 10000.0, file), file);
+  std::string type = get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default", file), file);
+  if (type == "yarn") {
+    m.rope_scaling.type = "yarn";
+    m.rope_scaling.factor = require<double>(rope, "factor", file + " rope parameters");
+    m.rope_scaling.original_max_position_embeddings =
+        require<int64_t>(rope, "original_max_position_embeddings", file + " rope parameters");
+    m.rope_scaling.beta_fast = get_or<double>(rope, "beta_fast", 32.0, file);
+    m.rope_scaling.beta_slow = get_or<double>(rope, "beta_slow", 1.0, file);
+    m.rope_scaling.mscale = get_or<double>(rope, "mscale", 0.0, file);
+    m.rope_scaling.mscale_all_dim = get_or<double>(rope, "mscale_all_dim", 0.0, file);
+  } else if (type != "default") {
+    throw ConfigError(fmt::format("{}: rope type '{}' is not supported (supported: default, yarn)", file, type));
+  }
+  return m;
+}
+
+}  // namespace
+
+HfConfig parse_hf_config(std::string_view text, const std::string& file) {
+  const json j = parse_json(text, file);
+  if (!j.is_object()) throw ConfigError(fmt::format("{}: must be a JSON object, got {}", file, j.type_name()));
+  HfConfig out;
+  out.model = model_config_from_hf_json(j, file);
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+    const json& q = j["quantization_config"];
+    if (!q.is_object()) throw ConfigError(fmt::format("{}: quantization_config must be an object", file));
+    if (q.contains("weight_block_size") && !q["weight_block_size"].is_null()) {
+      const json& b = q["weight_block_size"];
+      const auto positive = [](const json& v) { return v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (1 << 20); };
+      if (!b.is_array() || b.size() != 2 || !positive(b[0]) || !positive(b[1])) {
+        throw ConfigError(fmt::format("{}: quantization_config.weight_block_size must be two positive integers, got {}",
+                                      file, b.dump()));
+      }
+      out.fp8_block_rows = b[0].get<int64_t>();
+      out.fp8_block_cols = b[1].get<int64_t>();
+    }
+  }
+  return out;
+}
+
+HfConfig read_hf_config(const std::string& hf_dir) {
+  const std::string path = (fs::path(hf_dir) / "config.json").string();
+  return parse_hf_config(read_text(path), path);
+}
+
+config::ModelConfig model_config_from_hf(const std::string& hf_dir) { return read_hf_config(hf_dir).model; }
+
+}  // namespace latentmoe::io

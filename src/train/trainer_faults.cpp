@@ -1,0 +1,123 @@
+// The trainer's answers to a bad step or a bad machine: the loss-spike test, the rerun diagnosis
+// (train.spike_action=rerun) and the replica check (train.replica_check_interval).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "latentmoe/train/trainer.h"
+#include "latentmoe/util/host.h"
+#include "latentmoe/util/log.h"
+
+namespace latentmoe::train {
+
+bool Trainer::is_spike(const StepRecord& r, double* z_out, double* mean_out) const {
+  const auto& t = cfg_.train;
+  if (t.spike_zscore <= 0 || static_cast<int64_t>(loss_window_.size()) < t.spike_window) return false;
+  double mean = 0, var = 0;
+  for (double l : loss_window_) mean += l;
+  mean /= static_cast<double>(loss_window_.size());
+  for (double l : loss_window_) var += (l - mean) * (l - mean);
+  const double std_dev = std::sqrt(var / static_cast<double>(loss_window_.size() - 1));
+  if (std_dev <= 0) return false;
+  const double z = (r.loss - mean) / std_dev;
+  if (z_out) *z_out = z;
+  if (mean_out) *mean_out = mean;
+  return z > t.spike_zscore;
+}
+
+std::string Trainer::describe_step_samples() const {
+  const int64_t first = consumed_samples_, count = cfg_.train.global_batch_size;
+  constexpr int64_t kShown = 4;
+  std::string out = fmt::format("global samples [{}, {})", first, first + count);
+  for (int64_t i = 0; i < std::min(count, kShown); ++i) {
+    out += fmt::format("{} {} = {}", i == 0 ? ":" : ";", first + i, train_data_->describe_sample(first + i));
+  }
+  if (count > kShown) out += fmt::format("; and {} more", count - kShown);
+  return out;
+}
+
+int Trainer::rerun_diagnosis(const StepRecord& r, const std::string& what) {
+  const StepFingerprint first = fingerprint_;
+  LMOE_WARN("{} at step {} (loss {:.6g}, grad norm {:.6g}): re-executing it from the same state (train.spike_action=rerun)",
+            what, r.step, r.loss, r.grad_norm);
+  balancer_->counts().zero_();  // the first execution's routing counts
+  const StepRecord again = train_step();
+  const RerunVerdict verdict = compare_rerun(comm_, first, fingerprint_);
+  if (verdict.identical()) {
+    LMOE_WARN("{} at step {} reproduced bit for bit on rerun: caused by the data or the model, not the machine; {}",
+              what, r.step, describe_step_samples());
+    return 0;
+  }
+  const bool mine = std::find(verdict.differing_ranks.begin(), verdict.differing_ranks.end(), rank_) != verdict.differing_ranks.end();
+  if (mine) {
+    LMOE_ERROR("this is rank {} on host {}: its own losses or gradients of step {} changed on rerun", rank_, host_name(), r.step);
+  }
+  const std::string where = verdict.differing_ranks.empty()
+                                ? std::string("the collectives (every rank reproduced its own results, their reduction did not)")
+                                : describe_ranks(verdict.differing_ranks) + " (whose own losses or gradients changed)";
+  LMOE_ERROR("{} at step {} did not reproduce on rerun from the same state (loss {:.9g} then {:.9g}, grad norm {:.9g} "
+             "then {:.9g}): a non-deterministic fault of the machine on {}. Stopped before the update, nothing saved; "
+             "take that host out of service and resume from {}",
+             what, r.step, r.loss, again.loss, r.grad_norm, again.grad_norm, where, last_checkpoint_.value_or("scratch"));
+  optimizer_->zero_grad();
+  metrics_->flush();
+  return kExitMachineFault;
+}
+
+int Trainer::check_replicas() {
+  if (!comm_ || world_ == 1) return 0;
+  torch::NoGradGuard no_grad;
+  // Under ZeRO-1 the moments are sharded, not replicated: only the parameters are compared.
+  const bool moments = !data_parallel_->zero1();
+  uint64_t dense = 0, expert = 0;
+  for (size_t i = 0; i < optimizer_->size(); ++i) {
+    const auto slot = optimizer_->slot(i);
+    uint64_t& h = expert_dp_comm_ && is_expert_tensor(slot.name) ? expert : dense;
+    h = tensor_fingerprint(slot.param, h);
+    if (moments && slot.exp_avg.defined()) h = tensor_fingerprint(slot.exp_avg_sq, tensor_fingerprint(slot.exp_avg, h));
+  }
+  for (const auto& b : model_->named_buffers()) dense = tensor_fingerprint(b.value(), dense);  // the expert biases
+  const std::string what_dense = moments ? "the replicated parameters and their AdamW moments" : "the replicated parameters";
+  std::vector<std::pair<std::string, ReplicaVerdict>> verdicts{{what_dense, compare_replicas(*comm_, dense, "dense")}};
+  if (expert_dp_comm_ && expert_dp_comm_->world_size() > 1) {
+    verdicts.emplace_back(fmt::format("the routed experts of expert-data-parallel group {}", expert_dp_comm_->name()),
+                          compare_replicas(*expert_dp_comm_, expert, "expert"));
+  }
+  // A divergence seen in any group stops every rank (a group that stopped alone would hang the rest).
+  bool diverged = false;
+  for (const auto& [what, v] : verdicts) diverged = diverged || !v.consistent();
+  torch::Tensor any = torch::tensor({diverged ? 1.0 : 0.0}, torch::kDouble);
+  comm_->all_reduce_sum(any, "replica-check verdict");
+  if (any.item<double>() == 0) return 0;
+  for (const auto& [what, v] : verdicts) {
+    if (v.consistent()) continue;
+    if (v.majority) {
+      LMOE_ERROR("replica check after step {}: {} on {} differ from the copy most ranks hold (rank {}'s): a silent "
+                 "fault of the machine (memory or arithmetic) on {}. Stopped before any checkpoint could capture it; "
+                 "take that host out of service and resume from {}",
+                 step_, what, describe_ranks(v.diverging), v.reference_rank, describe_ranks(v.diverging),
+                 last_checkpoint_.value_or("scratch"));
+    } else {
+      std::vector<int> involved = v.diverging;
+      involved.insert(involved.begin(), v.reference_rank);
+      LMOE_ERROR("replica check after step {}: {} differ between {}, and no copy is held by a majority: one of these "
+                 "machines has a silent fault, but with this many replicas not which (3 or more data-parallel ranks "
+                 "tell it). Stopped before any checkpoint could capture it; resume from {}",
+                 step_, what, describe_ranks(involved), last_checkpoint_.value_or("scratch"));
+    }
+  }
+  if (!diverged) LMOE_ERROR("replica check after step {}: stopping because another group's replicas diverged", step_);
+  metrics_->flush();
+  return kExitMachineFault;
+}
+
+void Trainer::apply_test_faults_after_update() {
+  TestFault& f = test_corrupt_replica_;
+  if (f.step != step_ + 1 || f.rank != rank_ || f.fired) return;
+  f.fired = true;
+  torch::NoGradGuard no_grad;
+  model_->parameters().front().view(-1)[0].add_(1.0);  // as a flipped bit in one replica
+}
+
+}  // namespace latentmoe::train
