@@ -119,8 +119,15 @@ void DataConfig::describe(FieldVisitor& v) {
   v.field({"paths", &paths, "Dataset prefixes (.bin/.idx); empty = the bundled default corpus"});
   v.field({"weights", &weights, "Blend weights, one per path (empty = proportional to size)"});
   v.field({"valid_fraction", &valid_fraction, "Fraction of documents held out for validation"});
-  v.field({"fim_rate", &fim_rate, "Reserved: fill-in-the-middle rate per document; not implemented, only 0 is allowed"});
-  v.field({"num_workers", &num_workers, "Reserved: background threads preparing batches; not implemented, only 1 is allowed"});
+  v.field({"fim_rate", &fim_rate,
+           "Fill-in-the-middle: probability that a document segment of a training sample is cut at two random "
+           "characters and rearranged (needs FIM tokens in the tokenizer; DeepSeek-V3: 0.1)"});
+  v.field({"fim_spm_rate", &fim_spm_rate,
+           "Of the FIM segments, the fraction arranged suffix-prefix-middle (SPM) instead of prefix-suffix-middle "
+           "(PSM); Megatron's default 0.5, DeepSeek-V3 uses PSM only (0)"});
+  v.field({"num_workers", &num_workers,
+           "Background threads preparing the coming steps' training batches (reading, packing, FIM); 0 = on the "
+           "training thread. The batches are the same either way"});
 }
 
 void ParallelConfig::describe(FieldVisitor& v) {

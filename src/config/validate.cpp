@@ -24,6 +24,9 @@ class Rules {
   void non_negative(double value, const char* key) {
     require(value >= 0, fmt::format("{} must be >= 0, got {}", key, value));
   }
+  void probability(double value, const char* key) {
+    require(value >= 0 && value <= 1, fmt::format("{} must be in [0, 1], got {}", key, value));
+  }
   void in_unit_interval(double value, const char* key, bool allow_zero) {
     require((allow_zero ? value >= 0 : value > 0) && value < 1,
             fmt::format("{} must be in {}0, 1), got {}", key, allow_zero ? "[" : "(", value));
@@ -191,13 +194,10 @@ void check_rest(const Config& c, int64_t world_size, Rules& r) {
                         d.weights.size(), d.paths.size()));
   for (double w : d.weights) r.require(w >= 0, fmt::format("data.weights must be >= 0, got {}", w));
   r.in_unit_interval(d.valid_fraction, "data.valid_fraction", true);
-  // Accepted keys must do what they say: these two are reserved until FIM and background batch
-  // preparation exist, so a set value is refused rather than silently ignored (saved configs, which
-  // hold the defaults, still load).
-  r.require(d.fim_rate == 0.0, fmt::format("data.fim_rate={}: fill-in-the-middle is not implemented yet; only 0 is "
-                                           "allowed", d.fim_rate));
-  r.require(d.num_workers == 1, fmt::format("data.num_workers={}: batches are prepared on the training thread (background "
-                                            "workers are not implemented yet); only 1 is allowed", d.num_workers));
+  r.probability(d.fim_rate, "data.fim_rate");
+  r.probability(d.fim_spm_rate, "data.fim_spm_rate");
+  r.require(d.num_workers >= 0 && d.num_workers <= 64,
+            fmt::format("data.num_workers must be in [0, 64] (0 = prepare batches on the training thread), got {}", d.num_workers));
 
   const ParallelConfig& p = c.parallel;
   r.positive(p.ep, "parallel.ep");

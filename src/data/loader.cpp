@@ -1,6 +1,8 @@
 // Packing, the keyed permutation, blending and data-parallel slicing.
 #include "latentmoe/data/loader.h"
 
+#include <mutex>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -117,6 +119,7 @@ DataLoader::DataLoader(const std::vector<std::string>& prefixes, const LoaderOpt
 
 std::pair<size_t, int64_t> DataLoader::blend(int64_t position) const {
   if (datasets_.size() == 1) return {0, position};
+  std::lock_guard lock(blend_mutex_);  // background batch workers share the lazily grown table
   while (static_cast<int64_t>(blend_dataset_.size()) <= position) {
     // Megatron's BlendedDataset: pick the dataset furthest behind its weighted share.
     const double n = static_cast<double>(blend_dataset_.size() + 1);
@@ -151,7 +154,7 @@ std::pair<size_t, int64_t> DataLoader::origin(int64_t global_index) const {
 
 std::vector<int32_t> DataLoader::sample(int64_t global_index) const {
   const auto [dataset, k] = origin(global_index);
-  return datasets_[dataset].sample(k);
+  return options_.fim ? options_.fim->apply(datasets_[dataset].sample(k), global_index) : datasets_[dataset].sample(k);
 }
 
 std::string DataLoader::describe_sample(int64_t global_index) const {

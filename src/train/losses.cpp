@@ -17,7 +17,8 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
                         logits.narrow(0, start, n).to(torch::kFloat), labels.narrow(0, start, n),
                         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   }
-  return total / static_cast<double>(logits.size(0));
+  const int64_t counted = (labels != kIgnoredLabel).sum().item<int64_t>();
+  return total / static_cast<double>(counted);
 }
 
 torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t batch, int64_t seq, int64_t n_experts,
@@ -30,9 +31,10 @@ torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t 
   return (f * p).sum(-1).mean();
 }
 
-LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor& tokens, const config::Config& cfg,
-                             double mtp_weight) {
+LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor& input_tokens, const config::Config& cfg,
+                             double mtp_weight, int64_t ignore_label) {
   const auto& m = cfg.model;
+  const torch::Tensor tokens = ignore_label >= 0 ? input_tokens.masked_fill(input_tokens == ignore_label, kIgnoredLabel) : input_tokens;
   const int64_t batch = tokens.size(0), seq = tokens.size(1) - 1;
   LossBreakdown b;
   const torch::Tensor lm = cross_entropy(out.logits.reshape({-1, m.vocab_size}), tokens.narrow(1, 1, seq).reshape(-1));

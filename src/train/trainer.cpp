@@ -70,20 +70,6 @@ int64_t env_int(const char* name, int64_t fallback) {
 }
 }  // namespace
 
-// "STEP:RANK[:once|always]" (test hooks only; malformed values are a test bug, so they throw).
-template <class Fault>
-void parse_test_fault(const char* name, Fault& fault) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return;
-  const std::string text(v);
-  const size_t colon = text.find(':');
-  if (colon == std::string::npos) throw ConfigError(fmt::format("{}='{}': expected STEP:RANK[:once|always]", name, text));
-  fault.step = std::stoll(text.substr(0, colon));
-  const size_t second = text.find(':', colon + 1);
-  fault.rank = std::stoi(text.substr(colon + 1, second == std::string::npos ? std::string::npos : second - colon - 1));
-  fault.always = second != std::string::npos && text.substr(second + 1) == "always";
-}
-
 Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::move(cfg)), comm_(comm) {
   const auto& t = cfg_.train;
   if (comm_) {
@@ -94,15 +80,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   tokens_per_step_ = t.global_batch_size * t.seq_len;
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
-  data_paths_ = resolve_data_paths(cfg_);
-  data::LoaderOptions options{.seq_len = t.seq_len, .seed = static_cast<uint64_t>(cfg_.seed),
-                              .valid_fraction = cfg_.data.valid_fraction, .split = data::Split::train,
-                              .weights = cfg_.data.weights, .vocab_size = cfg_.model.vocab_size};
-  train_data_ = std::make_unique<data::DataLoader>(data_paths_, options);
-  if (cfg_.data.valid_fraction > 0 && t.eval_batches > 0) {
-    options.split = data::Split::valid;
-    valid_data_ = std::make_unique<data::DataLoader>(data_paths_, options);
-  }
+  setup_data();
   // The whole model is initialized on every rank (same seed: the same weights as one process),
   // then expert parallelism keeps only this rank's experts.
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
@@ -142,12 +120,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   // Test hook: the balancing update with its sign flipped (a deliberately wrong change for the golden-check tests).
   const double gamma = env_int("LATENTMOE_TEST_FLIP_BALANCE_SIGN", 0) == 1 ? -t.bias_update_speed : t.bias_update_speed;
   balancer_ = std::make_unique<ExpertBalancer>(biases, gamma, t.bias_update_freeze_tokens);
-  parse_test_fault("LATENTMOE_TEST_SPIKE", test_spike_);
-  parse_test_fault("LATENTMOE_TEST_CORRUPT_REPLICA", test_corrupt_replica_);
-  if (t.replica_check_interval > 0 && world_ == 1) {
-    LMOE_WARN("train.replica_check_interval={}: a single process holds no replicas, so there is nothing to compare",
-              t.replica_check_interval);
-  }
+  setup_fault_checks();
   idle_steps_.assign(biases.size() * static_cast<size_t>(cfg_.model.n_routed_experts), 0);
   checkpointer_ = std::make_unique<Checkpointer>(cfg_.checkpoint.dir, cfg_.checkpoint.keep_last);
   // Every rank computes the same (reduced) metrics; rank 0 writes them.
@@ -175,115 +148,6 @@ void Trainer::setup_parallel() {
             layout_->first_local_expert() + layout_->local_experts());
 }
 
-std::string Trainer::trainer_state_json() const {
-  return json{{"step", step_},
-              {"tokens_seen", tokens_seen_},
-              {"consumed_samples", consumed_samples_},
-              {"spikes_skipped", spikes_skipped_},
-              {"loss_window", loss_window_},
-              {"idle_steps", idle_steps_},
-              {"data_paths", data_paths_},
-              {"name", cfg_.name}}
-      .dump(2);
-}
-
-std::string Trainer::save_checkpoint() {
-  std::map<std::string, torch::Tensor> optimizer_state =
-      data_parallel_ ? data_parallel_->full_optimizer_state(*optimizer_) : optimizer_->state();  // collective
-  const std::map<std::string, torch::Tensor> model_state = io::model_state(*model_);
-  CheckpointShard shard;
-  if (!comm_) {
-    shard.model.assign(model_state.begin(), model_state.end());
-    shard.optimizer.assign(optimizer_state.begin(), optimizer_state.end());
-  } else {
-    // Each tensor is written once over all ranks (ParallelLayout::checkpoint_writes).
-    std::vector<int64_t> numels;
-    std::vector<bool> sharded;
-    for (const auto& [name, t] : model_state) {
-      numels.push_back(t.numel());
-      sharded.push_back(is_expert_tensor(name));
-    }
-    const std::vector<bool> writes = layout_->checkpoint_writes(numels, sharded);
-    std::map<std::string, bool> writer;
-    size_t i = 0;
-    for (const auto& [name, t] : model_state) {
-      shard.held.push_back(name);
-      writer[name] = writes[i++];
-      if (writer[name]) shard.model.emplace_back(name, t);
-    }
-    for (const auto& [name, t] : optimizer_state) {
-      const std::string param = name.substr(name.find('.') + 1);
-      if (name == "step" ? rank_ == 0 : writer.at(param)) shard.optimizer.emplace_back(name, t);
-    }
-  }
-  const std::string path = checkpointer_->save(step_, shard, trainer_state_json(), config::dump_config_yaml(cfg_), comm_);
-  if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
-  last_checkpoint_ = path;
-  saved_checkpoints_.push_back(path);
-  return path;
-}
-
-void Trainer::resume(const std::string& spec) {
-  std::string path = spec;
-  if (spec == "auto") {
-    std::vector<std::string> skipped;
-    const auto latest = checkpointer_->latest(&skipped);
-    for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
-    if (comm_) {  // every rank must resume from the same step, or their collectives would not match
-      const int64_t mine = latest ? std::stoll(fs::path(*latest).filename().string().substr(5)) : -1;
-      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kLong);
-      comm_->all_reduce_sum(agree, "resume agreement all-reduce");
-      const int64_t sum = agree[0].item<int64_t>(), sum_sq = agree[1].item<int64_t>();
-      if (world_ * sum_sq != sum * sum) {  // equal iff every rank found the same step (Cauchy-Schwarz)
-        throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
-                                             "rank: {}); checkpoint.dir must be one directory that every rank sees",
-                                             rank_, cfg_.checkpoint.dir, latest.value_or("none")));
-      }
-    }
-    if (!latest) {
-      LMOE_INFO("resume auto: no committed checkpoint in {}, starting from scratch", cfg_.checkpoint.dir);
-      return;
-    }
-    path = *latest;
-  }
-  CheckpointData data = Checkpointer::load(path);
-  const config::Config saved = config::load_config_text(data.config_yaml, path + "/config.yaml");
-  config::Config saved_model_only, current_model_only;
-  saved_model_only.model = saved.model;
-  current_model_only.model = cfg_.model;
-  if (!(saved_model_only == current_model_only)) {
-    throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
-                                  "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
-  }
-  // Resuming continues the saved data stream only if these match; a change is allowed but said.
-  const auto saved_values = config::config_key_values(saved), current_values = config::config_key_values(cfg_);
-  for (size_t i = 0; i < saved_values.size() && i < current_values.size(); ++i) {
-    const std::string& key = saved_values[i].first;
-    const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
-                        key == "train.seq_len" || key == "train.global_batch_size";
-    if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
-      LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
-                "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);
-    }
-  }
-  // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
-  std::map<std::string, torch::Tensor> needed;
-  for (const auto& [name, t] : io::model_state(*model_)) {
-    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
-  }
-  io::load_model_state(*model_, needed, path);
-  optimizer_->load_state(data.optimizer);
-  const json state = json::parse(data.trainer_state_json);
-  step_ = state.at("step").get<int64_t>();
-  tokens_seen_ = state.at("tokens_seen").get<int64_t>();
-  consumed_samples_ = state.at("consumed_samples").get<int64_t>();
-  spikes_skipped_ = state.at("spikes_skipped").get<int64_t>();
-  loss_window_ = state.at("loss_window").get<std::vector<double>>();
-  idle_steps_ = state.at("idle_steps").get<std::vector<int64_t>>();
-  last_checkpoint_ = path;
-  LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
-}
-
 StepRecord Trainer::train_step() {
   const auto& t = cfg_.train;
   StepRecord r;
@@ -294,16 +158,22 @@ StepRecord Trainer::train_step() {
   const double mtp_weight = t.mtp_loss_weight_switch_tokens > 0 && tokens_seen_ >= t.mtp_loss_weight_switch_tokens
                                 ? t.mtp_loss_weight_final
                                 : t.mtp_loss_weight;
+  if (prefetcher_) {  // this step's micro-batches (queued a step ago) and the next step's
+    std::vector<data::BatchPrefetcher::Request> requests = step_requests(consumed_samples_);
+    const auto next = step_requests(consumed_samples_ + t.global_batch_size);
+    requests.insert(requests.end(), next.begin(), next.end());
+    prefetcher_->prefetch(requests);
+  }
+  const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_);
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
-    // This rank's slice of the global batch, then its micro-batch (world 1: the whole batch).
-    const int64_t first = consumed_samples_ + rank_ * (t.global_batch_size / world_) + micro * t.micro_batch_size;
-    const data::Batch batch = train_data_->rank_batch(first, t.micro_batch_size, 0, 1);
+    const auto [first, count] = micro_batches[static_cast<size_t>(micro)];
+    const data::Batch batch = prefetcher_ ? prefetcher_->get(first, count) : train_data_->rank_batch(first, count, 0, 1);
     const torch::Tensor tokens = to_tensor(batch);
     LossBreakdown losses;
     {
       AutocastScope autocast(bf16_, c10::DeviceType::CPU);
       const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), cfg_.model.num_nextn_predict_layers > 0);
-      losses = compute_losses(out, tokens, cfg_, mtp_weight);
+      losses = compute_losses(out, tokens, cfg_, mtp_weight, ignored_label_);
       for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
     }
     // Test hook: this rank's loss (and so its gradients) blown up at one step, on its first

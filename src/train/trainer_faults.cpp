@@ -6,10 +6,36 @@
 #include <cmath>
 
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/util/error.h"
 #include "latentmoe/util/host.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::train {
+
+namespace {
+// "STEP:RANK[:once|always]" (test hooks only; malformed values are a test bug, so they throw).
+template <class Fault>
+void parse_test_fault(const char* name, Fault& fault) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return;
+  const std::string text(v);
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos) throw ConfigError(fmt::format("{}='{}': expected STEP:RANK[:once|always]", name, text));
+  fault.step = std::stoll(text.substr(0, colon));
+  const size_t second = text.find(':', colon + 1);
+  fault.rank = std::stoi(text.substr(colon + 1, second == std::string::npos ? std::string::npos : second - colon - 1));
+  fault.always = second != std::string::npos && text.substr(second + 1) == "always";
+}
+}  // namespace
+
+void Trainer::setup_fault_checks() {
+  parse_test_fault("LATENTMOE_TEST_SPIKE", test_spike_);
+  parse_test_fault("LATENTMOE_TEST_CORRUPT_REPLICA", test_corrupt_replica_);
+  if (cfg_.train.replica_check_interval > 0 && world_ == 1) {
+    LMOE_WARN("train.replica_check_interval={}: a single process holds no replicas, so there is nothing to compare",
+              cfg_.train.replica_check_interval);
+  }
+}
 
 bool Trainer::is_spike(const StepRecord& r, double* z_out, double* mean_out) const {
   const auto& t = cfg_.train;

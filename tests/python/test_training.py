@@ -151,3 +151,45 @@ def test_a_failed_save_leaves_no_temporary_directory(run_cli, tmp_path):
     assert not list(ckpt.glob(".step-*.tmp")), sorted(p.name for p in ckpt.iterdir())
     assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000002"]
     assert (ckpt / "step-00000002" / "COMMITTED").exists()
+
+
+def fim_tokenizer(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The bundled tokenizer plus StarCoder-style FIM tokens at ids 8192..8195."""
+    j = json.loads((REPO / "data" / "tokenizer" / "python-docs-bpe-8k.json").read_text())
+    for i, name in enumerate(["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]):
+        j["added_tokens"].append({"id": 8192 + i, "content": name, "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": False, "special": True})
+    path = tmp_path / "fim-tokenizer.json"
+    path.write_text(json.dumps(j))
+    return path
+
+
+def test_fim_changes_training_and_needs_fim_tokens(run_cli, tmp_path):
+    # data.fim_rate used to be accepted and ignored (a run trained byte-identically without it).
+    tokenizer = fim_tokenizer(tmp_path)
+    common = ["--set", f"data.tokenizer={tokenizer}", "--set", "model.vocab_size=8196"]
+    plain = train(run_cli, tmp_path / "plain", 3, *common)
+    fim = train(run_cli, tmp_path / "fim", 3, *common, "--set", "data.fim_rate=0.5")
+    assert plain.returncode == 0 and fim.returncode == 0, fim.stderr[-3000:]
+    plain_losses = [r["loss/lm"] for r in metrics(tmp_path / "plain") if "loss/lm" in r]
+    fim_losses = [r["loss/lm"] for r in metrics(tmp_path / "fim") if "loss/lm" in r]
+    assert len(plain_losses) == len(fim_losses) == 3 and plain_losses != fim_losses
+    again = train(run_cli, tmp_path / "again", 3, *common, "--set", "data.fim_rate=0.5")
+    assert again.returncode == 0
+    assert fim_losses == [r["loss/lm"] for r in metrics(tmp_path / "again") if "loss/lm" in r]  # keyed draws
+    missing = train(run_cli, tmp_path / "missing", 3, "--set", "data.fim_rate=0.1")
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "needs the FIM special tokens" in missing.stderr and "<fim_prefix>" in missing.stderr
+    small = train(run_cli, tmp_path / "small", 3, "--set", f"data.tokenizer={tokenizer}", "--set", "data.fim_rate=0.1")
+    assert small.returncode == 2 and "raise model.vocab_size" in small.stderr, small.stderr[-2000:]
+
+
+def test_background_batch_workers_train_bit_identically(run_cli, tmp_path):
+    # data.num_workers used to be accepted and ignored; now it is the number of preparing threads.
+    runs = {}
+    for workers in (0, 3):
+        r = train(run_cli, tmp_path / f"w{workers}", 4, "--set", f"data.num_workers={workers}",
+                  "--set", "train.micro_batch_size=1")
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[workers] = [(m["loss/total"], m["grad_norm"]) for m in metrics(tmp_path / f"w{workers}") if "grad_norm" in m]
+    assert len(runs[0]) == 4 and runs[0] == runs[3]

@@ -2,14 +2,19 @@
 // parallel slicing, changing the DP degree, epochs, blending) and tokenizer input errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <set>
 
+#include "latentmoe/data/fim.h"
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/data/loader.h"
+#include "latentmoe/data/prefetch.h"
 #include "latentmoe/data/tokenizer.h"
 #include "latentmoe/io/safetensors_format.h"
+#include "latentmoe/util/error.h"
 #include "test_util.h"
 
 using latentmoe::testing::expect_error_contains;
@@ -269,4 +274,100 @@ TEST(Tokenizer, RejectsBadFilesAndInvalidUtf8) {
   expect_error_contains<data::TokenizerError>([&] { tok.decode({9000}); }, {"cannot decode id 9000"});
   const std::string text = "round trip: ünïcode 🎉 <|end_of_text|>\r\n  end";
   EXPECT_EQ(tok.decode(tok.encode(text)), text);
+}
+
+namespace {
+// The bundled tokenizer plus StarCoder-style FIM tokens (ids 8192..8195).
+std::shared_ptr<const data::Tokenizer> fim_tokenizer(const TempDir& dir) {
+  std::ifstream in(LATENTMOE_SOURCE_DIR "/data/tokenizer/python-docs-bpe-8k.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  int id = 8192;
+  for (const char* name : {"<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"}) {
+    j["added_tokens"].push_back({{"id", id++}, {"content", name}, {"single_word", false}, {"lstrip", false},
+                                 {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  const std::string path = (dir.path() / "fim-tokenizer.json").string();
+  std::ofstream(path) << j.dump();
+  return std::make_shared<const data::Tokenizer>(data::Tokenizer::from_file(path));
+}
+}  // namespace
+
+TEST(Fim, PsmAndSpmRearrangeEachDocumentAndKeepTheLength) {
+  TempDir dir;
+  const auto tokenizer = fim_tokenizer(dir);
+  const int32_t eos = *tokenizer->eos_id();
+  // The second document is long enough to absorb what FIM adds to the first (3 special tokens and
+  // re-encoding differences): the end of the sample is truncated, the first segment stays whole.
+  const std::string first = "def area(r):\n    return 3.14159 * r ** 2  # ünïcode ✓\n",
+                    second = "The second document of this sample, which the first one's growth pushes past the end.";
+  std::vector<int32_t> sample = tokenizer->encode(first);
+  sample.push_back(eos);
+  const size_t first_end = sample.size();
+  const std::vector<int32_t> tail = tokenizer->encode(second);
+  sample.insert(sample.end(), tail.begin(), tail.end());
+  sample.push_back(eos);
+
+  const data::FimTokens ids = data::find_fim_tokens(*tokenizer);
+  EXPECT_EQ(ids.prefix, 8192);
+  EXPECT_EQ(ids.pad, 8195);
+  const auto piece = [&](const std::vector<int32_t>& v, size_t a, size_t b) {
+    return tokenizer->decode(std::vector<int32_t>(v.begin() + static_cast<std::ptrdiff_t>(a), v.begin() + static_cast<std::ptrdiff_t>(b)));
+  };
+  const data::FimTransform psm(tokenizer, 1.0, 0.0, 7), spm(tokenizer, 1.0, 1.0, 7), none(tokenizer, 0.0, 0.0, 7);
+  int cut_differently = 0;
+  std::string previous;
+  for (int64_t index = 0; index < 20; ++index) {
+    const std::vector<int32_t> out = psm.apply(sample, index);
+    ASSERT_EQ(out.size(), sample.size());
+    EXPECT_EQ(out, psm.apply(sample, index));  // keyed by the sample index: reproducible
+    // PSM: <prefix> prefix <suffix> suffix <middle> middle <eos> ...
+    ASSERT_EQ(out[0], ids.prefix);
+    const size_t s = std::find(out.begin(), out.end(), ids.suffix) - out.begin();
+    const size_t m = std::find(out.begin(), out.end(), ids.middle) - out.begin();
+    const size_t e = std::find(out.begin(), out.end(), eos) - out.begin();
+    ASSERT_LT(s, m);
+    ASSERT_LT(m, e);
+    EXPECT_EQ(piece(out, 1, s) + piece(out, m + 1, e) + piece(out, s + 1, m), first);
+    cut_differently += piece(out, 1, s) != previous;
+    previous = piece(out, 1, s);
+
+    const std::vector<int32_t> swapped = spm.apply(sample, index);
+    ASSERT_EQ(swapped.size(), sample.size());
+    // SPM: <prefix> <suffix> suffix <middle> prefix middle <eos>
+    ASSERT_EQ(swapped[0], ids.prefix);
+    ASSERT_EQ(swapped[1], ids.suffix);
+    const size_t m2 = std::find(swapped.begin(), swapped.end(), ids.middle) - swapped.begin();
+    const size_t e2 = std::find(swapped.begin(), swapped.end(), eos) - swapped.begin();
+    EXPECT_EQ(piece(swapped, m2 + 1, e2) + piece(swapped, 2, m2), first);
+  }
+  EXPECT_GT(cut_differently, 10);
+  EXPECT_EQ(none.apply(sample, 3), sample);
+  EXPECT_LE(first_end, sample.size());
+
+  const auto plain = std::make_shared<const data::Tokenizer>(
+      data::Tokenizer::from_file(LATENTMOE_SOURCE_DIR "/data/tokenizer/python-docs-bpe-8k.json"));
+  expect_error_contains<latentmoe::ConfigError>([&] { data::FimTransform f(plain, 0.1, 0.0, 1); },
+                                                {"python-docs-bpe-8k.json has neither set", "<fim_prefix>", "<｜fim▁begin｜>",
+                                                 "data.fim_rate=0"});
+}
+
+TEST(Prefetch, BackgroundBatchesEqualTheLoadersInAnyOrder) {
+  TempDir dir;
+  // Two blended datasets: the lazily grown blend table is shared by the workers.
+  const data::DataLoader loader({write_dataset(dir, "a", 30), write_dataset(dir, "b", 20, 1000)},
+                                {.seq_len = 8, .valid_fraction = 0.0, .weights = {0.3, 0.7}});
+  data::BatchPrefetcher prefetcher(loader, 3);
+  std::vector<data::BatchPrefetcher::Request> requests;
+  for (int64_t first = 0; first < 400; first += 4) requests.push_back({first, 4});
+  prefetcher.prefetch(requests);
+  prefetcher.prefetch(requests);  // queued once
+  EXPECT_LE(prefetcher.queued(), static_cast<int64_t>(requests.size()));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto& r = requests[(i * 37) % requests.size()];  // another order than queued
+    EXPECT_EQ(prefetcher.get(r.first_sample, r.count).tokens, loader.rank_batch(r.first_sample, r.count, 0, 1).tokens);
+  }
+  EXPECT_EQ(prefetcher.queued(), 0);
+  EXPECT_EQ(prefetcher.get(1000, 2).tokens, loader.rank_batch(1000, 2, 0, 1).tokens);  // never queued
+  prefetcher.prefetch({{-4, 4}});
+  EXPECT_THROW(prefetcher.get(-4, 4), data::DataError);  // a worker's error reaches the caller
 }

@@ -109,6 +109,7 @@ struct DataConfig {
   std::vector<double> weights = {};
   double valid_fraction = 0.02;
   double fim_rate = 0.0;
+  double fim_spm_rate = 0.5;
   int64_t num_workers = 1;
   void describe(FieldVisitor& v);
 };

@@ -9,9 +9,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
+#include "latentmoe/data/fim.h"
 #include "latentmoe/data/indexed_dataset.h"
 
 namespace latentmoe::data {
@@ -39,6 +41,7 @@ struct LoaderOptions {
   Split split = Split::train;
   std::vector<double> weights;  // one per dataset; empty = proportional to tokens
   int64_t vocab_size = 0;       // > 0: every token id is checked against it at open
+  std::shared_ptr<const FimTransform> fim;  // set: every sample goes through fill-in-the-middle
 };
 
 // One dataset's split as a packed token stream.
@@ -90,6 +93,7 @@ class DataLoader {
   std::vector<PackedDataset> datasets_;
   std::vector<double> weights_;
   int64_t samples_per_epoch_ = 0;
+  mutable std::mutex blend_mutex_;
   mutable std::vector<uint32_t> blend_dataset_;  // grown lazily: Megatron's greedy assignment
   mutable std::vector<int64_t> blend_local_;
   mutable std::vector<int64_t> blend_counts_;

@@ -18,12 +18,15 @@ struct LossBreakdown {
 };
 
 // tokens [batch, seq + 1]: inputs are tokens[:, :seq], labels tokens[:, 1:]; MTP depth k
-// predicts tokens[:, k+1:].
+// predicts tokens[:, k+1:]. Labels equal to ignore_label (>= 0: FIM's pad token) are left out of
+// every cross entropy, as Megatron's loss mask leaves out padding.
 LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor& tokens, const config::Config& cfg,
-                             double mtp_weight);
+                             double mtp_weight, int64_t ignore_label = -1);
 
 // Cross entropy in fp32 over [N, vocab] logits without keeping a second full-vocabulary copy
-// beyond log-softmax's own (the logits are upcast row-chunk by row-chunk when not fp32).
+// beyond log-softmax's own (the logits are upcast row-chunk by row-chunk when not fp32); the mean
+// is over the labels that are not kIgnoredLabel.
+inline constexpr int64_t kIgnoredLabel = -100;  // torch's default ignore_index
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
 
 // alpha * mean over sequences of sum_i f_i P_i for one MoE layer's routing.

@@ -11,6 +11,7 @@
 
 #include "latentmoe/config/config.h"
 #include "latentmoe/data/loader.h"
+#include "latentmoe/data/prefetch.h"
 #include "latentmoe/model/deepseek_v3.h"
 #include "latentmoe/parallel/communicator.h"
 #include "latentmoe/parallel/data_parallel.h"
@@ -78,6 +79,8 @@ class Trainer {
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
   std::string trainer_state_json() const;
   void setup_parallel();
+  void setup_data();          // run_data.cpp: loaders, FIM, batch prefetcher
+  void setup_fault_checks();  // trainer_faults.cpp: test hooks, warnings
   // Bad step or bad machine (trainer_faults.cpp). rerun_diagnosis re-executes step r from the same
   // state and returns kExitMachineFault when it differs (0 when it reproduces bit for bit);
   // check_replicas returns kExitMachineFault when replicas diverged (0 when consistent).
@@ -86,6 +89,8 @@ class Trainer {
   int rerun_diagnosis(const StepRecord& r, const std::string& what);
   int check_replicas();
   std::string describe_step_samples() const;
+  // This rank's micro-batches of the step that starts after `consumed` samples.
+  std::vector<data::BatchPrefetcher::Request> step_requests(int64_t consumed) const;
   void apply_test_faults_after_update();
 
   config::Config cfg_;
@@ -94,6 +99,7 @@ class Trainer {
   int64_t accum_steps_ = 1, tokens_per_step_ = 0;
   std::vector<std::string> data_paths_;
   std::unique_ptr<data::DataLoader> train_data_, valid_data_;
+  std::unique_ptr<data::BatchPrefetcher> prefetcher_;  // data.num_workers > 0 (destroyed before the loaders)
   model::DeepSeekV3 model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
   std::optional<parallel::ParallelLayout> layout_;         // set when launched with several ranks
@@ -115,6 +121,7 @@ class Trainer {
   std::optional<double> last_valid_loss_;
   double train_flops_per_token_ = 0;
   bool bf16_ = false;
+  int64_t ignored_label_ = -1;  // FIM's pad token (left out of the loss), -1 without FIM
   StepFingerprint fingerprint_;  // of the last train_step (train.spike_action=rerun)
   // Test hooks (LATENTMOE_TEST_SPIKE=STEP:RANK:once|always, LATENTMOE_TEST_CORRUPT_REPLICA=STEP:RANK).
   struct TestFault {

@@ -1,0 +1,129 @@
+// The trainer's state in checkpoints: what is saved beside the model and optimizer (trainer
+// state JSON: step, tokens, data position, spike window, idle counters), saving, and resuming with
+// the warnings a changed data stream deserves.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "latentmoe/config/loader.h"
+#include "latentmoe/io/model_io.h"
+#include "latentmoe/train/trainer.h"
+#include "latentmoe/util/error.h"
+#include "latentmoe/util/log.h"
+
+namespace latentmoe::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string Trainer::trainer_state_json() const {
+  return json{{"step", step_},
+              {"tokens_seen", tokens_seen_},
+              {"consumed_samples", consumed_samples_},
+              {"spikes_skipped", spikes_skipped_},
+              {"loss_window", loss_window_},
+              {"idle_steps", idle_steps_},
+              {"data_paths", data_paths_},
+              {"name", cfg_.name}}
+      .dump(2);
+}
+
+std::string Trainer::save_checkpoint() {
+  std::map<std::string, torch::Tensor> optimizer_state =
+      data_parallel_ ? data_parallel_->full_optimizer_state(*optimizer_) : optimizer_->state();  // collective
+  const std::map<std::string, torch::Tensor> model_state = io::model_state(*model_);
+  CheckpointShard shard;
+  if (!comm_) {
+    shard.model.assign(model_state.begin(), model_state.end());
+    shard.optimizer.assign(optimizer_state.begin(), optimizer_state.end());
+  } else {
+    // Each tensor is written once over all ranks (ParallelLayout::checkpoint_writes).
+    std::vector<int64_t> numels;
+    std::vector<bool> sharded;
+    for (const auto& [name, t] : model_state) {
+      numels.push_back(t.numel());
+      sharded.push_back(is_expert_tensor(name));
+    }
+    const std::vector<bool> writes = layout_->checkpoint_writes(numels, sharded);
+    std::map<std::string, bool> writer;
+    size_t i = 0;
+    for (const auto& [name, t] : model_state) {
+      shard.held.push_back(name);
+      writer[name] = writes[i++];
+      if (writer[name]) shard.model.emplace_back(name, t);
+    }
+    for (const auto& [name, t] : optimizer_state) {
+      const std::string param = name.substr(name.find('.') + 1);
+      if (name == "step" ? rank_ == 0 : writer.at(param)) shard.optimizer.emplace_back(name, t);
+    }
+  }
+  const std::string path = checkpointer_->save(step_, shard, trainer_state_json(), config::dump_config_yaml(cfg_), comm_);
+  if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
+  last_checkpoint_ = path;
+  saved_checkpoints_.push_back(path);
+  return path;
+}
+
+void Trainer::resume(const std::string& spec) {
+  std::string path = spec;
+  if (spec == "auto") {
+    std::vector<std::string> skipped;
+    const auto latest = checkpointer_->latest(&skipped);
+    for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
+    if (comm_) {  // every rank must resume from the same step, or their collectives would not match
+      const int64_t mine = latest ? std::stoll(fs::path(*latest).filename().string().substr(5)) : -1;
+      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kLong);
+      comm_->all_reduce_sum(agree, "resume agreement all-reduce");
+      const int64_t sum = agree[0].item<int64_t>(), sum_sq = agree[1].item<int64_t>();
+      if (world_ * sum_sq != sum * sum) {  // equal iff every rank found the same step (Cauchy-Schwarz)
+        throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
+                                             "rank: {}); checkpoint.dir must be one directory that every rank sees",
+                                             rank_, cfg_.checkpoint.dir, latest.value_or("none")));
+      }
+    }
+    if (!latest) {
+      LMOE_INFO("resume auto: no committed checkpoint in {}, starting from scratch", cfg_.checkpoint.dir);
+      return;
+    }
+    path = *latest;
+  }
+  CheckpointData data = Checkpointer::load(path);
+  const config::Config saved = config::load_config_text(data.config_yaml, path + "/config.yaml");
+  config::Config saved_model_only, current_model_only;
+  saved_model_only.model = saved.model;
+  current_model_only.model = cfg_.model;
+  if (!(saved_model_only == current_model_only)) {
+    throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
+                                  "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
+  }
+  // Resuming continues the saved data stream only if these match; a change is allowed but said.
+  const auto saved_values = config::config_key_values(saved), current_values = config::config_key_values(cfg_);
+  for (size_t i = 0; i < saved_values.size() && i < current_values.size(); ++i) {
+    const std::string& key = saved_values[i].first;
+    const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
+                        key == "train.seq_len" || key == "train.global_batch_size";
+    if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
+      LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
+                "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);
+    }
+  }
+  // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
+  std::map<std::string, torch::Tensor> needed;
+  for (const auto& [name, t] : io::model_state(*model_)) {
+    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
+  }
+  io::load_model_state(*model_, needed, path);
+  optimizer_->load_state(data.optimizer);
+  const json state = json::parse(data.trainer_state_json);
+  step_ = state.at("step").get<int64_t>();
+  tokens_seen_ = state.at("tokens_seen").get<int64_t>();
+  consumed_samples_ = state.at("consumed_samples").get<int64_t>();
+  spikes_skipped_ = state.at("spikes_skipped").get<int64_t>();
+  loss_window_ = state.at("loss_window").get<std::vector<double>>();
+  idle_steps_ = state.at("idle_steps").get<std::vector<int64_t>>();
+  last_checkpoint_ = path;
+  LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
+}
+
+}  // namespace latentmoe::train
