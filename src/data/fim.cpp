@@ -61,7 +61,12 @@ FimTransform::FimTransform(std::shared_ptr<const Tokenizer> tokenizer, double ra
 std::vector<int32_t> FimTransform::permute(const std::vector<int32_t>& segment, uint64_t& state) const {
   const double apply = next_unit(state), cut_a = next_unit(state), cut_b = next_unit(state), spm = next_unit(state);
   if (segment.empty() || apply >= rate_) return segment;
-  const std::string text = tokenizer_->decode(segment);
+  std::string text;
+  try {
+    text = tokenizer_->decode(segment);
+  } catch (const TokenizerError&) {  // ids beyond this tokenizer (data tokenized with another): untouched
+    return segment;
+  }
   if (text.empty() || first_invalid_utf8(text) != std::string::npos) return segment;
   const std::vector<size_t> starts = character_starts(text);
   const size_t characters = starts.size() - 1;

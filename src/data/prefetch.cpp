@@ -4,17 +4,26 @@
 namespace latentmoe::data {
 
 BatchPrefetcher::BatchPrefetcher(const DataLoader& loader, int64_t workers) : loader_(loader) {
-  for (int64_t i = 0; i < std::max<int64_t>(workers, 1); ++i) threads_.emplace_back([this] { work(); });
+  try {
+    for (int64_t i = 0; i < std::max<int64_t>(workers, 1); ++i) threads_.emplace_back([this] { work(); });
+  } catch (...) {  // the destructor does not run for a half-made object: stop the threads started
+    stop();
+    throw;
+  }
 }
 
-BatchPrefetcher::~BatchPrefetcher() {
+BatchPrefetcher::~BatchPrefetcher() { stop(); }
+
+void BatchPrefetcher::stop() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
     todo_.clear();
   }
   wake_.notify_all();
-  for (auto& t : threads_) t.join();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
 }
 
 void BatchPrefetcher::work() {
@@ -45,17 +54,26 @@ void BatchPrefetcher::prefetch(const std::vector<Request>& requests) {
 }
 
 Batch BatchPrefetcher::get(int64_t first_sample, int64_t count) {
+  const Request wanted{first_sample, count};
   std::shared_future<Batch> ready;
+  std::packaged_task<Batch()> not_started;
   {
     std::lock_guard lock(mutex_);
-    const auto it = pending_.find({first_sample, count});
-    if (it == pending_.end()) {
-      ready = {};
-    } else {
+    const auto it = pending_.find(wanted);
+    if (it != pending_.end()) {
       ready = it->second;
       pending_.erase(it);
+      // Still waiting for a worker (e.g. behind the next step's batches): run it here instead.
+      for (auto task = todo_.begin(); task != todo_.end(); ++task) {
+        if (!(task->first < wanted) && !(wanted < task->first)) {
+          not_started = std::move(task->second);
+          todo_.erase(task);
+          break;
+        }
+      }
     }
   }
+  if (not_started.valid()) not_started();
   if (!ready.valid()) return loader_.rank_batch(first_sample, count, 0, 1);
   return ready.get();
 }

@@ -10,6 +10,7 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -116,6 +117,8 @@ uint64_t pair_key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_c
 }  // namespace
 
 struct Tokenizer::Impl {
+  inline static std::atomic<uint64_t> next_cache_id{1};
+  const uint64_t cache_id = next_cache_id++;  // keys the per-thread encode cache
   std::string path;
   std::unordered_map<std::string, int32_t> vocab;
   std::vector<std::string> id_to_token;  // mapped-alphabet strings (or raw content for added tokens)
@@ -280,11 +283,13 @@ struct Tokenizer::Impl {
   }
 
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
-    thread_local const Impl* owner = nullptr;
+    // Keyed by a process-unique id, not the address: a tokenizer allocated where a destroyed one
+    // was must not inherit its entries.
+    thread_local uint64_t owner = 0;
     thread_local std::unordered_map<std::string, std::vector<int32_t>> cache;
-    if (owner != this || cache.size() > (1u << 20)) {
+    if (owner != cache_id || cache.size() > (1u << 20)) {
       cache.clear();
-      owner = this;
+      owner = cache_id;
     }
     const auto it = cache.find(std::string(piece));
     if (it != cache.end()) {

@@ -95,15 +95,14 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t file_s
       bad(err.what());
     }
     if (!e["shape"].is_array()) bad("shape must be an array");
-    uint64_t numel = 1;
+    // numel bounds the bytes; the product of the non-zero dimensions bounds the strides torch
+    // computes even for an empty tensor ([0, 2^62, 2^62] would overflow them).
+    uint64_t numel = 1, nonzero = 1;
     for (const auto& d : e["shape"]) {
       if (!d.is_number_unsigned()) bad(fmt::format("shape {} has a negative or non-integer dimension", e["shape"].dump()));
       const uint64_t dim = d.get<uint64_t>();
-      // Every dimension must also fit the int64 sizes torch uses.
-      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-          (dim != 0 && numel > (std::numeric_limits<uint64_t>::max() / 16) / dim)) {
-        bad("shape is too large");
-      }
+      if (dim != 0 && nonzero > (std::numeric_limits<uint64_t>::max() / 16) / dim) bad("shape is too large");
+      if (dim != 0) nonzero *= dim;
       numel *= dim;
       entry.shape.push_back(static_cast<int64_t>(dim));
     }
@@ -126,14 +125,21 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t file_s
     spans.emplace_back(entry.begin, name);
     out.entries.emplace(name, std::move(entry));
   }
+  // Sorted by start, a tensor overlaps an earlier one iff it starts before the furthest end so
+  // far (empty tensors occupy nothing and are skipped, so they cannot hide an overlap).
   std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i) {
-    const TensorEntry& previous = out.entries.at(spans[i - 1].second);
-    const TensorEntry& current = out.entries.at(spans[i].second);
-    if (current.begin < previous.end && current.end > current.begin) {
-      fail(path, fmt::format("tensors '{}' [{}, {}] and '{}' [{}, {}] overlap", spans[i - 1].second, previous.begin,
-                             previous.end, spans[i].second, current.begin, current.end));
+  const std::string* furthest = nullptr;
+  for (const auto& [begin, name] : spans) {
+    const TensorEntry& current = out.entries.at(name);
+    if (current.end == current.begin) continue;
+    if (furthest) {
+      const TensorEntry& previous = out.entries.at(*furthest);
+      if (current.begin < previous.end) {
+        fail(path, fmt::format("tensors '{}' [{}, {}] and '{}' [{}, {}] overlap", *furthest, previous.begin,
+                               previous.end, name, current.begin, current.end));
+      }
     }
+    if (!furthest || current.end > out.entries.at(*furthest).end) furthest = &name;
   }
   return out;
 }

@@ -37,14 +37,17 @@ uint64_t tensor_fingerprint(const torch::Tensor& tensor, uint64_t seed) {
 
 RerunVerdict compare_rerun(parallel::Communicator* comm, const StepFingerprint& first, const StepFingerprint& rerun) {
   RerunVerdict verdict;
-  verdict.reduced_differs = first.reduced != rerun.reduced;
-  const bool mine = first.local != rerun.local;
+  const bool mine = first.local != rerun.local, reduced = first.reduced != rerun.reduced;
   if (!comm) {
+    verdict.reduced_differs = reduced;
     if (mine) verdict.differing_ranks.push_back(0);
     return verdict;
   }
-  for (const auto& [rank, differs] : gather(*comm, mine ? 1 : 0, "step-rerun comparison")) {
-    if (differs) verdict.differing_ranks.push_back(rank);
+  // Both bits from every rank: a faulty collective may hand different results to some ranks only,
+  // and every rank must reach the same verdict (one that went on alone would hang in the next step).
+  for (const auto& [rank, bits] : gather(*comm, (mine ? 1u : 0u) | (reduced ? 2u : 0u), "step-rerun comparison")) {
+    if (bits & 1u) verdict.differing_ranks.push_back(rank);
+    if (bits & 2u) verdict.reduced_differs = true;
   }
   return verdict;
 }

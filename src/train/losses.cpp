@@ -7,6 +7,9 @@
 namespace latentmoe::train {
 
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const int64_t counted = (labels != kIgnoredLabel).sum().item<int64_t>();
+  // All labels ignored (a row of FIM padding at an MTP depth): 0, not torch's 0/0.
+  if (counted == 0) return (logits * 0.0).sum().to(torch::kFloat);
   if (logits.scalar_type() == torch::kFloat) return torch::nn::functional::cross_entropy(logits, labels);
   // Low-precision logits: fp32 log-softmax on chunks of rows keeps one fp32 chunk alive at a time.
   constexpr int64_t kRows = 4096;
@@ -17,7 +20,6 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
                         logits.narrow(0, start, n).to(torch::kFloat), labels.narrow(0, start, n),
                         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   }
-  const int64_t counted = (labels != kIgnoredLabel).sum().item<int64_t>();
   return total / static_cast<double>(counted);
 }
 

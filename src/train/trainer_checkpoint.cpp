@@ -102,7 +102,8 @@ void Trainer::resume(const std::string& spec) {
   for (size_t i = 0; i < saved_values.size() && i < current_values.size(); ++i) {
     const std::string& key = saved_values[i].first;
     const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
-                        key == "train.seq_len" || key == "train.global_batch_size";
+                        key == "data.fim_rate" || key == "data.fim_spm_rate" || key == "train.seq_len" ||
+                        key == "train.global_batch_size";
     if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
       LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
                 "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);

@@ -193,3 +193,16 @@ def test_background_batch_workers_train_bit_identically(run_cli, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         runs[workers] = [(m["loss/total"], m["grad_norm"]) for m in metrics(tmp_path / f"w{workers}") if "grad_norm" in m]
     assert len(runs[0]) == 4 and runs[0] == runs[3]
+
+
+def test_concurrent_first_runs_prepare_the_default_corpus_once(latentmoe_bin, tmp_path):
+    # On a fresh machine two runs (ranks, or tests in parallel) both prepared the corpus into the
+    # same files and one died: "cannot rename: ... python-docs.bin.tmp".
+    import os
+    env = {**os.environ, "LATENTMOE_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([str(latentmoe_bin), "train", *SMALL, "--set", "train.steps=1", "--set", "schedule.warmup=0",
+                               "--set", f"checkpoint.dir={tmp_path / n / 'c'}", "--set", f"logging.dir={tmp_path / n / 'l'}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in ("a", "b")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert sum("preparing the default corpus" in e for e in errors) == 1, errors

@@ -371,3 +371,24 @@ TEST(Prefetch, BackgroundBatchesEqualTheLoadersInAnyOrder) {
   prefetcher.prefetch({{-4, 4}});
   EXPECT_THROW(prefetcher.get(-4, 4), data::DataError);  // a worker's error reaches the caller
 }
+
+TEST(SafetensorsHeader, AnEmptyTensorDoesNotHideAnOverlapAndEmptyShapesAreBounded) {
+  const auto file = [](const std::string& header, size_t data_bytes) {
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    return bytes + header + std::string(data_bytes, '\0');
+  };
+  const auto parse = [](const std::string& bytes) {
+    return io::parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "m.safetensors");
+  };
+  expect_error_contains<io::SafetensorsError>(
+      [&] {
+        parse(file(R"({"a": {"dtype": "U8", "shape": [100], "data_offsets": [0, 100]},
+                      "b": {"dtype": "U8", "shape": [0], "data_offsets": [50, 50]},
+                      "c": {"dtype": "U8", "shape": [10], "data_offsets": [60, 70]}})", 100));
+      },
+      {"tensors 'a' [0, 100] and 'c' [60, 70] overlap"});
+  expect_error_contains<io::SafetensorsError>(
+      [&] { parse(file(R"({"e": {"dtype": "F32", "shape": [0, 4611686018427387904, 4611686018427387904], "data_offsets": [0, 0]}})", 0)); },
+      {"tensor 'e': shape is too large"});
+}

@@ -314,3 +314,20 @@ TEST(Trainer, MtpLambdaSwitchesAfterTheTokenBudget) {
     EXPECT_NEAR(r.loss, r.lm + lambda * r.mtp + r.balance + r.z, 1e-5) << "step " << r.step;
   }
 }
+
+// FIM's pad labels are left out of the mean; a row of nothing but pad (an MTP depth of a padded
+// sample) contributes 0, not 0/0. fp32 and the chunked bf16 path agree.
+TEST(Losses, IgnoredLabelsAreLeftOutOfTheMean) {
+  torch::manual_seed(3);
+  const torch::Tensor logits = torch::randn({6, 11}, torch::kFloat);
+  const torch::Tensor labels = torch::tensor({int64_t{1}, int64_t{4}, train::kIgnoredLabel, int64_t{7}, train::kIgnoredLabel, int64_t{2}}, torch::kLong);
+  const torch::Tensor kept = torch::tensor({int64_t{0}, int64_t{1}, int64_t{3}, int64_t{5}}, torch::kLong);
+  const double expected = train::cross_entropy(logits.index_select(0, kept), labels.index_select(0, kept)).item<double>();
+  EXPECT_NEAR(train::cross_entropy(logits, labels).item<double>(), expected, 1e-6);
+  EXPECT_NEAR(train::cross_entropy(logits.to(torch::kBFloat16), labels).item<double>(), expected, 5e-2);
+  torch::Tensor leaf = logits.clone().requires_grad_(true);
+  const torch::Tensor none = train::cross_entropy(leaf, torch::full({6}, train::kIgnoredLabel, torch::kLong));
+  EXPECT_EQ(none.item<double>(), 0.0);
+  none.backward();
+  EXPECT_TRUE(torch::isfinite(leaf.grad()).all().item<bool>());
+}

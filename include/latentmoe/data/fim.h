@@ -33,7 +33,7 @@ class FimTransform {
   const FimTokens& tokens() const { return tokens_; }
   int32_t eos() const { return eos_; }
   // Same length out as in. A segment whose text is not whole UTF-8 (cut mid-character at a
-  // sample edge) or is empty stays as it is.
+  // sample edge), is empty, or holds ids the tokenizer cannot decode stays as it is.
   std::vector<int32_t> apply(const std::vector<int32_t>& sample, int64_t global_index) const;
 
  private:

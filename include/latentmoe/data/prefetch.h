@@ -40,6 +40,7 @@ class BatchPrefetcher {
 
  private:
   void work();
+  void stop();
 
   const DataLoader& loader_;
   mutable std::mutex mutex_;
