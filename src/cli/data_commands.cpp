@@ -14,6 +14,7 @@
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/data/prepare.h"
 #include "latentmoe/data/tokenizer.h"
+#include "latentmoe/util/atomic_file.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
@@ -22,9 +23,9 @@ namespace {
 std::string default_tokenizer() { return std::string(LATENTMOE_SOURCE_DIR) + "/data/tokenizer/python-docs-bpe-8k.json"; }
 
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("cannot open '" + path + "'");
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::optional<std::string> text = read_text_file(path);
+  if (!text) throw ConfigError("cannot open '" + path + "'");
+  return *std::move(text);
 }
 }  // namespace
 

@@ -14,6 +14,8 @@
 #include <fstream>
 #include <limits>
 
+#include "latentmoe/util/atomic_file.h"
+
 namespace latentmoe::data {
 
 namespace fs = std::filesystem;
@@ -26,11 +28,6 @@ void put(std::string& out, T value) {
   out.append(reinterpret_cast<const char*>(&value), sizeof(T));
 }
 
-std::string read_whole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(fmt::format("{}: cannot open", path));
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 }  // namespace
 
 size_t token_dtype_size(TokenDtype dtype) {
@@ -194,7 +191,9 @@ IndexedDatasetIndex parse_indexed_dataset_index(std::string_view idx, const std:
 
 IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix), bin_(std::make_unique<Mapping>()) {
   const std::string idx_path = prefix + ".idx", bin_path = prefix + ".bin";
-  IndexedDatasetIndex index = parse_indexed_dataset_index(read_whole(idx_path), idx_path);
+  const std::optional<std::string> idx = read_text_file(idx_path);
+  if (!idx) throw DataError(fmt::format("{}: cannot open", idx_path));
+  IndexedDatasetIndex index = parse_indexed_dataset_index(*idx, idx_path);
   dtype_ = index.dtype;
   lengths_ = std::move(index.lengths);
   pointers_ = std::move(index.pointers);

@@ -1,23 +1,16 @@
 // Packing, the keyed permutation, blending and data-parallel slicing.
 #include "latentmoe/data/loader.h"
 
-#include <mutex>
-
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
+
+#include "latentmoe/util/hash.h"
 
 namespace latentmoe::data {
 
-namespace {
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-}  // namespace
 
 IndexPermutation::IndexPermutation(uint64_t n, uint64_t key) : n_(n) {
   uint64_t bits = 2;
@@ -154,7 +147,8 @@ std::pair<size_t, int64_t> DataLoader::origin(int64_t global_index) const {
 
 std::vector<int32_t> DataLoader::sample(int64_t global_index) const {
   const auto [dataset, k] = origin(global_index);
-  return options_.fim ? options_.fim->apply(datasets_[dataset].sample(k), global_index) : datasets_[dataset].sample(k);
+  std::vector<int32_t> tokens = datasets_[dataset].sample(k);
+  return options_.fim ? options_.fim->apply(tokens, global_index) : tokens;
 }
 
 std::string DataLoader::describe_sample(int64_t global_index) const {

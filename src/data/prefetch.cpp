@@ -65,7 +65,7 @@ Batch BatchPrefetcher::get(int64_t first_sample, int64_t count) {
       pending_.erase(it);
       // Still waiting for a worker (e.g. behind the next step's batches): run it here instead.
       for (auto task = todo_.begin(); task != todo_.end(); ++task) {
-        if (!(task->first < wanted) && !(wanted < task->first)) {
+        if (task->first == wanted) {
           not_started = std::move(task->second);
           todo_.erase(task);
           break;

@@ -14,6 +14,7 @@
 
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/data/tokenizer.h"
+#include "latentmoe/util/atomic_file.h"
 
 namespace latentmoe::data {
 
@@ -41,9 +42,9 @@ class DocumentReader {
     while (bytes < limit_bytes && file_ < files_.size()) {
       const std::string& path = files_[file_];
       if (fs::path(path).extension() == ".txt") {
-        std::ifstream in(path, std::ios::binary);
-        if (!in) throw DataError(fmt::format("{}: cannot open", path));
-        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        std::optional<std::string> read = read_text_file(path);
+        if (!read) throw DataError(fmt::format("{}: cannot open", path));
+        std::string text = *std::move(read);
         bytes += text.size();
         chunk.push_back({std::move(text), path});
         ++file_;

@@ -4,6 +4,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "latentmoe/data/tokenizer.h"
 
+#include "latentmoe/util/atomic_file.h"
 #include "latentmoe/util/utf8.h"
 
 #include <fmt/format.h>
@@ -338,9 +339,9 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
-  return from_json_text(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()), path);
+  const std::optional<std::string> text = read_text_file(path);
+  if (!text) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
+  return from_json_text(*text, path);
 }
 
 Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& source) {

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "latentmoe/util/error.h"
+#include "latentmoe/util/atomic_file.h"
 
 namespace latentmoe::io {
 
@@ -17,12 +18,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 json parse_json(std::string_view text, const std::string& file) {
   try {
@@ -143,7 +138,9 @@ HfConfig parse_hf_config(std::string_view text, const std::string& file) {
 
 HfConfig read_hf_config(const std::string& hf_dir) {
   const std::string path = (fs::path(hf_dir) / "config.json").string();
-  return parse_hf_config(read_text(path), path);
+  const std::optional<std::string> text = read_text_file(path);
+  if (!text) throw ConfigError(fmt::format("{}: cannot open", path));
+  return parse_hf_config(*text, path);
 }
 
 config::ModelConfig model_config_from_hf(const std::string& hf_dir) { return read_hf_config(hf_dir).model; }

@@ -15,6 +15,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "latentmoe/util/atomic_file.h"
+
 namespace latentmoe::io {
 
 namespace fs = std::filesystem;
@@ -40,9 +42,8 @@ at::ScalarType scalar_type_from_safetensors(const std::string& dtype) {
   for (const auto& d : kDtypes) {
     if (dtype == d.code) return d.type;
   }
-  std::string allowed;
-  for (const auto& d : kDtypes) allowed += std::string(allowed.empty() ? "" : ", ") + d.code;
-  throw SafetensorsError(fmt::format("unknown dtype '{}' (supported: {})", dtype, allowed));
+  safetensors_element_size(dtype);  // throws the one "unknown dtype (supported: ...)" message
+  throw std::logic_error("safetensors dtype " + dtype + " has a size but no torch type (safetensors.cpp kDtypes)");
 }
 
 std::string safetensors_dtype(at::ScalarType type) {
@@ -155,15 +156,11 @@ std::map<std::string, at::Tensor> load_safetensors_dir(const std::string& dir, c
     for (const auto& [name, entry] : file.entries()) out.emplace(name, file.tensor(name));
     return out;
   }
-  std::string text;
-  {
-    std::ifstream in(index, std::ios::binary);
-    if (!in) throw SafetensorsError(fmt::format("{}: cannot open", index.string()));
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  const std::optional<std::string> text = read_text_file(index.string());
+  if (!text) throw SafetensorsError(fmt::format("{}: cannot open", index.string()));
   std::map<std::string, std::vector<std::string>> names_by_shard;
   const fs::path canonical_root = fs::weakly_canonical(root);
-  for (const auto& [name, shard] : parse_safetensors_index(text, index.string())) {
+  for (const auto& [name, shard] : parse_safetensors_index(*text, index.string())) {
     const auto rel = fs::weakly_canonical(root / shard).lexically_relative(canonical_root);
     if (rel.empty() || *rel.begin() == "..") {
       throw SafetensorsError(fmt::format("{}: shard path '{}' for '{}' leaves the checkpoint directory", index.string(),

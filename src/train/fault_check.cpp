@@ -26,8 +26,6 @@ std::vector<std::pair<int, uint64_t>> gather(parallel::Communicator& comm, uint6
 }
 }  // namespace
 
-uint64_t mix_fingerprint(uint64_t seed, uint64_t value) { return mix64(seed, value); }
-
 uint64_t tensor_fingerprint(const torch::Tensor& tensor, uint64_t seed) {
   const torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
   uint64_t h = fingerprint64(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size(), seed);
@@ -36,18 +34,14 @@ uint64_t tensor_fingerprint(const torch::Tensor& tensor, uint64_t seed) {
 }
 
 RerunVerdict compare_rerun(parallel::Communicator* comm, const StepFingerprint& first, const StepFingerprint& rerun) {
-  RerunVerdict verdict;
-  const bool mine = first.local != rerun.local, reduced = first.reduced != rerun.reduced;
-  if (!comm) {
-    verdict.reduced_differs = reduced;
-    if (mine) verdict.differing_ranks.push_back(0);
-    return verdict;
-  }
+  const uint64_t bits = (first.local != rerun.local ? 1u : 0u) | (first.reduced != rerun.reduced ? 2u : 0u);
   // Both bits from every rank: a faulty collective may hand different results to some ranks only,
   // and every rank must reach the same verdict (one that went on alone would hang in the next step).
-  for (const auto& [rank, bits] : gather(*comm, (mine ? 1u : 0u) | (reduced ? 2u : 0u), "step-rerun comparison")) {
-    if (bits & 1u) verdict.differing_ranks.push_back(rank);
-    if (bits & 2u) verdict.reduced_differs = true;
+  const auto all = comm ? gather(*comm, bits, "step-rerun comparison") : std::vector<std::pair<int, uint64_t>>{{0, bits}};
+  RerunVerdict verdict;
+  for (const auto& [rank, rank_bits] : all) {
+    if (rank_bits & 1u) verdict.differing_ranks.push_back(rank);
+    if (rank_bits & 2u) verdict.reduced_differs = true;
   }
   return verdict;
 }

@@ -1,20 +1,14 @@
 // Where a run's data and tokenizer come from: data.paths, or the bundled corpus (Debian's
 // python3.11-doc sources) prepared on first use; data.tokenizer, or the bundled BPE. And the
 // trainer's loaders over them: FIM on the training split, background batch preparation.
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <stdexcept>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "latentmoe/data/prepare.h"
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/util/directory_lock.h"
 #include "latentmoe/util/error.h"
 #include "latentmoe/util/log.h"
 
@@ -34,22 +28,8 @@ std::vector<std::string> resolve_data_paths(const config::Config& cfg) {
   if (fs::exists(prefix + ".idx")) return {prefix};
   // Several processes can start at once on a fresh machine (the ranks of a job, tests run in
   // parallel): one prepares the corpus, the others wait for it instead of racing on its files.
-  std::error_code ec;
-  fs::create_directories(fs::path(prefix).parent_path(), ec);
-  const std::string lock_path = prefix + ".prepare.lock";
-  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw std::runtime_error(fmt::format("{}: cannot create the lock for preparing the default corpus: {} (set "
-                                         "data.paths, or LATENTMOE_DATA_DIR to a writable directory)",
-                                         lock_path, std::strerror(errno)));
-  }
-  struct Unlock {
-    int fd;
-    ~Unlock() { ::close(fd); }  // releases the flock
-  } unlock{fd};
-  if (::flock(fd, LOCK_EX) != 0) {
-    throw std::runtime_error(fmt::format("{}: cannot lock: {}", lock_path, std::strerror(errno)));
-  }
+  const DirectoryLock preparing(fs::path(prefix).parent_path().string(), "LATENTMOE_DATA_DIR (the default corpus)",
+                                DirectoryLock::Wait::yes);
   if (!fs::exists(prefix + ".idx")) {
     LMOE_INFO("preparing the default corpus (Debian python3.11-doc sources) into {}", prefix);
     data::PrepareOptions options;

@@ -22,6 +22,7 @@
 #include "latentmoe/model/param_count.h"
 #include "latentmoe/train/losses.h"
 #include "latentmoe/util/error.h"
+#include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::train {
@@ -158,13 +159,13 @@ StepRecord Trainer::train_step() {
   const double mtp_weight = t.mtp_loss_weight_switch_tokens > 0 && tokens_seen_ >= t.mtp_loss_weight_switch_tokens
                                 ? t.mtp_loss_weight_final
                                 : t.mtp_loss_weight;
+  const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_);
   if (prefetcher_) {  // this step's micro-batches (queued a step ago) and the next step's
-    std::vector<data::BatchPrefetcher::Request> requests = step_requests(consumed_samples_);
+    std::vector<data::BatchPrefetcher::Request> requests = micro_batches;
     const auto next = step_requests(consumed_samples_ + t.global_batch_size);
     requests.insert(requests.end(), next.begin(), next.end());
     prefetcher_->prefetch(requests);
   }
-  const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_);
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     const auto [first, count] = micro_batches[static_cast<size_t>(micro)];
     const data::Batch batch = prefetcher_ ? prefetcher_->get(first, count) : train_data_->rank_batch(first, count, 0, 1);
@@ -194,7 +195,7 @@ StepRecord Trainer::train_step() {
   const bool fingerprint = t.spike_action == "rerun";
   uint64_t local = 0;
   if (fingerprint) {
-    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z}) local = mix_fingerprint(local, std::bit_cast<uint64_t>(v));
+    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z}) local = mix64(local, std::bit_cast<uint64_t>(v));
   }
   if (data_parallel_) {
     // A signal is acted on when every rank knows of it: it travels with the step scalars, so all
@@ -218,14 +219,14 @@ StepRecord Trainer::train_step() {
   r.grad_norm = std::sqrt(norm_sq);
   if (fingerprint) {
     if (data_parallel_) {
-      local = mix_fingerprint(local, data_parallel_->local_gradient_fingerprint());
+      local = mix64(local, data_parallel_->local_gradient_fingerprint());
     } else {
       for (const auto& p : model_->parameters()) {
         if (p.grad().defined()) local = tensor_fingerprint(p.grad(), local);
       }
     }
     uint64_t reduced = 0;
-    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z, r.grad_norm}) reduced = mix_fingerprint(reduced, std::bit_cast<uint64_t>(v));
+    for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z, r.grad_norm}) reduced = mix64(reduced, std::bit_cast<uint64_t>(v));
     fingerprint_ = {.local = local, .reduced = reduced};
   }
   return r;

@@ -25,7 +25,7 @@ std::string holder_description() {
 }
 }  // namespace
 
-DirectoryLock::DirectoryLock(const std::string& dir, const std::string& setting) {
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& setting, Wait wait) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -36,7 +36,7 @@ DirectoryLock::DirectoryLock(const std::string& dir, const std::string& setting)
     throw std::runtime_error(fmt::format("{} {}: cannot write there ({}: {}); choose a writable directory", setting, dir,
                                          path_, std::strerror(errno)));
   }
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+  if (::flock(fd_, wait == Wait::yes ? LOCK_EX : LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     std::stringstream holder;
     holder << std::ifstream(path_).rdbuf();

@@ -123,18 +123,12 @@ uint32_t masked_crc32c(const void* data, size_t size) {
   return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
 
-namespace {
-// splitmix64's finalizer: every input bit affects every output bit.
-uint64_t avalanche(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
-}  // namespace
-
-uint64_t mix64(uint64_t seed, uint64_t value) { return avalanche(seed ^ (value + 0x9e3779b97f4a7c15ull)); }
 
 uint64_t fingerprint64(const void* data, size_t size, uint64_t seed) {
   const auto* bytes = static_cast<const uint8_t*>(data);

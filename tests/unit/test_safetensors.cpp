@@ -145,3 +145,15 @@ TEST(ModelIo, ModelDirectoryRoundTrip) {
   expect_error_contains<SafetensorsError>([&] { io::load_model_dir((dir.path() / "nope").string()); },
                                           {"not a latentmoe model directory (no config.yaml)"});
 }
+
+// The torch-free header parser sizes tensors from its own table; the reader maps codes to torch
+// types from another. Every code must be in both, with the same element size.
+TEST(Safetensors, DtypeTablesAgree) {
+  for (const std::string& code : io::safetensors_dtype_codes()) {
+    const at::ScalarType type = io::scalar_type_from_safetensors(code);
+    EXPECT_EQ(c10::elementSize(type), io::safetensors_element_size(code)) << code;
+    EXPECT_EQ(io::safetensors_dtype(type), code);
+  }
+  expect_error_contains<SafetensorsError>([] { io::scalar_type_from_safetensors("F4"); },
+                                          {"unknown dtype 'F4' (supported: F64, F32", "F8_E5M2)"});
+}

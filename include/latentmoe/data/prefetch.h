@@ -23,6 +23,7 @@ class BatchPrefetcher {
   struct Request {
     int64_t first_sample = 0, count = 0;
     bool operator<(const Request& o) const { return std::pair(first_sample, count) < std::pair(o.first_sample, o.count); }
+    bool operator==(const Request&) const = default;
   };
 
   // workers >= 1 background threads over `loader` (which must outlive this).

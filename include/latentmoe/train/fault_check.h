@@ -17,8 +17,8 @@ class Communicator;
 namespace latentmoe::train {
 
 // 64-bit fingerprint of a tensor's values (its contiguous CPU bytes), chained from `seed`.
+// (Scalars are folded in with util/hash.h's mix64.)
 uint64_t tensor_fingerprint(const torch::Tensor& tensor, uint64_t seed = 0);
-uint64_t mix_fingerprint(uint64_t seed, uint64_t value);
 
 // What one execution of a step produced on this rank.
 struct StepFingerprint {

@@ -12,8 +12,10 @@ class DirectoryLock {
  public:
   // Creates dir if needed. Throws std::runtime_error naming `setting` and the directory: with the
   // holder (pid, host, start time, command) when another process holds the lock, or why the
-  // directory cannot be created or written.
-  DirectoryLock(const std::string& dir, const std::string& setting);
+  // directory cannot be created or written. Wait::yes blocks until the holder releases it instead
+  // (one process prepares shared data while the others wait for it).
+  enum class Wait { no, yes };
+  DirectoryLock(const std::string& dir, const std::string& setting, Wait wait = Wait::no);
   ~DirectoryLock();
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;

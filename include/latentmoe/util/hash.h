@@ -19,6 +19,9 @@ uint32_t masked_crc32c(const void* data, size_t size);
 // Fast 64-bit fingerprint (not cryptographic) chained from `seed`: bit-exact comparisons of
 // tensors across ranks and reruns (train/fault_check.h). Any changed bit changes it.
 uint64_t fingerprint64(const void* data, size_t size, uint64_t seed = 0);
-uint64_t mix64(uint64_t seed, uint64_t value);
+// splitmix64: every input bit affects every output bit (keyed shuffles, validation split, draws).
+uint64_t splitmix64(uint64_t x);
+// `value` folded into the running hash `seed`.
+inline uint64_t mix64(uint64_t seed, uint64_t value) { return splitmix64(seed ^ value); }
 
 }  // namespace latentmoe
