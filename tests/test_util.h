@@ -11,13 +11,14 @@
 
 namespace latentmoe::testing {
 
-// A fresh directory under the system temp dir, removed at scope exit.
+// A fresh directory under the system temp dir, removed at scope exit; each one of a test its own.
 class TempDir {
  public:
   TempDir() {
+    static int created = 0;
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() /
-            ("latentmoe_" + std::string(info ? info->name() : "test") + "_" + std::to_string(::getpid()));
+    path_ = std::filesystem::temp_directory_path() / ("latentmoe_" + std::string(info ? info->name() : "test") + "_" +
+                                                      std::to_string(::getpid()) + "_" + std::to_string(created++));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }

@@ -1,6 +1,8 @@
 // Golden checks, expectations and machine-readable results of a training run.
 #include "train_checks.h"
 
+#include "latentmoe/train/batch_schedule.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/resource.h>
@@ -154,7 +156,7 @@ TrainChecks::TrainChecks(const TrainCheckArgs& args, const ConfigArgs& config_ar
                    .data = ""};  // fingerprinted after training, when the data is surely prepared
   s.started_at = utc_now_iso8601();
   s.hostname = host_name();
-  s.target_steps = cfg.train.steps;
+  s.target_steps = train::BatchSchedule(cfg.train).total_steps();
   s.golden_file = args_.golden_file;
 }
 
@@ -180,11 +182,14 @@ int TrainChecks::finish(const train::Trainer& trainer, int training_exit, const 
     m["z_loss"] = last.z, m["grad_norm"] = last.grad_norm, m["max_violation"] = last.max_violation;
     std::vector<double> times;
     int64_t skipped = 0;
-    for (size_t i = history.size() > 1 ? 1 : 0; i < history.size(); ++i) times.push_back(history[i].seconds);
+    std::vector<double> rates;  // tokens/s of each step (the batch may ramp)
+    for (size_t i = history.size() > 1 ? 1 : 0; i < history.size(); ++i) {
+      times.push_back(history[i].seconds);
+      rates.push_back(static_cast<double>(history[i].global_batch * cfg_.train.seq_len) / history[i].seconds);
+    }
     for (const auto& r : history) skipped += r.skipped;
-    const double step_time = median(times);
-    m["step_time_s"] = step_time;
-    m["tokens_per_s"] = static_cast<double>(cfg_.train.global_batch_size * cfg_.train.seq_len) / step_time;
+    m["step_time_s"] = median(times);
+    m["tokens_per_s"] = median(rates);
     m["skipped_steps"] = static_cast<double>(skipped);
   }
   if (unigram_entropy) m["unigram_entropy"] = *unigram_entropy;

@@ -50,11 +50,16 @@ void add_train_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("train", "Train a model (one process, or one per rank under torchrun: see the README)");
   auto args = std::make_shared<ConfigArgs>();
   auto resume = std::make_shared<std::string>();
+  auto init_from = std::make_shared<std::string>();
   auto check_args = std::make_shared<TrainCheckArgs>();
   args->add_to(*cmd);
   cmd->add_option("--resume", *resume, "'auto' (newest committed checkpoint in checkpoint.dir) or a checkpoint directory");
+  cmd->add_option("--init-from", *init_from,
+                  "Start a new stage from another run's committed checkpoint: its weights (and AdamW state, "
+                  "train.init_optimizer), this config's sequence length, rotary scaling, batch and schedule. With "
+                  "--resume auto, a stage that already has checkpoints continues from them instead");
   check_args->add_to(*cmd);
-  cmd->callback([args, resume, check_args, &exit_code] {
+  cmd->callback([args, resume, init_from, check_args, &exit_code] {
     // Environment first: a bad RANK/WORLD_SIZE fails before any rendezvous or heavy work.
     const parallel::DistributedEnv env = parallel::distributed_env_from_environment();
     config::Config cfg = config::load_config(args->config, args->overrides);
@@ -70,6 +75,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
     const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
+    if (!init_from->empty() && trainer.step() == 0) trainer.init_from(*init_from);
     checks.check_fresh_start(trainer.step());
     const bool report_valid_split = cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
     int training_exit = kExitOk;
@@ -125,11 +131,12 @@ void add_eval_command(CLI::App& app, int& exit_code) {
     config::Config quiet = cfg;
     quiet.logging.jsonl = quiet.logging.tensorboard = false;
     train::Trainer trainer(quiet);
-    trainer.resume(*checkpoint);
+    // Weights only: a stage's model may be scored at another length and rotary scaling than it was trained with.
+    const int64_t step = trainer.load_weights(*checkpoint);
     const double loss = trainer.evaluate();
     const double entropy = trainer.unigram_entropy();
-    std::cout << fmt::format("{{\"valid_loss\": {:.6f}, \"perplexity\": {:.4f}, \"unigram_entropy\": {:.6f}, \"step\": {}}}\n",
-                             loss, std::exp(loss), entropy, trainer.step());
+    std::cout << fmt::format("{{\"valid_loss\": {:.6f}, \"perplexity\": {:.4f}, \"unigram_entropy\": {:.6f}, \"step\": {}, "
+                             "\"seq_len\": {}}}\n", loss, std::exp(loss), entropy, step, cfg.train.seq_len);
     exit_code = kExitOk;
   });
 }

@@ -290,6 +290,14 @@ std::string resolve_config_path(const std::string& name_or_path) {
 }
 
 namespace {
+// A run is sized by train.steps or train.tokens: a layer (file or --set) that gives one of them
+// but not the other clears the other, so `tokens: 14.8e12` over a preset sized in steps is not
+// "both set". Giving both (non-zero) in one layer is left for validation to reject.
+void keep_one_run_length(Config& cfg, bool set_steps, bool set_tokens) {
+  if (set_tokens && !set_steps) cfg.train.steps = 0;
+  if (set_steps && !set_tokens) cfg.train.tokens = 0;
+}
+
 // Parses YAML (or JSON) text already in memory; `source` names it in every message.
 Config config_from_yaml(const std::function<YAML::Node()>& parse, const std::string& source, const char* format) {
   YAML::Node root;
@@ -313,6 +321,9 @@ Config config_from_yaml(const std::function<YAML::Node()>& parse, const std::str
     throw ConfigError(fmt::format("{}:{}:{}: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
   loader.throw_if_errors();
+  if (const YAML::Node train = root.IsMap() ? static_cast<const YAML::Node&>(root)["train"] : YAML::Node(); train && train.IsMap()) {
+    keep_one_run_length(cfg, static_cast<bool>(train["steps"]), static_cast<bool>(train["tokens"]));
+  }
   return cfg;
 }
 }  // namespace
@@ -350,6 +361,7 @@ void apply_override(Config& cfg, const std::string& assignment) {
   Loader loader(origin);
   loader.apply_path(describe_root(updated), parts, 0, value, "");
   loader.throw_if_errors();
+  keep_one_run_length(updated, key == "train.steps", key == "train.tokens");
   cfg = std::move(updated);
 }
 

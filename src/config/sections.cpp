@@ -52,12 +52,29 @@ void ModelConfig::describe(FieldVisitor& v) {
   v.field({"init_std", &init_std, "Std of the normal init of every weight matrix (paper: 0.006)"});
 }
 
+void BatchRampConfig::describe(FieldVisitor& v) {
+  v.field({"start", &start,
+           "Global batch (sequences) of the first step; 0 = no ramp (Megatron: --rampup-batch-size START INCR SAMPLES)"});
+  v.field({"increment", &increment,
+           "Sequences added at each ramp increment (the last one may be partial, stopping at train.global_batch_size)"});
+  v.field({"tokens", &tokens,
+           "Consumed tokens over which the batch grows linearly, in increments, from start to train.global_batch_size"});
+}
+
 void TrainConfig::describe(FieldVisitor& v) {
-  v.field({"steps", &steps, "Optimizer steps to run"});
+  v.field({"steps", &steps,
+           "Optimizer steps to run; exactly one of steps and tokens is > 0 (setting one in a file or --set clears the "
+           "other)"});
+  v.field({"tokens", &tokens,
+           "Tokens to train on instead of a step count: the run ends after the first step at which the consumed "
+           "tokens reach this (0 = sized by train.steps)"});
   v.field({"global_batch_size", &global_batch_size, "Sequences per optimizer step, over all data-parallel ranks"});
   v.field({"micro_batch_size", &micro_batch_size, "Sequences per forward/backward on one rank"});
   v.field({"grad_accum_steps", &grad_accum_steps,
-           "Micro-batches per optimizer step on one rank; 0 = global / (micro x data-parallel ranks)"});
+           "Micro-batches per optimizer step on one rank; 0 = global / (micro x data-parallel ranks), the only "
+           "choice with a batch ramp"});
+  v.section("batch_ramp", "Batch-size ramp (DeepSeek-V3: 3072 to 15360 sequences over the first 469B tokens)",
+            [this](FieldVisitor& s) { batch_ramp.describe(s); });
   v.field({"seq_len", &seq_len, "Tokens per training sequence"});
   v.field({"grad_clip_norm", &grad_clip_norm, "Global gradient-norm clip (0 = off)"});
   v.field({"device", &device, "Where to train; auto = cuda when available", {"auto", "cpu", "cuda"}});
@@ -88,6 +105,10 @@ void TrainConfig::describe(FieldVisitor& v) {
            "(exit 7). 0 = off"});
   v.field({"collapse_warn_steps", &collapse_warn_steps,
            "Warn when a routed expert gets no tokens for this many consecutive steps (0 = off)"});
+  v.field({"init_optimizer", &init_optimizer,
+           "`train --init-from`: carry the source checkpoint's AdamW moments and step count into the new stage "
+           "(a continuation, as DeepSeek-V3's extension stages), or reset them (fine-tuning from weights only)",
+           {"carry", "reset"}});
 }
 
 void OptimizerConfig::describe(FieldVisitor& v) {

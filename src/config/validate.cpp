@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "latentmoe/train/batch_schedule.h"
 #include "latentmoe/util/error.h"
 
 namespace latentmoe::config {
@@ -101,9 +102,57 @@ void check_model(const ModelConfig& m, Rules& r) {
   }
 }
 
+// The batch ramp is planned only when its keys are valid; the checks that need the plan skip otherwise.
+bool ramp_plannable(const TrainConfig& t) {
+  const BatchRampConfig& b = t.batch_ramp;
+  const bool ramp_ok = b.start == 0 ? b.increment == 0 && b.tokens == 0
+                                    : b.start > 0 && b.start < t.global_batch_size && b.increment > 0 && b.tokens > 0;
+  return ramp_ok && t.seq_len > 0 && t.global_batch_size > 0 && t.steps >= 0 && t.tokens >= 0 &&
+         (t.steps > 0) != (t.tokens > 0);
+}
+
+void check_batch_ramp(const TrainConfig& t, int64_t world_size, Rules& r) {
+  const BatchRampConfig& b = t.batch_ramp;
+  if (b.start == 0) {
+    r.require(b.increment == 0 && b.tokens == 0,
+              fmt::format("train.batch_ramp.increment ({}) and train.batch_ramp.tokens ({}) are set but "
+                          "train.batch_ramp.start is 0 (no ramp); set start > 0 or leave all three at 0",
+                          b.increment, b.tokens));
+    return;
+  }
+  r.require(b.start > 0 && b.start < t.global_batch_size,
+            fmt::format("train.batch_ramp.start ({}) must be in [1, train.global_batch_size ({})): the ramp grows to "
+                        "the global batch", b.start, t.global_batch_size));
+  r.positive(b.increment, "train.batch_ramp.increment");
+  r.positive(b.tokens, "train.batch_ramp.tokens");
+  r.require(t.grad_accum_steps == 0,
+            fmt::format("train.grad_accum_steps ({}) must be 0 with a batch ramp: the micro-batches per step follow the "
+                        "ramp (global batch / (micro-batch x data-parallel ranks))", t.grad_accum_steps));
+  if (!ramp_plannable(t) || t.micro_batch_size <= 0) return;
+  const int64_t ranks = world_size == kUnknownWorldSize ? 1 : world_size;
+  const int64_t per_pass = t.micro_batch_size * ranks;
+  const std::vector<int64_t> values = train::BatchSchedule(t).batch_values();
+  for (size_t k = 0; k + 1 < values.size(); ++k) {  // the last value, the global batch, has its own rule below
+    if (values[k] % per_pass == 0) continue;
+    const std::string which = fmt::format("start {} + {} x increment {}", b.start, k, b.increment);
+    r.require(false, fmt::format("train.batch_ramp: the global batch {} ({}) is not divisible by "
+                                 "train.micro_batch_size ({}){} = {}; every ramp value must split over the ranks and "
+                                 "micro-batches (allowed: multiples of {})",
+                                 values[k], which, t.micro_batch_size,
+                                 world_size == kUnknownWorldSize ? "" : fmt::format(" x data-parallel ranks ({})", ranks),
+                                 per_pass, per_pass));
+    return;  // the first value that does not divide
+  }
+}
+
 void check_train(const Config& c, int64_t world_size, Rules& r) {
   const TrainConfig& t = c.train;
-  r.positive(t.steps, "train.steps");
+  r.non_negative(t.steps, "train.steps");
+  r.non_negative(t.tokens, "train.tokens");
+  r.require((t.steps > 0) != (t.tokens > 0),
+            fmt::format("exactly one of train.steps and train.tokens must be > 0 (the run is sized in steps or in "
+                        "tokens), got train.steps={} and train.tokens={}", t.steps, t.tokens));
+  check_batch_ramp(t, world_size, r);
   r.positive(t.global_batch_size, "train.global_batch_size");
   r.positive(t.micro_batch_size, "train.micro_batch_size");
   r.non_negative(t.grad_accum_steps, "train.grad_accum_steps");
@@ -163,8 +212,13 @@ void check_schedule(const Config& c, Rules& r) {
   r.non_negative(s.min_lr, "schedule.min_lr");
   r.require(s.min_lr <= c.optimizer.lr, fmt::format("schedule.min_lr ({}) must be <= optimizer.lr ({})", s.min_lr,
                                                     c.optimizer.lr));
-  r.require(s.warmup <= c.train.steps,
-            fmt::format("schedule.warmup ({} steps) must be <= train.steps ({})", s.warmup, c.train.steps));
+  if (ramp_plannable(c.train)) {
+    const int64_t steps = train::BatchSchedule(c.train).total_steps();
+    r.require(s.warmup <= steps,
+              c.train.tokens > 0 ? fmt::format("schedule.warmup ({} steps) must be <= the {} steps of train.tokens ({})",
+                                               s.warmup, steps, c.train.tokens)
+                                 : fmt::format("schedule.warmup ({} steps) must be <= train.steps ({})", s.warmup, steps));
+  }
   r.require(s.stepdown_at.size() == s.stepdown_lr.size(),
             fmt::format("schedule.stepdown_at ({} entries) and schedule.stepdown_lr ({} entries) must have the same length",
                         s.stepdown_at.size(), s.stepdown_lr.size()));

@@ -70,12 +70,17 @@ void Trainer::setup_data() {
   }
 }
 
-std::vector<data::BatchPrefetcher::Request> Trainer::step_requests(int64_t consumed) const {
+int64_t Trainer::accum_steps(int64_t global_batch) const {
+  const auto& t = cfg_.train;
+  return t.grad_accum_steps > 0 ? t.grad_accum_steps : global_batch / (t.micro_batch_size * world_);
+}
+
+std::vector<data::BatchPrefetcher::Request> Trainer::step_requests(int64_t consumed, int64_t global_batch) const {
   const auto& t = cfg_.train;
   std::vector<data::BatchPrefetcher::Request> out;
-  for (int64_t micro = 0; micro < accum_steps_; ++micro) {
+  for (int64_t micro = 0; micro < accum_steps(global_batch); ++micro) {
     // This rank's slice of the global batch, then its micro-batch (world 1: the whole batch).
-    out.push_back({consumed + rank_ * (t.global_batch_size / world_) + micro * t.micro_batch_size, t.micro_batch_size});
+    out.push_back({consumed + rank_ * (global_batch / world_) + micro * t.micro_batch_size, t.micro_batch_size});
   }
   return out;
 }

@@ -6,18 +6,27 @@
 
 namespace latentmoe::train {
 
+LrSchedule::LrSchedule(const config::ScheduleConfig& schedule, double peak_lr, const BatchSchedule& batches)
+    : s_(schedule),
+      peak_(peak_lr),
+      total_steps_(batches.total_steps()),
+      total_tokens_(batches.total_tokens()),
+      warmup_end_tokens_(batches.tokens_after(schedule.warmup)) {}
+
 LrSchedule::LrSchedule(const config::ScheduleConfig& schedule, double peak_lr, int64_t total_steps, int64_t tokens_per_step)
-    : s_(schedule), peak_(peak_lr), total_steps_(total_steps), tokens_per_step_(tokens_per_step) {}
+    : s_(schedule),
+      peak_(peak_lr),
+      total_steps_(total_steps),
+      total_tokens_(total_steps * tokens_per_step),
+      warmup_end_tokens_(schedule.warmup * tokens_per_step) {}
 
 double LrSchedule::lr(int64_t step, int64_t tokens) const {
   if (step < s_.warmup) return peak_ * static_cast<double>(step + 1) / static_cast<double>(s_.warmup);
   if (s_.type == "constant") return peak_;
   const bool by_tokens = s_.unit == "tokens";
   const double now = by_tokens ? static_cast<double>(tokens) : static_cast<double>(step);
-  const double end = by_tokens ? static_cast<double>(total_steps_) * static_cast<double>(tokens_per_step_)
-                               : static_cast<double>(total_steps_);
-  double start = static_cast<double>(s_.warmup);
-  if (by_tokens) start *= static_cast<double>(tokens_per_step_);
+  const double end = static_cast<double>(by_tokens ? total_tokens_ : total_steps_);
+  double start = static_cast<double>(by_tokens ? warmup_end_tokens_ : s_.warmup);
   if (s_.type == "multiphase" && s_.decay_start > 0) start = static_cast<double>(s_.decay_start);
   const double length = s_.decay_length > 0 ? static_cast<double>(s_.decay_length) : std::max(end - start, 1.0);
   if (s_.type == "multiphase") {

@@ -77,8 +77,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
     rank_ = comm_->rank();
     world_ = comm_->world_size();
   }
-  accum_steps_ = t.grad_accum_steps > 0 ? t.grad_accum_steps : t.global_batch_size / (t.micro_batch_size * world_);
-  tokens_per_step_ = t.global_batch_size * t.seq_len;
+  batches_ = std::make_unique<BatchSchedule>(t);
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
   setup_data();
@@ -110,7 +109,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
     LMOE_INFO("this rank holds {} of {} parameters and {} AdamW moment elements ({} ZeRO-1)", held,
               counts.total + counts.mtp_total, state, data_parallel_->zero1() ? "with" : "without");
   }
-  schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, t.steps, tokens_per_step_);
+  schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, *batches_);
   std::vector<torch::Tensor> biases;
   for (const auto& b : model_->named_buffers()) {
     if (b.key().find("e_score_correction_bias") != std::string::npos) {
@@ -154,19 +153,24 @@ StepRecord Trainer::train_step() {
   StepRecord r;
   r.step = step_ + 1;
   r.lr = schedule_->lr(step_, tokens_seen_);
+  r.global_batch = batches_->global_batch(tokens_seen_);
   optimizer_->zero_grad();
   model_->train();
   const double mtp_weight = t.mtp_loss_weight_switch_tokens > 0 && tokens_seen_ >= t.mtp_loss_weight_switch_tokens
                                 ? t.mtp_loss_weight_final
                                 : t.mtp_loss_weight;
-  const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_);
+  r.mtp_weight = cfg_.model.num_nextn_predict_layers > 0 ? mtp_weight : 0.0;
+  r.bias_update_speed = t.bias_update_freeze_tokens > 0 && tokens_seen_ >= t.bias_update_freeze_tokens ? 0.0 : t.bias_update_speed;
+  const int64_t accum = accum_steps(r.global_batch);
+  const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_, r.global_batch);
   if (prefetcher_) {  // this step's micro-batches (queued a step ago) and the next step's
     std::vector<data::BatchPrefetcher::Request> requests = micro_batches;
-    const auto next = step_requests(consumed_samples_ + t.global_batch_size);
+    const int64_t next_tokens = tokens_seen_ + r.global_batch * t.seq_len;
+    const auto next = step_requests(consumed_samples_ + r.global_batch, batches_->global_batch(next_tokens));
     requests.insert(requests.end(), next.begin(), next.end());
     prefetcher_->prefetch(requests);
   }
-  for (int64_t micro = 0; micro < accum_steps_; ++micro) {
+  for (int64_t micro = 0; micro < accum; ++micro) {
     const auto [first, count] = micro_batches[static_cast<size_t>(micro)];
     const data::Batch batch = prefetcher_ ? prefetcher_->get(first, count) : train_data_->rank_batch(first, count, 0, 1);
     const torch::Tensor tokens = to_tensor(batch);
@@ -182,9 +186,9 @@ StepRecord Trainer::train_step() {
     if (test_spike_.step == r.step && test_spike_.rank == rank_ && (test_spike_.always || !test_spike_.fired)) {
       losses.total = losses.total * 50.0;
     }
-    if (data_parallel_) data_parallel_->begin_backward(micro == accum_steps_ - 1);
-    (losses.total / static_cast<double>(accum_steps_)).backward();
-    const double scale = 1.0 / static_cast<double>(accum_steps_);
+    if (data_parallel_) data_parallel_->begin_backward(micro == accum - 1);
+    (losses.total / static_cast<double>(accum)).backward();
+    const double scale = 1.0 / static_cast<double>(accum);
     r.loss += losses.total.item<double>() * scale;
     r.lm += losses.lm * scale;
     r.mtp += losses.mtp * scale;
@@ -233,12 +237,14 @@ StepRecord Trainer::train_step() {
 }
 
 void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
-  const double tokens_per_s = static_cast<double>(tokens_per_step_) / seconds;
+  const double tokens_per_s = static_cast<double>(r.global_batch * cfg_.train.seq_len) / seconds;
   const double tflops = tokens_per_s * train_flops_per_token_ / 1e12;
   std::map<std::string, double> scalars{{"loss/total", r.loss}, {"loss/lm", r.lm}, {"loss/mtp", r.mtp},
                                         {"loss/balance", r.balance}, {"loss/z", r.z}, {"grad_norm", r.grad_norm},
                                         {"lr", r.lr}, {"tokens_per_s", tokens_per_s}, {"step_time_s", seconds},
-                                        {"tflops", tflops}, {"tokens_seen", static_cast<double>(tokens_seen_)}};
+                                        {"tflops", tflops}, {"tokens_seen", static_cast<double>(tokens_seen_)},
+                                        {"global_batch", static_cast<double>(r.global_batch)},
+                                        {"mtp_lambda", r.mtp_weight}, {"bias_update_speed", r.bias_update_speed}};
   if (cfg_.logging.peak_tflops > 0) scalars["mfu"] = tflops / cfg_.logging.peak_tflops;
   if (expert_dispatcher_) {
     scalars["ep/all_to_all_bytes"] = static_cast<double>(expert_dispatcher_->bytes_sent() - all_to_all_bytes_logged_);
@@ -253,14 +259,22 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
     scalars[fmt::format("moe/layer{}/bias_range", l)] = loads[l].bias_max - loads[l].bias_min;
   }
   metrics_->log(r.step, scalars);
-  const int64_t total = cfg_.train.steps;
-  const double eta = seconds * static_cast<double>(total - r.step);
-  const std::string line = fmt::format("step {}/{} loss {:.4f} (lm {:.4f} mtp {:.4f}) gnorm {:.3f} lr {:.2e} {:.0f} tok/s {:.3f} TFLOP/s ETA {}",
-                                       r.step, total, r.loss, r.lm, r.mtp, r.grad_norm, r.lr, tokens_per_s, tflops,
-                                       human_duration(eta));
+  const int64_t total = batches_->total_steps();
+  // A run sized in tokens reports its progress and ETA in tokens (the step count is derived).
+  const bool by_tokens = batches_->sized_by_tokens();
+  const double remaining = by_tokens ? static_cast<double>(batches_->total_tokens() - tokens_seen_) / tokens_per_s
+                                     : seconds * static_cast<double>(total - r.step);
+  const std::string progress = by_tokens ? fmt::format("tokens {}/{} (step {}/{}, batch {})", tokens_seen_,
+                                                       batches_->total_tokens(), r.step, total, r.global_batch)
+                                         : fmt::format("step {}/{}", r.step, total);
+  const std::string line = fmt::format("{} loss {:.4f} (lm {:.4f} mtp {:.4f}) gnorm {:.3f} lr {:.2e} {:.0f} tok/s {:.3f} TFLOP/s ETA {}",
+                                       progress, r.loss, r.lm, r.mtp, r.grad_norm, r.lr, tokens_per_s, tflops,
+                                       human_duration(remaining));
   if (rank_ != 0) return;
   if (::isatty(STDERR_FILENO)) {
-    const int width = 20, done = static_cast<int>(width * r.step / std::max<int64_t>(total, 1));
+    const double fraction = by_tokens ? static_cast<double>(tokens_seen_) / static_cast<double>(batches_->total_tokens())
+                                      : static_cast<double>(r.step) / static_cast<double>(std::max<int64_t>(total, 1));
+    const int width = 20, done = std::clamp(static_cast<int>(width * fraction), 0, width);
     std::fprintf(stderr, "\r[%s%s] %s   ", std::string(static_cast<size_t>(done), '#').c_str(),
                  std::string(static_cast<size_t>(width - done), '.').c_str(), line.c_str());
     if (r.step == total) std::fprintf(stderr, "\n");
@@ -281,14 +295,24 @@ int Trainer::run() {
       std::signal(SIGINT, intr);
     }
   } restore{previous_term, previous_int};
-  if (step_ >= t.steps) {
-    LMOE_INFO("'{}' is already trained to step {} of train.steps={}: nothing to do", cfg_.name, step_, t.steps);
+  const int64_t total_steps = batches_->total_steps();
+  if (step_ >= total_steps) {
+    LMOE_INFO("'{}' is already trained to step {} of {} ({} tokens): nothing to do", cfg_.name, step_, total_steps,
+              tokens_seen_);
     return kExitOk;
   }
-  LMOE_INFO("training '{}': {} steps x {} sequences x {} tokens ({} ranks x {} micro-batches of {}), {} threads, {}",
-            cfg_.name, t.steps, t.global_batch_size, t.seq_len, world_, accum_steps_, t.micro_batch_size,
-            at::get_num_threads(), cfg_.precision.compute_dtype);
-  while (step_ < t.steps) {
+  const std::string sizing = batches_->sized_by_tokens() ? fmt::format(" (train.tokens={})", t.tokens) : "";
+  const std::string ramp = t.batch_ramp.start > 0
+                               ? fmt::format(" after a ramp from {} (+{} over {} tokens)", t.batch_ramp.start,
+                                             t.batch_ramp.increment, t.batch_ramp.tokens)
+                               : "";
+  LMOE_INFO("training '{}': {} steps, {} tokens{}, of up to {} sequences{} x {} tokens ({} ranks x {} micro-batches "
+            "of {}), {} threads, {}",
+            cfg_.name, total_steps, batches_->total_tokens(), sizing, t.global_batch_size, ramp, t.seq_len, world_,
+            accum_steps(t.global_batch_size), t.micro_batch_size, at::get_num_threads(), cfg_.precision.compute_dtype);
+  const auto run_start = std::chrono::steady_clock::now();
+  const int64_t first_tokens = tokens_seen_;
+  while (step_ < total_steps) {
     const auto start = std::chrono::steady_clock::now();
     StepRecord r = train_step();
     const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
@@ -338,8 +362,8 @@ int Trainer::run() {
       balancer_->counts().zero_();
     }
     ++step_;
-    tokens_seen_ += tokens_per_step_;
-    consumed_samples_ += t.global_batch_size;
+    tokens_seen_ += r.global_batch * t.seq_len;
+    consumed_samples_ += r.global_batch;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (const LayerLoadStats& l : loads) {
       r.expert_load.push_back(l.load);
@@ -358,7 +382,7 @@ int Trainer::run() {
         }
       }
     }
-    const bool last = step_ == t.steps;
+    const bool last = step_ == total_steps;
     if (valid_data_ && ((t.eval_interval > 0 && step_ % t.eval_interval == 0) || last)) {
       const double loss = evaluate();
       last_valid_loss_ = loss;
@@ -386,6 +410,10 @@ int Trainer::run() {
       return kExitInterrupted;
     }
   }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  LMOE_INFO("trained '{}' to step {} and {} tokens{} ({} tokens this run in {})", cfg_.name, step_, tokens_seen_,
+            batches_->sized_by_tokens() ? fmt::format(" of train.tokens={}", t.tokens) : "", tokens_seen_ - first_tokens,
+            human_duration(wall));
   return kExitOk;
 }
 

@@ -1,21 +1,39 @@
 // The trainer's state in checkpoints: what is saved beside the model and optimizer (trainer
-// state JSON: step, tokens, data position, spike window, idle counters), saving, and resuming with
-// the warnings a changed data stream deserves.
+// state JSON: step, tokens, data position, spike window, idle counters, lineage), saving,
+// resuming with the warnings a changed data stream deserves, and starting a new stage from
+// another run's checkpoint (`train --init-from`).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "latentmoe/config/loader.h"
 #include "latentmoe/io/model_io.h"
+#include "latentmoe/train/recipe.h"
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/util/atomic_file.h"
 #include "latentmoe/util/error.h"
+#include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::train {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+namespace {
+std::string config_sha256(const std::string& config_yaml) { return sha256_hex(config_yaml.data(), config_yaml.size()); }
+
+// The checkpoint verified and loaded, or a CheckpointError that says which option read it.
+CheckpointData load_verified(const std::string& path, const char* option) {
+  try {
+    return Checkpointer::load(path);
+  } catch (const std::exception& e) {
+    throw CheckpointError(fmt::format("{} {}: {}", option, path, e.what()));
+  }
+}
+}  // namespace
 
 std::string Trainer::trainer_state_json() const {
   return json{{"step", step_},
@@ -25,7 +43,10 @@ std::string Trainer::trainer_state_json() const {
               {"loss_window", loss_window_},
               {"idle_steps", idle_steps_},
               {"data_paths", data_paths_},
-              {"name", cfg_.name}}
+              {"name", cfg_.name},
+              // This stage, and the stages and checkpoints it descends from (oldest first).
+              {"stage", {{"name", cfg_.name}, {"config_sha256", config_sha256(config::dump_config_yaml(cfg_))}}},
+              {"lineage", lineage_.is_array() ? lineage_ : json::array()}}
       .dump(2);
 }
 
@@ -103,7 +124,7 @@ void Trainer::resume(const std::string& spec) {
     const std::string& key = saved_values[i].first;
     const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
                         key == "data.fim_rate" || key == "data.fim_spm_rate" || key == "train.seq_len" ||
-                        key == "train.global_batch_size";
+                        key == "train.global_batch_size" || key.starts_with("train.batch_ramp.");
     if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
       LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
                 "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);
@@ -123,8 +144,70 @@ void Trainer::resume(const std::string& spec) {
   spikes_skipped_ = state.at("spikes_skipped").get<int64_t>();
   loss_window_ = state.at("loss_window").get<std::vector<double>>();
   idle_steps_ = state.at("idle_steps").get<std::vector<int64_t>>();
+  lineage_ = state.value("lineage", json::array());
   last_checkpoint_ = path;
   LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
+}
+
+int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData* loaded) {
+  CheckpointData data = load_verified(checkpoint_dir, "checkpoint");
+  const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");
+  if (const auto differing = stage_incompatible_model_keys(source.model, cfg_.model); !differing.empty()) {
+    std::string list;
+    for (const auto& d : differing) list += "\n  " + d;
+    throw ConfigError(fmt::format("{}: the checkpoint is another architecture; a new stage may change only "
+                                  "model.rope_scaling.* and model.max_position_embeddings, but {} other model key{} "
+                                  "differ:{}", checkpoint_dir, differing.size(), differing.size() == 1 ? "" : "s", list));
+  }
+  std::map<std::string, torch::Tensor> needed;
+  for (const auto& [name, t] : io::model_state(*model_)) {
+    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
+  }
+  io::load_model_state(*model_, needed, checkpoint_dir);
+  const int64_t step = json::parse(data.trainer_state_json).at("step").get<int64_t>();
+  if (loaded) *loaded = std::move(data);
+  return step;
+}
+
+void Trainer::init_from(const std::string& checkpoint_dir) {
+  if (step_ > 0) throw ConfigError("--init-from: this run was already resumed from its own checkpoint");
+  // The source run stays untouched: our checkpoints (and keep_last's pruning) must live elsewhere.
+  const fs::path source_dir = fs::weakly_canonical(checkpoint_dir), own_dir = fs::weakly_canonical(cfg_.checkpoint.dir);
+  if (source_dir.parent_path() == own_dir || source_dir == own_dir) {
+    throw ConfigError(fmt::format("--init-from {}: the checkpoint is in this stage's checkpoint.dir {}, where this run's "
+                                  "checkpoints (and checkpoint.keep_last's pruning) would mix with the source run's; "
+                                  "give the new stage its own checkpoint.dir", checkpoint_dir, cfg_.checkpoint.dir));
+  }
+  if (const auto existing = checkpointer_->latest()) {
+    throw ConfigError(fmt::format("--init-from {}: checkpoint.dir {} already holds this stage's committed checkpoint {}; "
+                                  "add --resume auto to continue the stage from it, or give a new checkpoint.dir",
+                                  checkpoint_dir, cfg_.checkpoint.dir, *existing));
+  }
+  CheckpointData data;
+  const int64_t source_step = load_weights(checkpoint_dir, &data);
+  const json state = json::parse(data.trainer_state_json);
+  if (cfg_.train.init_optimizer == "carry") optimizer_->load_state(data.optimizer);
+  const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");
+  lineage_ = state.value("lineage", json::array());
+  const std::string manifest = read_text_file(checkpoint_dir + "/manifest.json").value_or("");
+  lineage_.push_back({{"stage", source.name},
+                      {"config_sha256", config_sha256(data.config_yaml)},
+                      {"checkpoint", source_dir.string()},
+                      {"manifest_sha256", sha256_hex(manifest.data(), manifest.size())},
+                      {"step", source_step},
+                      {"tokens", state.value("tokens_seen", int64_t{0})},
+                      {"optimizer", cfg_.train.init_optimizer}});
+  std::vector<std::string> changed;
+  const auto from = config::config_key_values(source), to = config::config_key_values(cfg_);
+  for (size_t i = 0; i < from.size() && i < to.size(); ++i) {
+    const std::string& key = from[i].first;
+    const bool reported = key == "train.seq_len" || key == "train.global_batch_size" || key == "optimizer.lr" ||
+                          key == "model.max_position_embeddings" || key.starts_with("model.rope_scaling.");
+    if (reported && from[i].second != to[i].second) changed.push_back(fmt::format("{} {} -> {}", key, from[i].second, to[i].second));
+  }
+  LMOE_INFO("new stage '{}' from {} (stage '{}', step {}): weights loaded, AdamW state {}; {}", cfg_.name, checkpoint_dir,
+            source.name, source_step, cfg_.train.init_optimizer == "carry" ? "carried" : "reset",
+            changed.empty() ? std::string("no context or batch change") : fmt::format("{}", fmt::join(changed, ", ")));
 }
 
 }  // namespace latentmoe::train

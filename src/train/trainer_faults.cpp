@@ -53,7 +53,7 @@ bool Trainer::is_spike(const StepRecord& r, double* z_out, double* mean_out) con
 }
 
 std::string Trainer::describe_step_samples() const {
-  const int64_t first = consumed_samples_, count = cfg_.train.global_batch_size;
+  const int64_t first = consumed_samples_, count = batches_->global_batch(tokens_seen_);
   constexpr int64_t kShown = 4;
   std::string out = fmt::format("global samples [{}, {})", first, first + count);
   for (int64_t i = 0; i < std::min(count, kShown); ++i) {

@@ -51,7 +51,7 @@ TEST(Cli, DumpV3PrintsTheFullConfigAndReloads) {
   TempDir dir;
   const CliRun r = run_cli("config --config " + preset("deepseek-v3") + " --dump");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (const char* key : {"n_routed_experts: 256", "hidden_size: 7168", "q_lora_rank: 1536", "type: yarn",
+  for (const char* key : {"n_routed_experts: 256", "hidden_size: 7168", "q_lora_rank: 1536", "tokens: 14800000000000", "start: 3072",
                           "stepdown_lr: [7.3e-06]", "ep: 64", "bias_update_freeze_tokens: 14300000000000"}) {
     EXPECT_NE(r.output.find(key), std::string::npos) << key;
   }

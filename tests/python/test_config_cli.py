@@ -23,8 +23,9 @@ def test_dump_is_yaml_and_json_twin_loads_identically(preset, run_cli, tmp_path)
     assert again.stdout == dumped.stdout
 
 
-def test_preset_values_match_the_public_deepseek_v3_config(run_cli):
-    cfg = yaml.safe_load(run_cli("config", "--config", "deepseek-v3", "--dump").stdout)["model"]
+@pytest.mark.parametrize("preset", ["deepseek-v3", "deepseek-v3-ext-32k", "deepseek-v3-ext-128k"])
+def test_preset_values_match_the_public_deepseek_v3_config(preset, run_cli):
+    cfg = yaml.safe_load(run_cli("config", "--config", preset, "--dump").stdout)["model"]
     expected = {
         "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
         "num_hidden_layers": 61, "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
@@ -34,7 +35,10 @@ def test_preset_values_match_the_public_deepseek_v3_config(run_cli):
         "first_k_dense_replace": 3, "num_nextn_predict_layers": 1,
     }
     assert {k: cfg[k] for k in expected} == expected
-    assert cfg["rope_scaling"]["type"] == "yarn" and cfg["rope_scaling"]["factor"] == 40.0
+    if preset == "deepseek-v3":  # pre-training: plain RoPE at 4K; the extension stages add YaRN
+        assert cfg["rope_scaling"]["type"] == "none" and cfg["max_position_embeddings"] == 4096
+    else:
+        assert cfg["rope_scaling"]["type"] == "yarn" and cfg["rope_scaling"]["factor"] == 40.0
 
 
 def test_every_dumped_key_is_documented(run_cli):

@@ -1,7 +1,7 @@
 """Distributed training over torch's c10d Gloo backend, ranks launched as plain processes with the
 torchrun environment on 127.0.0.1 (at most 4 ranks). Each layout is compared with one process
 training the same global batch: data parallel (DP=2), expert parallel (EP=2), EP=2 x DP=2 on 4
-ranks, ZeRO-1 on vs off; sharded checkpoints saved at 2 ranks resume at 1 and at 4; bad launcher
+ranks, ZeRO-1 on vs off, DP and EP x DP with ZeRO-1 through a batch-size ramp; sharded checkpoints saved at 2 ranks resume at 1 and at 4; bad launcher
 environments fail before any rendezvous; a killed rank makes the others exit naming it, and the
 committed checkpoints stay intact."""
 import hashlib
@@ -112,6 +112,31 @@ def test_dp2_equals_one_process_with_accumulation(latentmoe_bin, tmp_path):
     assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, "model"),
                         checkpoint_tensors(tmp_path / "two" / step, "model"), 1e-6)
     assert all(r["dp/reduce_bytes"] > 0 for r in rows(tmp_path / "two"))
+
+
+def ramp(start: int, increment: int) -> tuple[str, ...]:
+    """A batch ramp to 8 sequences over the first 512 tokens (16 sequences of 32)."""
+    return ("--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=1",
+            "--set", f"train.batch_ramp.start={start}", "--set", f"train.batch_ramp.increment={increment}",
+            "--set", "train.batch_ramp.tokens=512")
+
+
+def test_layouts_equal_one_process_through_a_batch_ramp(latentmoe_bin, tmp_path):
+    # DP=2: 2, 4, 6, 8 sequences (one process accumulates 2 to 8 micro-batches, each rank 1 to 4).
+    run(latentmoe_bin, tmp_path / "one", 1, 10, *ramp(2, 2))
+    batches = [r["global_batch"] for r in rows(tmp_path / "one")]
+    assert batches[0] == 2 and batches[-1] == 8 and set(batches) == {2, 4, 6, 8}, batches
+    run(latentmoe_bin, tmp_path / "dp2", 2, 10, *ramp(2, 2))
+    assert [r["global_batch"] for r in rows(tmp_path / "dp2")] == batches
+    assert_same_training(tmp_path / "one", tmp_path / "dp2", 1e-5)
+    # EP=2 x DP=2 with ZeRO-1 on 4 ranks: every ramp value splits over 4 ranks, so 4 then 8.
+    run(latentmoe_bin, tmp_path / "one4", 1, 10, *ramp(4, 4))
+    run(latentmoe_bin, tmp_path / "four", 4, 10, *ramp(4, 4), "--set", "parallel.ep=2", "--set", "parallel.zero_stage=1")
+    assert {r["global_batch"] for r in rows(tmp_path / "four")} == {4, 8}
+    assert_same_training(tmp_path / "one4", tmp_path / "four", 1e-5)
+    step = "ckpt/step-00000010"
+    assert_same_tensors(checkpoint_tensors(tmp_path / "one4" / step, "model"),
+                        checkpoint_tensors(tmp_path / "four" / step, "model"), 1e-4)
 
 
 def test_ep2_equals_one_process(latentmoe_bin, tmp_path):

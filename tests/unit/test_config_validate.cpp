@@ -133,5 +133,5 @@ TEST(ConfigValidate, AllViolationsAreReportedTogether) {
   cfg::apply_override(c, "model.hidden_size=0");
   cfg::apply_override(c, "train.steps=0");
   expect_error_contains<ConfigError>([&] { cfg::validate_config(c, 1); },
-                                     {"invalid configuration (", "model.hidden_size must be > 0", "train.steps must be > 0"});
+                                     {"invalid configuration (", "model.hidden_size must be > 0", "exactly one of train.steps and train.tokens"});
 }

@@ -7,16 +7,20 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/io/model_io.h"
+#include "latentmoe/model/mla.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/losses.h"
 #include "latentmoe/train/optimizer.h"
 #include "latentmoe/train/schedule.h"
 #include "latentmoe/train/trainer.h"
+#include "latentmoe/util/error.h"
+#include "latentmoe/util/hash.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -330,4 +334,160 @@ TEST(Losses, IgnoredLabelsAreLeftOutOfTheMean) {
   EXPECT_EQ(none.item<double>(), 0.0);
   none.backward();
   EXPECT_TRUE(torch::isfinite(leaf.grad()).all().item<bool>());
+}
+
+// The batch ramp in the trainer: every step's batch is the ramp formula's, and a run stopped
+// mid-ramp and resumed is bit-identical to one that was not.
+TEST(Trainer, BatchRampResumesBitExactMidRamp) {
+  TempDir straight_dir, split_dir;
+  const auto ramped = [](const TempDir& d) {
+    cfg::Config c = tiny_training_config(d);
+    c.train.global_batch_size = 8;
+    c.train.batch_ramp = {.start = 2, .increment = 2, .tokens = 200};  // 2, 4, 6 over 200 tokens, then 8
+    return c;
+  };
+  train::Trainer straight(ramped(straight_dir));
+  ASSERT_EQ(straight.run(), 0);
+  int64_t tokens = 0;
+  for (const auto& r : straight.history()) {
+    const int64_t expected = tokens >= 200 ? 8 : 2 + (tokens * 3 / 200) * 2;
+    EXPECT_EQ(r.global_batch, expected) << "step " << r.step;
+    tokens += r.global_batch * 16;
+  }
+  EXPECT_EQ(straight.tokens_seen(), tokens);
+  EXPECT_EQ(straight.history()[2].global_batch, 2);  // the resume point (step 3) is inside the ramp
+  EXPECT_EQ(straight.history()[3].global_batch, 4);
+  cfg::Config split_cfg = ramped(split_dir);
+  split_cfg.checkpoint.interval = 3;
+  { train::Trainer first(split_cfg); ASSERT_EQ(first.run(), 0); }
+  train::Trainer resumed(split_cfg);
+  resumed.resume((split_dir.path() / "ckpt" / "step-00000003").string());
+  ASSERT_EQ(resumed.run(), 0);
+  ASSERT_EQ(resumed.history().size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(resumed.history()[i].global_batch, straight.history()[3 + i].global_batch);
+    EXPECT_EQ(resumed.history()[i].loss, straight.history()[3 + i].loss) << "step " << 4 + i;
+  }
+  const auto p1 = latentmoe::io::model_state(*straight.model()), p2 = latentmoe::io::model_state(*resumed.model());
+  for (const auto& [k, v] : p1) EXPECT_TRUE(torch::equal(v, p2.at(k))) << k;
+}
+
+namespace {
+// Hashes of every file under dir (the source run must stay untouched).
+std::map<std::string, std::string> file_hashes(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) out[e.path().string()] = latentmoe::sha256_file_hex(e.path().string());
+  }
+  return out;
+}
+
+// YaRN's inverse frequencies written from the paper's formulas (not the model's code).
+std::vector<double> yarn_inv_freq(int64_t dim, double base, double factor, int64_t original, double beta_fast,
+                                  double beta_slow) {
+  const auto correction_dim = [&](double rotations) {
+    return dim * std::log(static_cast<double>(original) / (rotations * 2 * M_PI)) / (2 * std::log(base));
+  };
+  const double low = std::max(std::floor(correction_dim(beta_fast)), 0.0);
+  const double high = std::min(std::ceil(correction_dim(beta_slow)), static_cast<double>(dim - 1));
+  std::vector<double> out;
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const double extrapolated = 1.0 / std::pow(base, 2.0 * static_cast<double>(i) / static_cast<double>(dim));
+    const double ramp = std::clamp((static_cast<double>(i) - low) / std::max(high - low, 1e-3), 0.0, 1.0);
+    out.push_back(extrapolated / factor * ramp + extrapolated * (1.0 - ramp));
+  }
+  return out;
+}
+}  // namespace
+
+// `train --init-from`: the new stage starts from the previous stage's final weights exactly, with
+// its own rotary scaling in effect beyond the first stage's length, and records its lineage.
+TEST(Trainer, InitFromStartsTheNextStageFromTheFinalWeights) {
+  TempDir first_dir, next_dir;
+  cfg::Config first_cfg = tiny_training_config(first_dir);
+  first_cfg.name = "stage-1";
+  first_cfg.model.max_position_embeddings = 16;
+  train::Trainer first(first_cfg);
+  ASSERT_EQ(first.run(), 0);
+  const std::string source = *first.last_checkpoint();
+  const auto before = file_hashes(first_dir.path() / "ckpt");
+
+  cfg::Config next_cfg = tiny_training_config(next_dir);
+  next_cfg.name = "stage-2";
+  next_cfg.train.seq_len = 64;
+  next_cfg.train.global_batch_size = 2;
+  next_cfg.train.micro_batch_size = 2;
+  next_cfg.train.steps = 2;
+  next_cfg.schedule.warmup = 0;
+  next_cfg.model.max_position_embeddings = 64;
+  next_cfg.model.rope_scaling = {.type = "yarn", .factor = 4.0, .original_max_position_embeddings = 16,
+                                 .beta_fast = 32.0, .beta_slow = 1.0, .mscale = 1.0, .mscale_all_dim = 1.0};
+  train::Trainer next(next_cfg);
+  next.init_from(source);
+  EXPECT_EQ(next.step(), 0);
+  const auto want = latentmoe::io::model_state(*first.model()), got = latentmoe::io::model_state(*next.model());
+  ASSERT_EQ(want.size(), got.size());
+  for (const auto& [k, v] : want) EXPECT_TRUE(torch::equal(v, got.at(k))) << k;
+
+  // Every attention layer rotates with the stage's YaRN frequencies, at a position past stage 1's 16.
+  const auto& m = next_cfg.model;
+  const std::vector<double> expected = yarn_inv_freq(m.qk_rope_head_dim, m.rope_theta, 4.0, 16, 32.0, 1.0);
+  int layers = 0;
+  for (const auto& module : next.model()->modules(false)) {
+    const auto attention = std::dynamic_pointer_cast<latentmoe::model::MultiHeadLatentAttentionImpl>(module);
+    if (!attention) continue;
+    ++layers;
+    const auto [cos, sin] = attention->rotary.cos_sin(torch::tensor({40}, torch::kLong));
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_NEAR(cos[0][static_cast<int64_t>(i)].item<double>(), std::cos(40.0 * expected[i]), 1e-5) << "dim " << i;
+    }
+    EXPECT_GT(attention->softmax_scale, std::pow(m.qk_nope_head_dim + m.qk_rope_head_dim, -0.5));  // mscale^2 > 1
+  }
+  EXPECT_GT(layers, 0);
+
+  ASSERT_EQ(next.run(), 0);
+  std::ifstream state_file(*next.last_checkpoint() + "/trainer_state.json");
+  const auto state = nlohmann::json::parse(state_file);
+  ASSERT_EQ(state.at("lineage").size(), 1u);
+  const auto& parent = state.at("lineage")[0];
+  EXPECT_EQ(parent.at("stage"), "stage-1");
+  EXPECT_EQ(parent.at("checkpoint"), std::filesystem::weakly_canonical(source).string());
+  EXPECT_EQ(parent.at("config_sha256"), latentmoe::sha256_file_hex(source + "/config.yaml"));
+  EXPECT_EQ(parent.at("step"), 8);
+  EXPECT_EQ(state.at("stage").at("name"), "stage-2");
+  EXPECT_EQ(file_hashes(first_dir.path() / "ckpt"), before);
+}
+
+TEST(Trainer, InitFromRefusesAnotherArchitectureACorruptCheckpointOrItsOwnDirectory) {
+  TempDir first_dir, next_dir;
+  train::Trainer first(tiny_training_config(first_dir));
+  ASSERT_EQ(first.run(), 0);
+  const std::string source = *first.last_checkpoint();
+  {
+    cfg::Config other = tiny_training_config(next_dir);
+    other.model.num_hidden_layers += 1;
+    train::Trainer next(other);
+    expect_error_contains<latentmoe::ConfigError>([&] { next.init_from(source); },
+                                                  {"the checkpoint is another architecture",
+                                                   "model.num_hidden_layers (3 in the checkpoint, 4 in the config)"});
+  }
+  {
+    cfg::Config own = tiny_training_config(first_dir);  // the source's checkpoint.dir
+    train::Trainer next(own);
+    expect_error_contains<latentmoe::ConfigError>([&] { next.init_from(source); },
+                                                  {"is in this stage's checkpoint.dir", "give the new stage its own"});
+  }
+  const auto before = file_hashes(first_dir.path() / "ckpt");
+  TempDir copy_dir;
+  const auto copy = copy_dir.path() / "step-00000008";
+  std::filesystem::copy(source, copy, std::filesystem::copy_options::recursive);
+  {
+    std::fstream f(copy / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x5a');
+  }
+  train::Trainer next(tiny_training_config(next_dir));
+  expect_error_contains<train::CheckpointError>([&] { next.init_from(copy.string()); },
+                                                {"model.safetensors"});
+  EXPECT_EQ(file_hashes(first_dir.path() / "ckpt"), before);
 }

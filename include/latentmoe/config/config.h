@@ -55,11 +55,23 @@ struct ModelConfig {
   void describe(FieldVisitor& v);
 };
 
+// Megatron's --rampup-batch-size, in tokens: the global batch starts at `start` sequences and
+// grows by `increment` (the last increment may be partial) linearly in consumed tokens, reaching
+// train.global_batch_size after `tokens`. start = 0: no ramp.
+struct BatchRampConfig {
+  int64_t start = 0;
+  int64_t increment = 0;
+  int64_t tokens = 0;
+  void describe(FieldVisitor& v);
+};
+
 struct TrainConfig {
-  int64_t steps = 300;
+  int64_t steps = 300;  // exactly one of steps and tokens is > 0
+  int64_t tokens = 0;
   int64_t global_batch_size = 16;
   int64_t micro_batch_size = 8;
   int64_t grad_accum_steps = 0;
+  BatchRampConfig batch_ramp;
   int64_t seq_len = 128;
   double grad_clip_norm = 1.0;
   std::string device = "auto";  // auto | cpu | cuda
@@ -77,6 +89,7 @@ struct TrainConfig {
   std::string spike_action = "skip";  // skip | rerun | stop
   int64_t replica_check_interval = 0;
   int64_t collapse_warn_steps = 20;
+  std::string init_optimizer = "carry";  // carry | reset: AdamW state under `train --init-from`
   void describe(FieldVisitor& v);
 };
 

@@ -1,16 +1,21 @@
 // Learning-rate schedules: constant (after warmup), warmup + cosine to min_lr, and DeepSeek's
 // multi-phase schedule (warmup, constant, cosine decay, step-downs). Warmup is in steps; the
 // other boundaries are in schedule.unit (steps or tokens). Pure functions of (step, tokens).
+// No torch headers.
 #pragma once
 
 #include <cstdint>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/train/batch_schedule.h"
 
 namespace latentmoe::train {
 
 class LrSchedule {
  public:
+  // The run's length and its tokens (after warmup and in all) come from `batches`.
+  LrSchedule(const config::ScheduleConfig& schedule, double peak_lr, const BatchSchedule& batches);
+  // A constant batch of tokens_per_step tokens.
   LrSchedule(const config::ScheduleConfig& schedule, double peak_lr, int64_t total_steps, int64_t tokens_per_step);
   // LR for optimizer step `step` (0-based), when `tokens` tokens have been trained on before it.
   double lr(int64_t step, int64_t tokens) const;
@@ -18,7 +23,7 @@ class LrSchedule {
  private:
   config::ScheduleConfig s_;
   double peak_;
-  int64_t total_steps_, tokens_per_step_;
+  int64_t total_steps_, total_tokens_, warmup_end_tokens_;
 };
 
 }  // namespace latentmoe::train

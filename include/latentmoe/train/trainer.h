@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "latentmoe/config/config.h"
 #include "latentmoe/data/loader.h"
 #include "latentmoe/data/prefetch.h"
@@ -18,6 +20,7 @@
 #include "latentmoe/parallel/expert_parallel.h"
 #include "latentmoe/parallel/layout.h"
 #include "latentmoe/train/balancer.h"
+#include "latentmoe/train/batch_schedule.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/fault_check.h"
 #include "latentmoe/train/metrics.h"
@@ -36,6 +39,8 @@ enum TrainExit : int {
 
 struct StepRecord {
   int64_t step = 0;  // 1-based optimizer step
+  int64_t global_batch = 0;  // sequences in this step (train.batch_ramp)
+  double mtp_weight = 0, bias_update_speed = 0;  // MTP lambda and gamma in effect for this step
   double loss = 0, lm = 0, mtp = 0, balance = 0, z = 0, grad_norm = 0, lr = 0;
   bool skipped = false;  // loss spike: update skipped
   double seconds = 0;    // wall time of the step
@@ -58,7 +63,15 @@ class Trainer {
   explicit Trainer(config::Config cfg, parallel::Communicator* comm = nullptr);
   // "auto" (newest committed checkpoint in checkpoint.dir, if any) or a checkpoint directory.
   void resume(const std::string& spec);
-  // Trains until train.steps (or a signal / non-finite stop). Returns the process exit code.
+  // Starts a new stage from another run's verified checkpoint (`train --init-from`, before run()):
+  // the weights, and the AdamW state unless train.init_optimizer=reset. The model may differ only
+  // in model.rope_scaling and model.max_position_embeddings (ConfigError listing the other keys).
+  void init_from(const std::string& checkpoint_dir);
+  // Only the weights of a verified checkpoint whose model may differ in the context extension (as
+  // init_from; e.g. `eval` of a stage's model at another length). Returns the checkpoint's step;
+  // `loaded` receives the whole checkpoint when given.
+  int64_t load_weights(const std::string& checkpoint_dir, CheckpointData* loaded = nullptr);
+  // Trains until train.steps / train.tokens (or a signal / non-finite stop). Returns the exit code.
   int run();
   // Mean next-token CE over train.eval_batches validation micro-batches.
   double evaluate();
@@ -70,6 +83,7 @@ class Trainer {
   const std::vector<StepRecord>& history() const { return history_; }
   int64_t step() const { return step_; }
   int64_t tokens_seen() const { return tokens_seen_; }
+  const BatchSchedule& batches() const { return *batches_; }
   const std::optional<std::string>& last_checkpoint() const { return last_checkpoint_; }
   const std::vector<std::string>& saved_checkpoints() const { return saved_checkpoints_; }  // by this process
   const std::optional<double>& last_valid_loss() const { return last_valid_loss_; }
@@ -90,13 +104,14 @@ class Trainer {
   int check_replicas();
   std::string describe_step_samples() const;
   // This rank's micro-batches of the step that starts after `consumed` samples.
-  std::vector<data::BatchPrefetcher::Request> step_requests(int64_t consumed) const;
+  std::vector<data::BatchPrefetcher::Request> step_requests(int64_t consumed, int64_t global_batch) const;
+  int64_t accum_steps(int64_t global_batch) const;  // micro-batches per step on one rank
   void apply_test_faults_after_update();
 
   config::Config cfg_;
   parallel::Communicator* comm_ = nullptr;
   int rank_ = 0, world_ = 1;
-  int64_t accum_steps_ = 1, tokens_per_step_ = 0;
+  std::unique_ptr<BatchSchedule> batches_;  // the global batch of each step, the run's length
   std::vector<std::string> data_paths_;
   std::unique_ptr<data::DataLoader> train_data_, valid_data_;
   std::unique_ptr<data::BatchPrefetcher> prefetcher_;  // data.num_workers > 0 (destroyed before the loaders)
@@ -119,6 +134,7 @@ class Trainer {
   std::optional<std::string> last_checkpoint_;
   std::vector<std::string> saved_checkpoints_;
   std::optional<double> last_valid_loss_;
+  nlohmann::json lineage_;  // the stages this run descends from (trainer_checkpoint.cpp)
   double train_flops_per_token_ = 0;
   bool bf16_ = false;
   int64_t ignored_label_ = -1;  // FIM's pad token (left out of the loss), -1 without FIM
