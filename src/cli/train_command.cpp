@@ -72,6 +72,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
     if (env.distributed()) {
       comm = parallel::Communicator::create(env, cfg.parallel.backend, std::chrono::seconds(cfg.parallel.timeout_s));
     }
+    if (!init_from->empty()) train::check_stage_directories(cfg, *init_from);
     const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);

@@ -22,6 +22,16 @@ namespace latentmoe::train {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+void check_stage_directories(const config::Config& cfg, const std::string& init_from) {
+  // The source run stays untouched: our checkpoints (and keep_last's pruning) must live elsewhere.
+  const fs::path source_dir = fs::weakly_canonical(init_from), own_dir = fs::weakly_canonical(cfg.checkpoint.dir);
+  if (source_dir.parent_path() == own_dir || source_dir == own_dir) {
+    throw ConfigError(fmt::format("--init-from {}: the checkpoint is in this stage's checkpoint.dir {}, where this run's "
+                                  "checkpoints (and checkpoint.keep_last's pruning) would mix with the source run's; "
+                                  "give the new stage its own checkpoint.dir", init_from, cfg.checkpoint.dir));
+  }
+}
+
 namespace {
 std::string config_sha256(const std::string& config_yaml) { return sha256_hex(config_yaml.data(), config_yaml.size()); }
 
@@ -171,13 +181,8 @@ int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData*
 
 void Trainer::init_from(const std::string& checkpoint_dir) {
   if (step_ > 0) throw ConfigError("--init-from: this run was already resumed from its own checkpoint");
-  // The source run stays untouched: our checkpoints (and keep_last's pruning) must live elsewhere.
-  const fs::path source_dir = fs::weakly_canonical(checkpoint_dir), own_dir = fs::weakly_canonical(cfg_.checkpoint.dir);
-  if (source_dir.parent_path() == own_dir || source_dir == own_dir) {
-    throw ConfigError(fmt::format("--init-from {}: the checkpoint is in this stage's checkpoint.dir {}, where this run's "
-                                  "checkpoints (and checkpoint.keep_last's pruning) would mix with the source run's; "
-                                  "give the new stage its own checkpoint.dir", checkpoint_dir, cfg_.checkpoint.dir));
-  }
+  check_stage_directories(cfg_, checkpoint_dir);
+  const fs::path source_dir = fs::weakly_canonical(checkpoint_dir);
   if (const auto existing = checkpointer_->latest()) {
     throw ConfigError(fmt::format("--init-from {}: checkpoint.dir {} already holds this stage's committed checkpoint {}; "
                                   "add --resume auto to continue the stage from it, or give a new checkpoint.dir",

@@ -52,6 +52,10 @@ struct StepRecord {
 // Routed-expert parameters (and their optimizer state): sharded by expert parallelism.
 bool is_expert_tensor(const std::string& name);
 
+// `train --init-from`: refuses a stage whose checkpoint.dir holds the source checkpoint (checked
+// before the run directories are locked, so the source run is not touched at all).
+void check_stage_directories(const config::Config& cfg, const std::string& init_from);
+
 // Resolves data.paths (default: the bundled corpus, prepared on first use) and data.tokenizer.
 std::vector<std::string> resolve_data_paths(const config::Config& cfg);
 std::string resolve_tokenizer_path(const config::Config& cfg);
