@@ -6,7 +6,7 @@ CONFIG ?= debug
 CMAKE_ARGS ?=
 export LATENTMOE_CACHE ?= $(HOME)/.cache/latentmoe
 
-.PHONY: all setup configure build test test-asan fuzz train data demo-dist docs bench golden gpu-check clean
+.PHONY: all setup configure build test test-asan fuzz train data demo-dist docs bench golden recipe-cpu gpu-check clean
 
 all: build
 
@@ -74,6 +74,10 @@ bench: build
 GOLDEN_RUNS ?=
 golden: build
 	@LATENTMOE_BUILD_DIR=$(BUILD) bash tools/golden_runs.sh record $(GOLDEN_RUNS)
+
+# The DeepSeek-V3 recipe compressed for a CPU, all three stages (~3 min on 2 cores; docs/recipes.md).
+recipe-cpu: build
+	@LATENTMOE_BUILD_DIR=$(BUILD) bash tools/recipe_cpu.sh
 
 gpu-check:
 	@bash tools/gpu_check.sh
