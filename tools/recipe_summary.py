@@ -43,9 +43,15 @@ def main() -> None:
     print()
     print("| model, scored at 512 tokens | validation loss (nats) | perplexity |")
     print("|---|---|---|")
-    for line in (out / "scores.jsonl").read_text().splitlines():
-        s = json.loads(line)
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    for s in scores:
         print(f"| {s['model']} | {s['score']['valid_loss']:.4f} | {s['score']['perplexity']:.1f} |")
+    before, after = scores[0]["score"]["valid_loss"], scores[-1]["score"]["valid_loss"]
+    print()
+    print(f"At 512 tokens the extension stages {'lower' if after < before else 'DO NOT lower'} the validation loss of "
+          f"the pre-trained model: {before:.4f} -> {after:.4f} nats.")
+    if after >= before:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ std::string timeline_table(const Timeline& t) {
   for (const TimelinePhase& p : t.phases) {
     const std::string tokens = fmt::format("{}–{}", human_count(static_cast<double>(p.first_token)),
                                            human_count(static_cast<double>(p.end_token)));
-    const std::string steps = fmt::format("{}–{}", p.first_step, p.end_step);
+    const std::string steps = fmt::format("{}–{}", p.first_step + 1, p.end_step);  // as the metrics count them
     const std::string batch = p.batch_first == p.batch_last ? fmt::format("{}", p.batch_first)
                                                             : fmt::format("{}→{}", p.batch_first, p.batch_last);
     const std::string lr = p.lr_first == p.lr_last ? fmt::format("{:.3g}", p.lr_first)

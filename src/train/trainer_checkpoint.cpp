@@ -125,8 +125,12 @@ void Trainer::resume(const std::string& spec) {
   saved_model_only.model = saved.model;
   current_model_only.model = cfg_.model;
   if (!(saved_model_only == current_model_only)) {
+    const bool stage_change = stage_incompatible_model_keys(saved.model, cfg_.model).empty();
     throw ConfigError(fmt::format("{}: the checkpoint's model section differs from the config's; resume needs the same "
-                                  "architecture (compare `latentmoe config --dump` with {}/config.yaml)", path, path));
+                                  "architecture (compare `latentmoe config --dump` with {}/config.yaml){}", path, path,
+                                  stage_change ? "; only the context extension differs: start that stage with "
+                                                 "`train --init-from` and its own checkpoint.dir"
+                                               : ""));
   }
   // Resuming continues the saved data stream only if these match; a change is allowed but said.
   const auto saved_values = config::config_key_values(saved), current_values = config::config_key_values(cfg_);
@@ -137,7 +141,9 @@ void Trainer::resume(const std::string& spec) {
                         key == "train.global_batch_size" || key.starts_with("train.batch_ramp.");
     if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
       LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
-                "stream, not as the saved run would have", key, saved_values[i].second, path, current_values[i].second);
+                "stream, not as the saved run would have{}", key, saved_values[i].second, path, current_values[i].second,
+                key == "train.seq_len" ? " (a new stage at another length is `train --init-from` with its own "
+                                         "checkpoint.dir)" : "");
     }
   }
   // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.

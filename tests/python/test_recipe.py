@@ -144,3 +144,34 @@ def test_timeline_prints_and_plots_the_recipe(run_cli, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(png.with_suffix(".png.json").read_text())
     assert data["stages"] == ["recipe-cpu", "recipe-cpu-ext-4x", "recipe-cpu-ext-8x"]
+
+
+def test_a_run_stopped_mid_ramp_resumes_bit_identically(run_cli, tmp_path):
+    import os
+    import subprocess
+
+    from test_training import SMALL
+
+    binary = pathlib.Path(os.environ.get("LATENTMOE_BUILD_DIR", pathlib.Path(__file__).parents[2] / "build")) / "latentmoe"
+    ramp = ["--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=2", "--set", "train.batch_ramp.start=2",
+            "--set", "train.batch_ramp.increment=2", "--set", "train.batch_ramp.tokens=640", "--set", "train.tokens=2560"]
+
+    def train(out, *extra, env=None):
+        args = [str(binary), "train", *SMALL, *ramp, "--set", f"checkpoint.dir={out / 'ckpt'}",
+                "--set", f"logging.dir={out / 'run'}", *extra]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(straight).returncode == 0
+    batches = [r["global_batch"] for r in rows(straight / "run")]
+    stop = batches.index(6)  # stopped (like a SIGTERM) after a step in the middle of the ramp
+    assert 0 < stop and batches[stop - 1] < 8
+    first = train(split, env={"LATENTMOE_TEST_STOP_AFTER_STEP": str(stop)})
+    assert first.returncode == 3, first.stderr
+    resumed = train(split, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = rows(straight / "run"), rows(split / "run")
+    assert [r["global_batch"] for r in b] == batches
+    assert [r["loss/total"] for r in a] == [r["loss/total"] for r in b]
+    last = final_checkpoint(straight / "ckpt").name
+    assert (straight / "ckpt" / last / "model.safetensors").read_bytes() == (split / "ckpt" / last / "model.safetensors").read_bytes()

@@ -455,6 +455,21 @@ TEST(Trainer, InitFromStartsTheNextStageFromTheFinalWeights) {
   EXPECT_EQ(parent.at("config_sha256"), latentmoe::sha256_file_hex(source + "/config.yaml"));
   EXPECT_EQ(parent.at("step"), 8);
   EXPECT_EQ(state.at("stage").at("name"), "stage-2");
+  // AdamW carried: its step count continues from the source's 8; reset starts again at 0.
+  EXPECT_EQ(train::Checkpointer::load(*next.last_checkpoint()).optimizer.at("step").item<int64_t>(), 10);
+  TempDir reset_dir;
+  cfg::Config reset_cfg = next_cfg;
+  reset_cfg.train.init_optimizer = "reset";
+  reset_cfg.checkpoint.dir = (reset_dir.path() / "ckpt").string();
+  reset_cfg.logging.dir = (reset_dir.path() / "run").string();
+  train::Trainer reset(reset_cfg);
+  reset.init_from(source);
+  ASSERT_EQ(reset.run(), 0);
+  EXPECT_EQ(train::Checkpointer::load(*reset.last_checkpoint()).optimizer.at("step").item<int64_t>(), 2);
+  EXPECT_NE(reset.history()[0].loss, 0.0);
+  EXPECT_EQ(reset.history()[0].loss, next.history()[0].loss);  // same weights and data: the first forward agrees
+  EXPECT_NE(latentmoe::io::model_state(*reset.model()).begin()->second.sum().item<double>(),
+            latentmoe::io::model_state(*next.model()).begin()->second.sum().item<double>());  // the updates differ
   EXPECT_EQ(file_hashes(first_dir.path() / "ckpt"), before);
 }
 
@@ -489,5 +504,9 @@ TEST(Trainer, InitFromRefusesAnotherArchitectureACorruptCheckpointOrItsOwnDirect
   train::Trainer next(tiny_training_config(next_dir));
   expect_error_contains<train::CheckpointError>([&] { next.init_from(copy.string()); },
                                                 {"model.safetensors"});
+  std::filesystem::copy_file(std::filesystem::path(source) / "model.safetensors", copy / "model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::remove(copy / "COMMITTED");  // an interrupted save: never a stage's starting point
+  expect_error_contains<train::CheckpointError>([&] { next.init_from(copy.string()); }, {"COMMITTED"});
   EXPECT_EQ(file_hashes(first_dir.path() / "ckpt"), before);
 }

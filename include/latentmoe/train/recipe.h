@@ -49,7 +49,7 @@ struct Timeline {
 
 // Throws ConfigError when a stage's model is not a context extension of the previous stage's.
 Timeline build_timeline(const std::vector<config::Config>& stages);
-// The table `config --timeline` prints.
+// The table `config --timeline` prints (steps 1-based and inclusive there, as in the metrics).
 std::string timeline_table(const Timeline& timeline);
 // Phases and samples as JSON (tools/plot_timeline.py draws it).
 std::string timeline_json(const Timeline& timeline);
