@@ -75,7 +75,7 @@ GOLDEN_RUNS ?=
 golden: build
 	@LATENTMOE_BUILD_DIR=$(BUILD) bash tools/golden_runs.sh record $(GOLDEN_RUNS)
 
-# The DeepSeek-V3 recipe compressed for a CPU, all three stages (~3 min on 2 cores; docs/recipes.md).
+# The DeepSeek-V3 recipe compressed for a CPU, all three stages (~2.5 min on 2 cores; docs/recipes.md).
 recipe-cpu: build
 	@LATENTMOE_BUILD_DIR=$(BUILD) bash tools/recipe_cpu.sh
 

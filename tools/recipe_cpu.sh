@@ -15,7 +15,8 @@ cd "$repo_root"
 
 stages=(recipe-cpu recipe-cpu-ext-4x recipe-cpu-ext-8x)
 dirs=(1-pretrain 2-ext-4x 3-ext-8x)
-final_checkpoint() { ls -d "$out/$1/checkpoints"/step-* 2>/dev/null | sort | tail -1; }
+# The newest committed checkpoint of a stage (an interrupted save has no COMMITTED marker).
+final_checkpoint() { ls -d "$out/$1/checkpoints"/step-*/COMMITTED 2>/dev/null | sort | tail -1 | xargs -r dirname; }
 
 previous=""
 for i in 0 1 2; do
@@ -25,7 +26,7 @@ for i in 0 1 2; do
   [ -n "$previous" ] && init=(--init-from "$previous")
   mkdir -p "$dir"
   "$bin" train --config "${stages[$i]}" --set "checkpoint.dir=$dir/checkpoints" --set "logging.dir=$dir" \
-    --resume auto "${init[@]}" 2>&1 | tee "$dir/train.log"  # pipefail: a failed stage stops the script
+    --resume auto ${init[@]+"${init[@]}"} 2>&1 | tee "$dir/train.log"  # pipefail: a failed stage stops the script
   previous=$(final_checkpoint "${dirs[$i]}")
 done
 

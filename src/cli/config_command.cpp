@@ -56,8 +56,14 @@ void plot_timeline(const train::Timeline& timeline, const std::string& png) {
     const std::string candidate = venv->substr(0, venv->find_last_not_of(" \n") + 1) + "/bin/python";
     if (fs::exists(candidate)) python = candidate;
   }
-  const std::string command = fmt::format("'{}' '{}/tools/plot_timeline.py' '{}' --out '{}'", python, LATENTMOE_SOURCE_DIR,
-                                          data, png);
+  const auto quoted = [](const std::string& s) {  // for /bin/sh: '...' with every ' as '\''
+    std::string out = "'";
+    for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+  };
+  const std::string command = fmt::format("{} {} {} --out {}", quoted(python),
+                                          quoted(std::string(LATENTMOE_SOURCE_DIR) + "/tools/plot_timeline.py"),
+                                          quoted(data), quoted(png));
   if (std::system(command.c_str()) != 0) {
     throw ConfigError(fmt::format("--png {}: `{}` failed (it needs matplotlib: run `bash tools/setup.sh`, or set "
                                   "LATENTMOE_PYTHON to a Python that has it); the timeline's data is in {}",

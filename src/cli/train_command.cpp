@@ -72,11 +72,21 @@ void add_train_command(CLI::App& app, int& exit_code) {
     if (env.distributed()) {
       comm = parallel::Communicator::create(env, cfg.parallel.backend, std::chrono::seconds(cfg.parallel.timeout_s));
     }
-    if (!init_from->empty()) train::check_stage_directories(cfg, *init_from);
+    if (!init_from->empty()) {
+      if (!resume->empty() && *resume != "auto") {
+        throw ConfigError(fmt::format("--init-from {} with --resume {}: a stage starts from --init-from, or continues its "
+                                      "own checkpoints with --resume auto; --resume DIR would ignore one of them",
+                                      *init_from, *resume));
+      }
+      if (!check_args->golden_file.empty()) {
+        throw ConfigError("--golden checks a run from scratch (its command has no --init-from); run it without --init-from");
+      }
+      train::check_stage_directories(cfg, *init_from);
+    }
     const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);
-    if (!init_from->empty() && trainer.step() == 0) trainer.init_from(*init_from);
+    if (!init_from->empty()) trainer.init_from(*init_from);
     checks.check_fresh_start(trainer.step());
     const bool report_valid_split = cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
     int training_exit = kExitOk;
@@ -125,7 +135,9 @@ void add_eval_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<ConfigArgs>();
   auto checkpoint = std::make_shared<std::string>();
   args->add_to(*cmd);
-  cmd->add_option("--checkpoint", *checkpoint, "Checkpoint directory (committed)")->required();
+  cmd->add_option("--checkpoint", *checkpoint,
+                  "Checkpoint directory (committed), or 'auto' for the newest in checkpoint.dir; its model may differ "
+                  "from the config's in the context extension (rotary scaling, max_position_embeddings)")->required();
   cmd->callback([args, checkpoint, &exit_code] {
     const config::Config cfg = args->load();
     log_init({.level = cfg.logging.level, .file = cfg.logging.file});
@@ -133,7 +145,13 @@ void add_eval_command(CLI::App& app, int& exit_code) {
     quiet.logging.jsonl = quiet.logging.tensorboard = false;
     train::Trainer trainer(quiet);
     // Weights only: a stage's model may be scored at another length and rotary scaling than it was trained with.
-    const int64_t step = trainer.load_weights(*checkpoint);
+    std::string path = *checkpoint;
+    if (path == "auto") {
+      const auto latest = train::Checkpointer(cfg.checkpoint.dir, cfg.checkpoint.keep_last).latest();
+      if (!latest) throw ConfigError(fmt::format("--checkpoint auto: no committed checkpoint in checkpoint.dir {}", cfg.checkpoint.dir));
+      path = *latest;
+    }
+    const int64_t step = trainer.load_weights(path);
     const double loss = trainer.evaluate();
     const double entropy = trainer.unigram_entropy();
     std::cout << fmt::format("{{\"valid_loss\": {:.6f}, \"perplexity\": {:.4f}, \"unigram_entropy\": {:.6f}, \"step\": {}, "

@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <vector>
+
 #include "latentmoe/config/loader.h"
 
 namespace latentmoe::config {
@@ -92,19 +94,34 @@ class MarkdownWriter final : public FieldVisitor {
     }
     out_ += fmt::format("| `{}{}` | {} | `{}` | {} |\n", prefix_, f.name, field_type_name(f), value_text(f), f.doc);
   }
+  // Top-level sections are written where they are declared; a section nested in one (e.g.
+  // train.batch_ramp) after all of its parent's fields, so no parent key lands under its heading.
   void section(std::string_view name, std::string_view doc,
                const std::function<void(FieldVisitor&)>& describe_fields) override {
-    const std::string path = prefix_ + std::string(name);
-    out_ += fmt::format("\n## `{}`\n\n{}.\n\n", path, doc);
-    MarkdownWriter inner(out_, path + ".");
-    describe_fields(inner);
-    table_open_ = false;  // later fields of this level start a new table
+    if (prefix_.empty()) {
+      write_section(std::string(name), std::string(doc), describe_fields);
+    } else {
+      deferred_.push_back({std::string(name), std::string(doc), describe_fields});
+    }
   }
 
  private:
+  struct Deferred {
+    std::string name, doc;
+    std::function<void(FieldVisitor&)> describe;
+  };
+  void write_section(const std::string& name, const std::string& doc, const std::function<void(FieldVisitor&)>& describe) {
+    const std::string path = prefix_ + name;
+    out_ += fmt::format("\n## `{}`\n\n{}.\n\n", path, doc);
+    MarkdownWriter inner(out_, path + ".");
+    describe(inner);
+    for (const Deferred& d : inner.deferred_) inner.write_section(d.name, d.doc, d.describe);
+    table_open_ = false;  // later fields of this level start a new table
+  }
   std::string& out_;
   std::string prefix_;
   bool table_open_ = false;
+  std::vector<Deferred> deferred_;
 };
 
 }  // namespace

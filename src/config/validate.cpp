@@ -102,13 +102,20 @@ void check_model(const ModelConfig& m, Rules& r) {
   }
 }
 
+// Token counts are int64: the run's tokens (plus one step of slack) must fit with room to spare.
+constexpr __int128 kMaxRunTokens = static_cast<__int128>(1) << 62;
+bool run_tokens_fit(const TrainConfig& t) {
+  const __int128 step_tokens = static_cast<__int128>(t.global_batch_size) * t.seq_len;
+  return static_cast<__int128>(t.steps) * step_tokens + t.tokens + step_tokens < kMaxRunTokens;
+}
+
 // The batch ramp is planned only when its keys are valid; the checks that need the plan skip otherwise.
 bool ramp_plannable(const TrainConfig& t) {
   const BatchRampConfig& b = t.batch_ramp;
   const bool ramp_ok = b.start == 0 ? b.increment == 0 && b.tokens == 0
                                     : b.start > 0 && b.start < t.global_batch_size && b.increment > 0 && b.tokens > 0;
   return ramp_ok && t.seq_len > 0 && t.global_batch_size > 0 && t.steps >= 0 && t.tokens >= 0 &&
-         (t.steps > 0) != (t.tokens > 0);
+         (t.steps > 0) != (t.tokens > 0) && run_tokens_fit(t);
 }
 
 void check_batch_ramp(const TrainConfig& t, int64_t world_size, Rules& r) {
@@ -129,12 +136,18 @@ void check_batch_ramp(const TrainConfig& t, int64_t world_size, Rules& r) {
             fmt::format("train.grad_accum_steps ({}) must be 0 with a batch ramp: the micro-batches per step follow the "
                         "ramp (global batch / (micro-batch x data-parallel ranks))", t.grad_accum_steps));
   if (!ramp_plannable(t) || t.micro_batch_size <= 0) return;
+  const train::BatchSchedule plan(t);
+  r.require(b.tokens < plan.total_tokens(),
+            fmt::format("train.batch_ramp.tokens ({}) must be below the run's {} tokens ({}): the batch would never reach "
+                        "train.global_batch_size ({})", b.tokens, plan.total_tokens(),
+                        t.tokens > 0 ? "train.tokens" : "train.steps x the ramp's batches", t.global_batch_size));
   const int64_t ranks = world_size == kUnknownWorldSize ? 1 : world_size;
   const int64_t per_pass = t.micro_batch_size * ranks;
-  const std::vector<int64_t> values = train::BatchSchedule(t).batch_values();
+  const std::vector<int64_t> values = plan.batch_values();
   for (size_t k = 0; k + 1 < values.size(); ++k) {  // the last value, the global batch, has its own rule below
     if (values[k] % per_pass == 0) continue;
-    const std::string which = fmt::format("start {} + {} x increment {}", b.start, k, b.increment);
+    const std::string which = fmt::format("start {} + {} x increment {}", b.start, (values[k] - b.start) / b.increment,
+                                          b.increment);
     r.require(false, fmt::format("train.batch_ramp: the global batch {} ({}) is not divisible by "
                                  "train.micro_batch_size ({}){} = {}; every ramp value must split over the ranks and "
                                  "micro-batches (allowed: multiples of {})",
@@ -152,6 +165,10 @@ void check_train(const Config& c, int64_t world_size, Rules& r) {
   r.require((t.steps > 0) != (t.tokens > 0),
             fmt::format("exactly one of train.steps and train.tokens must be > 0 (the run is sized in steps or in "
                         "tokens), got train.steps={} and train.tokens={}", t.steps, t.tokens));
+  r.require(run_tokens_fit(t),
+            fmt::format("the run is too long to count its tokens: train.steps ({}) x train.global_batch_size ({}) x "
+                        "train.seq_len ({}), or train.tokens ({}), must stay below 2^62", t.steps, t.global_batch_size,
+                        t.seq_len, t.tokens));
   check_batch_ramp(t, world_size, r);
   r.positive(t.global_batch_size, "train.global_batch_size");
   r.positive(t.micro_batch_size, "train.micro_batch_size");

@@ -78,8 +78,7 @@ int64_t BatchSchedule::steps_to_reach(int64_t tokens) const {
 
 std::vector<int64_t> BatchSchedule::batch_values() const {
   std::vector<int64_t> values;
-  for (int64_t k = 0; k < increments_; ++k) values.push_back(start_ + k * increment_);
-  values.push_back(global_);
+  for (const Segment& s : segments_) values.push_back(s.batch);
   return values;
 }
 

@@ -262,17 +262,17 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
   const int64_t total = batches_->total_steps();
   // A run sized in tokens reports its progress and ETA in tokens (the step count is derived).
   const bool by_tokens = batches_->sized_by_tokens();
-  const double remaining = by_tokens ? static_cast<double>(batches_->total_tokens() - tokens_seen_) / tokens_per_s
-                                     : seconds * static_cast<double>(total - r.step);
+  const double remaining = std::max(0.0, by_tokens ? static_cast<double>(cfg_.train.tokens - tokens_seen_) / tokens_per_s
+                                                  : seconds * static_cast<double>(total - r.step));
   const std::string progress = by_tokens ? fmt::format("tokens {}/{} (step {}/{}, batch {})", tokens_seen_,
-                                                       batches_->total_tokens(), r.step, total, r.global_batch)
+                                                       cfg_.train.tokens, r.step, total, r.global_batch)
                                          : fmt::format("step {}/{}", r.step, total);
   const std::string line = fmt::format("{} loss {:.4f} (lm {:.4f} mtp {:.4f}) gnorm {:.3f} lr {:.2e} {:.0f} tok/s {:.3f} TFLOP/s ETA {}",
                                        progress, r.loss, r.lm, r.mtp, r.grad_norm, r.lr, tokens_per_s, tflops,
                                        human_duration(remaining));
   if (rank_ != 0) return;
   if (::isatty(STDERR_FILENO)) {
-    const double fraction = by_tokens ? static_cast<double>(tokens_seen_) / static_cast<double>(batches_->total_tokens())
+    const double fraction = by_tokens ? static_cast<double>(tokens_seen_) / static_cast<double>(cfg_.train.tokens)
                                       : static_cast<double>(r.step) / static_cast<double>(std::max<int64_t>(total, 1));
     const int width = 20, done = std::clamp(static_cast<int>(width * fraction), 0, width);
     std::fprintf(stderr, "\r[%s%s] %s   ", std::string(static_cast<size_t>(done), '#').c_str(),
@@ -296,7 +296,10 @@ int Trainer::run() {
     }
   } restore{previous_term, previous_int};
   const int64_t total_steps = batches_->total_steps();
-  if (step_ >= total_steps) {
+  // A run sized in tokens ends on its tokens, even if a resume changed the batch and with it the
+  // planned step count (that resume is warned about).
+  const auto complete = [&] { return batches_->sized_by_tokens() ? tokens_seen_ >= t.tokens : step_ >= t.steps; };
+  if (complete()) {
     LMOE_INFO("'{}' is already trained to step {} of {} ({} tokens): nothing to do", cfg_.name, step_, total_steps,
               tokens_seen_);
     return kExitOk;
@@ -312,7 +315,7 @@ int Trainer::run() {
             accum_steps(t.global_batch_size), t.micro_batch_size, at::get_num_threads(), cfg_.precision.compute_dtype);
   const auto run_start = std::chrono::steady_clock::now();
   const int64_t first_tokens = tokens_seen_;
-  while (step_ < total_steps) {
+  while (!complete()) {
     const auto start = std::chrono::steady_clock::now();
     StepRecord r = train_step();
     const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
@@ -382,7 +385,7 @@ int Trainer::run() {
         }
       }
     }
-    const bool last = step_ == total_steps;
+    const bool last = complete();
     if (valid_data_ && ((t.eval_interval > 0 && step_ % t.eval_interval == 0) || last)) {
       const double loss = evaluate();
       last_valid_loss_ = loss;

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -23,12 +24,25 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 void check_stage_directories(const config::Config& cfg, const std::string& init_from) {
-  // The source run stays untouched: our checkpoints (and keep_last's pruning) must live elsewhere.
-  const fs::path source_dir = fs::weakly_canonical(init_from), own_dir = fs::weakly_canonical(cfg.checkpoint.dir);
-  if (source_dir.parent_path() == own_dir || source_dir == own_dir) {
-    throw ConfigError(fmt::format("--init-from {}: the checkpoint is in this stage's checkpoint.dir {}, where this run's "
-                                  "checkpoints (and checkpoint.keep_last's pruning) would mix with the source run's; "
-                                  "give the new stage its own checkpoint.dir", init_from, cfg.checkpoint.dir));
+  // The source run stays untouched: our checkpoints (and keep_last's pruning), our metrics and
+  // our locks must live elsewhere than its checkpoint.dir and logging.dir.
+  const fs::path source_dir = fs::weakly_canonical(init_from);
+  std::vector<fs::path> source_dirs{source_dir.parent_path(), source_dir};
+  if (const auto text = read_text_file(init_from + "/config.yaml")) {
+    try {  // its logging.dir, as the source run resolved it (from the same working directory, usually)
+      source_dirs.push_back(fs::weakly_canonical(config::load_config_text(*text, init_from + "/config.yaml").logging.dir));
+    } catch (const ConfigError&) {
+      // a damaged config.yaml fails verification when the checkpoint is loaded, naming the file
+    }
+  }
+  for (const auto& [key, dir] : {std::pair{"checkpoint.dir", cfg.checkpoint.dir}, std::pair{"logging.dir", cfg.logging.dir}}) {
+    const fs::path own = fs::weakly_canonical(dir);
+    if (std::find(source_dirs.begin(), source_dirs.end(), own) != source_dirs.end()) {
+      throw ConfigError(fmt::format("--init-from {}: this stage's {} {} is one of the source run's directories, where "
+                                    "this run's checkpoints, metrics and locks would mix with the source run's (and "
+                                    "checkpoint.keep_last could prune them); give the new stage its own {}",
+                                    init_from, key, dir, key));
+    }
   }
 }
 
@@ -165,15 +179,16 @@ void Trainer::resume(const std::string& spec) {
   LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
 }
 
-int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData* loaded) {
-  CheckpointData data = load_verified(checkpoint_dir, "checkpoint");
+int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData* loaded, const char* option) {
+  CheckpointData data = load_verified(checkpoint_dir, option);
   const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");
   if (const auto differing = stage_incompatible_model_keys(source.model, cfg_.model); !differing.empty()) {
     std::string list;
     for (const auto& d : differing) list += "\n  " + d;
-    throw ConfigError(fmt::format("{}: the checkpoint is another architecture; a new stage may change only "
-                                  "model.rope_scaling.* and model.max_position_embeddings, but {} other model key{} "
-                                  "differ:{}", checkpoint_dir, differing.size(), differing.size() == 1 ? "" : "s", list));
+    throw ConfigError(fmt::format("{} {}: the checkpoint is another architecture; only model.rope_scaling.* and "
+                                  "model.max_position_embeddings may differ (a context extension), but {} other model "
+                                  "key{} differ:{}", option, checkpoint_dir, differing.size(),
+                                  differing.size() == 1 ? "" : "s", list));
   }
   std::map<std::string, torch::Tensor> needed;
   for (const auto& [name, t] : io::model_state(*model_)) {
@@ -186,16 +201,26 @@ int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData*
 }
 
 void Trainer::init_from(const std::string& checkpoint_dir) {
-  if (step_ > 0) throw ConfigError("--init-from: this run was already resumed from its own checkpoint");
   check_stage_directories(cfg_, checkpoint_dir);
   const fs::path source_dir = fs::weakly_canonical(checkpoint_dir);
+  if (step_ > 0) {  // --resume auto found this stage's own checkpoints: continue them if they descend from the source
+    const std::string parent = lineage_.is_array() && !lineage_.empty() ? lineage_.back().value("checkpoint", "") : "";
+    if (parent != source_dir.string()) {
+      throw ConfigError(fmt::format("--init-from {}: checkpoint.dir {} holds a run (resumed at step {}) that did not start "
+                                    "from it (its parent: {}); give this stage a new checkpoint.dir, or drop --init-from "
+                                    "to continue that run", checkpoint_dir, cfg_.checkpoint.dir, step_,
+                                    parent.empty() ? std::string("none, it started from scratch") : parent));
+    }
+    LMOE_INFO("stage '{}' continues from its own checkpoint at step {} (started from {})", cfg_.name, step_, parent);
+    return;
+  }
   if (const auto existing = checkpointer_->latest()) {
     throw ConfigError(fmt::format("--init-from {}: checkpoint.dir {} already holds this stage's committed checkpoint {}; "
                                   "add --resume auto to continue the stage from it, or give a new checkpoint.dir",
                                   checkpoint_dir, cfg_.checkpoint.dir, *existing));
   }
   CheckpointData data;
-  const int64_t source_step = load_weights(checkpoint_dir, &data);
+  const int64_t source_step = load_weights(checkpoint_dir, &data, "--init-from");
   const json state = json::parse(data.trainer_state_json);
   if (cfg_.train.init_optimizer == "carry") optimizer_->load_state(data.optimizer);
   const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");

@@ -126,8 +126,8 @@ def test_bad_stage_input_is_refused_and_the_source_run_is_untouched(recipe, run_
     both = run_cli("train", "--config", str(both_file))
     assert both.returncode == 2
     assert "exactly one of train.steps and train.tokens must be > 0" in both.stderr and "train.steps=3" in both.stderr
-    later = run_cli("config", "--config", "recipe-cpu", "--set", "train.tokens=4096", "--set", "train.steps=30", "--dump")
-    assert later.returncode == 0 and "  steps: 30" in later.stdout and "  tokens: 0" in later.stdout  # the later one wins
+    later = run_cli("config", "--config", "recipe-cpu", "--set", "train.tokens=4096", "--set", "train.steps=300", "--dump")
+    assert later.returncode == 0 and "  steps: 300" in later.stdout and "  tokens: 0" in later.stdout  # the later one wins
     ramp = run_cli("config", "--config", "recipe-cpu", "--set", "train.batch_ramp.increment=12", "--world-size", "1")
     assert ramp.returncode == 2
     assert "the global batch 20 (start 8 + 1 x increment 12) is not divisible by train.micro_batch_size (8)" in ramp.stderr
@@ -164,8 +164,8 @@ def test_a_run_stopped_mid_ramp_resumes_bit_identically(run_cli, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train(straight).returncode == 0
     batches = [r["global_batch"] for r in rows(straight / "run")]
-    stop = batches.index(6)  # stopped (like a SIGTERM) after a step in the middle of the ramp
-    assert 0 < stop and batches[stop - 1] < 8
+    stop = batches.index(4) + 1  # stopped (like a SIGTERM) after the first step of batch 4: inside the ramp and inside
+    assert batches[stop - 1] == batches[stop] == 4  # one of its constant-batch segments
     first = train(split, env={"LATENTMOE_TEST_STOP_AFTER_STEP": str(stop)})
     assert first.returncode == 3, first.stderr
     resumed = train(split, "--resume", "auto")

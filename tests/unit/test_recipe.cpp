@@ -100,6 +100,29 @@ TEST(BatchRamp, ValuesThatDoNotSplitAreNamedAtConfigTime) {
   EXPECT_NE(violations(c, 2).find("train.batch_ramp.start is 0 (no ramp)"), std::string::npos);
 }
 
+TEST(BatchRamp, ARampThatNeverEndsOrOverflowsIsRefused) {
+  cfg::Config c;
+  c.train.global_batch_size = 64;
+  c.train.micro_batch_size = 4;
+  c.train.steps = 10;
+  c.train.seq_len = 16;
+  c.train.batch_ramp = {.start = 16, .increment = 8, .tokens = 1 << 20};  // 10 steps are ~10K tokens
+  EXPECT_NE(violations(c, 1).find("train.batch_ramp.tokens (1048576) must be below the run's"), std::string::npos);
+  c.train.batch_ramp = {};
+  c.train.steps = int64_t{1} << 55;  // x 64 x 16 = 2^65 tokens
+  EXPECT_NE(violations(c, 1).find("the run is too long to count its tokens"), std::string::npos);
+}
+
+TEST(Recipe, DeepSeekPresetsValidateAtTheirWorldSizes) {
+  // Pre-training and the 32K stage at DP 128 (the ramp's values and 1920 split over 128 ranks); the
+  // 128K stage's 480 sequences need a world size that divides 480 and EP 32.
+  EXPECT_EQ(violations(cfg::load_config("deepseek-v3", {}), 128), "");
+  EXPECT_EQ(violations(cfg::load_config("deepseek-v3-ext-32k", {}), 128), "");
+  EXPECT_EQ(violations(cfg::load_config("deepseek-v3-ext-128k", {}), 96), "");
+  EXPECT_NE(violations(cfg::load_config("deepseek-v3", {}), 2048).find("train.batch_ramp: the global batch"),
+            std::string::npos);  // 2048 ranks without pipeline parallelism: 3072 does not split
+}
+
 TEST(RunLength, ExactlyOneOfStepsAndTokens) {
   cfg::Config c;
   c.train.tokens = 1000;  // steps is 300 by default: both

@@ -490,7 +490,7 @@ TEST(Trainer, InitFromRefusesAnotherArchitectureACorruptCheckpointOrItsOwnDirect
     cfg::Config own = tiny_training_config(first_dir);  // the source's checkpoint.dir
     train::Trainer next(own);
     expect_error_contains<latentmoe::ConfigError>([&] { next.init_from(source); },
-                                                  {"is in this stage's checkpoint.dir", "give the new stage its own"});
+                                                  {"checkpoint.dir", "is one of the source run's directories", "give the new stage its own checkpoint.dir"});
   }
   const auto before = file_hashes(first_dir.path() / "ckpt");
   TempDir copy_dir;
@@ -509,4 +509,48 @@ TEST(Trainer, InitFromRefusesAnotherArchitectureACorruptCheckpointOrItsOwnDirect
   std::filesystem::remove(copy / "COMMITTED");  // an interrupted save: never a stage's starting point
   expect_error_contains<train::CheckpointError>([&] { next.init_from(copy.string()); }, {"COMMITTED"});
   EXPECT_EQ(file_hashes(first_dir.path() / "ckpt"), before);
+}
+
+// A stage restarted with `--resume auto --init-from SOURCE` continues its own checkpoints (lineage
+// kept); they must descend from SOURCE, and a fresh --init-from never writes over them.
+TEST(Trainer, InitFromAfterAResumeContinuesOnlyItsOwnStage) {
+  TempDir first_dir, other_dir, next_dir;
+  train::Trainer first(tiny_training_config(first_dir));
+  ASSERT_EQ(first.run(), 0);
+  const std::string source = *first.last_checkpoint();
+  cfg::Config other_cfg = tiny_training_config(other_dir);
+  other_cfg.seed = 99;
+  train::Trainer other(other_cfg);
+  ASSERT_EQ(other.run(), 0);
+
+  cfg::Config next_cfg = tiny_training_config(next_dir);
+  next_cfg.train.steps = 4;
+  next_cfg.checkpoint.interval = 2;
+  ::setenv("LATENTMOE_TEST_STOP_AFTER_STEP", "2", 1);
+  {
+    train::Trainer next(next_cfg);
+    next.init_from(source);
+    EXPECT_EQ(next.run(), train::kExitInterrupted);
+  }
+  ::unsetenv("LATENTMOE_TEST_STOP_AFTER_STEP");
+  {
+    train::Trainer again(next_cfg);  // no --resume: the stage already has a checkpoint
+    expect_error_contains<latentmoe::ConfigError>([&] { again.init_from(source); },
+                                                  {"already holds this stage's committed checkpoint", "--resume auto"});
+  }
+  {
+    train::Trainer wrong(next_cfg);
+    wrong.resume("auto");
+    expect_error_contains<latentmoe::ConfigError>([&] { wrong.init_from(*other.last_checkpoint()); },
+                                                  {"did not start from it", "give this stage a new checkpoint.dir"});
+  }
+  train::Trainer resumed(next_cfg);
+  resumed.resume("auto");
+  resumed.init_from(source);
+  EXPECT_EQ(resumed.step(), 2);
+  ASSERT_EQ(resumed.run(), 0);
+  std::ifstream state_file(*resumed.last_checkpoint() + "/trainer_state.json");
+  const auto state = nlohmann::json::parse(state_file);
+  ASSERT_EQ(state.at("lineage").size(), 1u);  // the lineage survives the resume
+  EXPECT_EQ(state.at("lineage")[0].at("checkpoint"), std::filesystem::weakly_canonical(source).string());
 }

@@ -30,7 +30,8 @@ class BatchSchedule {
   int64_t total_tokens() const { return total_tokens_; }
   int64_t seq_len() const { return seq_len_; }
   bool sized_by_tokens() const { return sized_by_tokens_; }
-  // Every distinct global batch the run can use, in order (one value without a ramp).
+  // Every global batch the run uses, in order (one value without a ramp); a ramp value that the
+  // previous value's last step already went past is never used and is left out.
   std::vector<int64_t> batch_values() const;
   // Tokens at which the ramp reaches train.global_batch_size (0 without a ramp).
   int64_t ramp_end_tokens() const { return ramp_tokens_; }

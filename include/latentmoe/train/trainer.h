@@ -70,11 +70,13 @@ class Trainer {
   // Starts a new stage from another run's verified checkpoint (`train --init-from`, before run()):
   // the weights, and the AdamW state unless train.init_optimizer=reset. The model may differ only
   // in model.rope_scaling and model.max_position_embeddings (ConfigError listing the other keys).
+  // After a resume of this stage's own checkpoint it only checks that they descend from it.
   void init_from(const std::string& checkpoint_dir);
   // Only the weights of a verified checkpoint whose model may differ in the context extension (as
   // init_from; e.g. `eval` of a stage's model at another length). Returns the checkpoint's step;
-  // `loaded` receives the whole checkpoint when given.
-  int64_t load_weights(const std::string& checkpoint_dir, CheckpointData* loaded = nullptr);
+  // `loaded` receives the whole checkpoint when given; `option` names the source in errors.
+  int64_t load_weights(const std::string& checkpoint_dir, CheckpointData* loaded = nullptr,
+                       const char* option = "--checkpoint");
   // Trains until train.steps / train.tokens (or a signal / non-finite stop). Returns the exit code.
   int run();
   // Mean next-token CE over train.eval_batches validation micro-batches.
