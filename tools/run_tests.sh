@@ -12,8 +12,9 @@ ctest --test-dir "$build_dir" --output-on-failure --parallel "$(nproc)"
 ctest_rc=$?
 
 export LATENTMOE_BUILD_DIR="$build_dir"
-# The multi-process tests already ran under ctest (label multiproc).
-cd "$repo_root" && "$python_bin" -m pytest tests/python -q -p no:cacheprovider --ignore=tests/python/test_distributed.py
+# The multi-process and multi-host tests already ran under ctest (labels multiproc, multihost).
+cd "$repo_root" && "$python_bin" -m pytest tests/python -q -p no:cacheprovider --ignore=tests/python/test_distributed.py \
+  --ignore=tests/python/test_multihost.py
 pytest_rc=$?
 
 bash "$repo_root/tools/sanitizers.sh" test

@@ -1,7 +1,9 @@
 // `latentmoe train` and `latentmoe eval`.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -11,6 +13,7 @@
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
 #include "latentmoe/util/directory_lock.h"
+#include "latentmoe/util/host.h"
 #include "latentmoe/util/log.h"
 
 namespace latentmoe::cli {
@@ -43,6 +46,45 @@ std::vector<std::unique_ptr<DirectoryLock>> lock_run_directories(const config::C
   }
   if (!error.empty()) throw std::runtime_error(error);
   return locks;
+}
+// Hosts started with different configs would train different models in lockstep, or hang in
+// mismatched collectives: every rank compares its effective config with rank 0's before any work.
+void check_same_config(const config::Config& effective, parallel::Communicator& comm) {
+  config::Config cfg = effective;  // where and how much a host logs may differ
+  cfg.logging = config::LoggingConfig{};
+  cfg.data.num_workers = 1;
+  const std::string mine = config::dump_config_yaml(cfg);
+  const int world = comm.world_size();
+  at::Tensor length = at::full({1}, static_cast<int64_t>(mine.size()), at::kLong), lengths = at::empty({world}, at::kLong);
+  comm.all_gather(lengths, length, "config agreement all-gather");
+  const int64_t longest = lengths.max().item<int64_t>();
+  at::Tensor bytes = at::zeros({longest}, at::kByte), all = at::empty({world * longest}, at::kByte);
+  std::memcpy(bytes.data_ptr(), mine.data(), mine.size());
+  comm.all_gather(all, bytes, "config agreement all-gather");
+  const auto text_of = [&](int r) {
+    return std::string(reinterpret_cast<const char*>(all.data_ptr<uint8_t>()) + r * longest,
+                       static_cast<size_t>(lengths[r].item<int64_t>()));
+  };
+  const std::string reference = text_of(0);
+  std::vector<int> differing;
+  for (int r = 1; r < world; ++r) {
+    if (text_of(r) != reference) differing.push_back(r);
+  }
+  if (differing.empty()) return;
+  std::string keys;
+  if (mine != reference) {
+    const auto theirs = config::config_key_values(config::load_config_text(reference, "rank 0's config"));
+    const auto ours = config::config_key_values(cfg);
+    for (size_t i = 0; i < ours.size() && i < theirs.size(); ++i) {
+      if (ours[i].second != theirs[i].second) {
+        keys += fmt::format("\n  {}: {} on rank 0, {} here", ours[i].first, theirs[i].second, ours[i].second);
+      }
+    }
+  }
+  throw ConfigError(fmt::format("rank {} (host {}): rank{} {} started with another config than rank 0; start every host "
+                                "with the same --config and --set (compare `latentmoe config --dump` on each){}",
+                                comm.rank(), host_name(), differing.size() > 1 ? "s" : "", fmt::join(differing, ", "),
+                                keys));
 }
 }  // namespace
 
@@ -83,6 +125,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
       }
       train::check_stage_directories(cfg, *init_from);
     }
+    if (comm) check_same_config(cfg, *comm);
     const auto locks = lock_run_directories(cfg, comm.get(), env.rank);
     train::Trainer trainer(cfg, comm.get());
     if (!resume->empty()) trainer.resume(*resume);

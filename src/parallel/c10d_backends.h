@@ -7,11 +7,20 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 namespace latentmoe::parallel::detail {
 
+// Where a rank's gloo pairs listen: the interfaces (GLOO_SOCKET_IFNAME, or the one the route
+// toward MASTER_ADDR leaves by) and the address.
+struct GlooBinding {
+  std::vector<std::string> interfaces;
+  std::string address;
+  std::string why;  // "GLOO_SOCKET_IFNAME=eth0", "the route toward MASTER_ADDR=10.0.0.1 (10.0.0.1)", ...
+};
+
 c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                                                    const std::string& hostname, std::chrono::milliseconds timeout);
+                                                    const GlooBinding& binding, std::chrono::milliseconds timeout);
 // device_index: the GPU of this rank (LOCAL_RANK). Throws ConfigError without a CUDA build or GPU.
 c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                                     int device_index, std::chrono::milliseconds timeout);

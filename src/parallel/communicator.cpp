@@ -13,11 +13,17 @@
 #include <condition_variable>
 #include <exception>
 #include <cstdlib>
+#include <functional>
+#include <future>
 #include <mutex>
+#include <regex>
 #include <thread>
 
 #include "c10d_backends.h"
+#include "latentmoe/parallel/network.h"
 #include "latentmoe/util/error.h"
+#include "latentmoe/util/host.h"
+#include "latentmoe/util/log.h"
 
 namespace latentmoe::parallel {
 
@@ -42,6 +48,53 @@ int env_int(const char* name, int fallback, int min_value) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// Where this rank's Gloo pairs listen, and how to say so in the start-up line and in errors.
+detail::GlooBinding choose_gloo_binding(const DistributedEnv& e) {
+  detail::GlooBinding b;
+  if (const auto ifnames = env_var("GLOO_SOCKET_IFNAME")) {  // an explicit choice wins
+    b.interfaces = checked_interface_names(*ifnames, "GLOO_SOCKET_IFNAME");
+    for (const auto& i : network_interfaces()) {
+      if (i.name == b.interfaces.front() && b.address.empty()) b.address = i.address;
+    }
+    b.why = fmt::format("GLOO_SOCKET_IFNAME={}", *ifnames);
+  } else if (is_loopback_host(e.master_addr)) {
+    b.address = e.master_addr == "localhost" ? "127.0.0.1" : e.master_addr;
+    b.why = fmt::format("MASTER_ADDR={} is this host", e.master_addr);
+  } else {
+    const Route route = route_toward(e.master_addr, e.master_port, "MASTER_ADDR");
+    b.address = route.address;
+    if (!route.interface.empty()) b.interfaces = {route.interface};
+    b.why = fmt::format("the route toward MASTER_ADDR={} ({})", e.master_addr, route.peer);
+  }
+  return b;
+}
+
+std::string describe_binding(const detail::GlooBinding& b) {
+  return fmt::format("{}{}", b.interfaces.empty() ? std::string() : fmt::format("{} ", fmt::join(b.interfaces, ",")),
+                     b.address);
+}
+
+// Store calls can block without limit on a dead link (the client's timeout bounds waits, not a
+// reply that never comes): the failure paths run them on a helper thread that is abandoned after
+// `limit`. The helper owns (copies or shared pointers of) everything it touches.
+bool run_bounded(std::function<void()> fn, std::chrono::milliseconds limit) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> finished = done->get_future();
+  std::thread([fn = std::move(fn), done] {
+    try {
+      fn();
+    } catch (...) {
+    }
+    done->set_value();
+  }).detach();
+  return finished.wait_for(limit) == std::future_status::ready;
+}
+
+void bounded_set(const c10::intrusive_ptr<c10d::Store>& store, std::string key, std::vector<uint8_t> value,
+                 std::chrono::milliseconds limit) {
+  run_bounded([store, key = std::move(key), value = std::move(value)] { store->set(key, value); }, limit);
+}
+
 constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(250);
 constexpr auto kHeartbeatSilence = std::chrono::milliseconds(2000);  // no beat for this long = lost
 
@@ -63,6 +116,7 @@ class Session {
  public:
   Session(const DistributedEnv& e, std::string backend, std::chrono::seconds timeout)
       : env(e), backend(std::move(backend)), timeout(timeout) {
+    if (this->backend == "gloo") binding = choose_gloo_binding(e);
     // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it. Keys are
     // prefixed by the restart count so that a restarted job never reads its predecessor's keys.
     const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
@@ -72,8 +126,129 @@ class Session {
     // The heartbeat has its own connection so it never waits behind a blocking store call.
     heartbeat_store = connect_store(e, false, false, std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(5)));
     heartbeat_store->add(beat_key(e.rank), 1);
-    heartbeat_ = std::thread([this] { beat(); });
+    // What peers need to name this rank when they cannot reach it.
+    const std::string me = fmt::format("{}|{}", host_name(), describe_binding(binding));
+    heartbeat_store->set(net_key(e.rank), std::vector<uint8_t>(me.begin(), me.end()));
+    heartbeat_ = std::thread([state = beat_state_, store = heartbeat_store, key = beat_key(e.rank)] {
+      std::unique_lock<std::mutex> lock(state->mutex);
+      while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
+        lock.unlock();  // a slow store must not hold up shutdown
+        try {
+          store->add(key, 1);
+        } catch (const std::exception&) {
+          // The store is unreachable (its host died, or a transient error): keep trying; a failing
+          // collective reports what it finds.
+        }
+        lock.lock();
+      }
+      state->exited.set_value();
+    });
+    beat_exited_ = beat_state_->exited.get_future();
   }
+
+  // "rank 0 (host node-a, 10.0.0.1)", from what it published (or "rank 0 (never joined)").
+  std::string describe_rank(c10d::Store& probe, int rank) const {
+    if (!probe.check({net_key(rank)})) return fmt::format("rank {} (not in the store: it never joined)", rank);
+    const std::vector<uint8_t> raw = probe.get(net_key(rank));
+    const std::string text(raw.begin(), raw.end());
+    const size_t bar = text.find('|');
+    return fmt::format("rank {} (host {}, {})", rank, text.substr(0, bar), bar == std::string::npos ? "" : text.substr(bar + 1));
+  }
+
+  // After a failed rendezvous of a group: which member could not be reached, and why that is likely.
+  std::string describe_rendezvous_failure(const std::vector<int>& members, const std::string& error) const {
+    try {
+      auto probe = connect_store(env, false, false, std::chrono::milliseconds(3000));
+      std::smatch m;
+      const std::string remote = std::regex_search(error, m, std::regex(R"(remote=\[([^\]]+)\]:\d+)")) ? m[1].str() : "";
+      std::vector<std::string> unreached, never_joined;
+      for (const int r : members) {
+        if (r == env.rank) continue;
+        const std::string who = describe_rank(*probe, r);
+        if (who.find("never joined") != std::string::npos) {
+          never_joined.push_back(who);
+        } else if (!remote.empty() && who.find(" " + remote + ")") != std::string::npos) {
+          unreached.push_back(who);  // every member that advertised the address gloo could not reach
+        }
+      }
+      std::string out;
+      for (const auto& who : never_joined) out += "; " + who;
+      if (!unreached.empty()) {
+        out += fmt::format("; could not connect to {} at {}", fmt::join(unreached, " or "), remote);
+        if (is_loopback_host(remote) && !is_loopback_host(env.master_addr)) {
+          out += fmt::format(": a loopback address advertised to a multi-host job (MASTER_ADDR={}); on that host set "
+                             "GLOO_SOCKET_IFNAME to the interface toward MASTER_ADDR, or unset it (latentmoe then listens "
+                             "on that route)", env.master_addr);
+        } else {
+          out += fmt::format(": check that {} is reachable from host {} (routing, firewall; GLOO_SOCKET_IFNAME picks the "
+                             "interface a rank listens on)", remote, host_name());
+        }
+      }
+      return out;
+    } catch (const std::exception&) {
+      return fmt::format("; the rendezvous store at {}:{} is unreachable", env.master_addr, env.master_port);
+    }
+  }
+
+  // This rank failed in a rendezvous: the message for the peers still waiting in it.
+  void publish_failure(const std::string& message) {
+    bounded_set(heartbeat_store, failure_key(env.rank), std::vector<uint8_t>(message.begin(), message.end()),
+                std::chrono::seconds(2));
+    mark_failed(kOwnError);
+  }
+
+  // While this rank waits in a group's rendezvous (which gloo does not interrupt), a peer that
+  // failed in it makes this rank exit within a second or two instead of at the timeout.
+  class RendezvousWatch {
+   public:
+    RendezvousWatch(std::shared_ptr<const Session> session, std::vector<int> members, std::string group) {
+      thread_ = std::thread([state = state_, session = std::move(session), members = std::move(members),
+                             group = std::move(group)] {
+        try {
+          auto probe = connect_store(session->env, false, false, std::chrono::milliseconds(3000));
+          std::unique_lock<std::mutex> lock(state->mutex);
+          while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
+            for (const int r : members) {
+              if (r == session->env.rank || !probe->check({session->failure_key(r)})) continue;
+              const std::vector<uint8_t> raw = probe->get(session->failure_key(r));
+              LMOE_ERROR("rank {} of {}: the rendezvous of group {} cannot complete: {} failed in it: {}", session->env.rank,
+                         session->env.world_size, group, session->describe_rank(*probe, r),
+                         std::string(raw.begin(), raw.end()));
+              std::fflush(nullptr);
+              std::_Exit(1);
+            }
+          }
+        } catch (const std::exception&) {
+          // no store: the rendezvous itself fails and says so
+        }
+        state->exited.set_value();
+      });
+      exited_ = state_->exited.get_future();
+    }
+    ~RendezvousWatch() {
+      {
+        std::lock_guard<std::mutex> lock(state_->mutex);
+        state_->stop = true;
+      }
+      state_->wake.notify_all();
+      if (exited_.wait_for(std::chrono::seconds(2)) == std::future_status::ready) {
+        thread_.join();
+      } else {
+        thread_.detach();  // stuck on a dead link to the store: it owns what it uses
+      }
+    }
+
+   private:
+    struct State {
+      std::mutex mutex;
+      std::condition_variable wake;
+      bool stop = false;
+      std::promise<void> exited;
+    };
+    std::shared_ptr<State> state_ = std::make_shared<State>();
+    std::future<void> exited_;
+    std::thread thread_;
+  };
   ~Session() {
     if (std::uncaught_exceptions() > 0) {  // unwinding from an error
       mark_failed(kOwnError);
@@ -81,16 +256,33 @@ class Session {
       if (hosts_store_) linger();
     }
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
+      std::lock_guard<std::mutex> lock(beat_state_->mutex);
+      beat_state_->stop = true;
     }
-    wake_.notify_all();
-    if (heartbeat_.joinable()) heartbeat_.join();
+    beat_state_->wake.notify_all();
+    // A beat stuck on a dead link is left behind: it owns what it uses.
+    if (beat_exited_.valid() && beat_exited_.wait_for(std::chrono::seconds(1)) == std::future_status::ready) {
+      heartbeat_.join();
+    } else if (heartbeat_.joinable()) {
+      heartbeat_.detach();
+    }
   }
 
   // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.) Ranks that
   // marked themselves failed are not the lost ones: they are named apart, with their cause.
-  std::string diagnose() const {
+  static std::string diagnose(const std::shared_ptr<const Session>& session) {
+    auto result = std::make_shared<std::string>();
+    const bool finished = run_bounded([session, result] { *result = session->diagnose_unbounded(); },
+                                      kHeartbeatSilence + std::chrono::seconds(3));
+    return finished ? *result : session->unreachable_store();
+  }
+  std::string unreachable_store() const {
+    const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
+    return fmt::format("the rendezvous store at {}:{} is unreachable from host {} ({}): lost {} at {}, or the link to it",
+                       env.master_addr, env.master_port, host_name(), describe_binding(binding),
+                       agent_store ? "the torchrun agent of node 0" : "rank 0 (it hosts the store)", env.master_addr);
+  }
+  std::string diagnose_unbounded() const {
     try {
       auto probe = connect_store(env, false, false, std::chrono::milliseconds(3000));
       std::vector<int64_t> before(static_cast<size_t>(env.world_size));
@@ -106,8 +298,11 @@ class Session {
         }
       }
       const auto ranks = [](const std::vector<int>& v) { return fmt::format("rank{} {}", v.size() > 1 ? "s" : "", fmt::join(v, ", ")); };
-      std::string out = lost.empty() ? "" : fmt::format("lost {} (no heartbeat for {} s)", ranks(lost),
-                                                        std::chrono::duration<double>(kHeartbeatSilence).count());
+      std::vector<std::string> lost_described;  // with their hosts and addresses: a lost host is named
+      for (const int r : lost) lost_described.push_back(describe_rank(*probe, r));
+      std::string out = lost.empty() ? "" : fmt::format("lost {} (no heartbeat for {} s: {})", ranks(lost),
+                                                        std::chrono::duration<double>(kHeartbeatSilence).count(),
+                                                        fmt::join(lost_described, ", "));
       if (!own_error.empty()) out += (out.empty() ? "" : "; ") + ranks(own_error) + " stopped on an error of its own";
       if (!gave_up.empty()) out += (out.empty() ? "" : "; ") + ranks(gave_up) + " failed in a collective too";
       if (lost.empty() && own_error.empty()) {
@@ -116,9 +311,7 @@ class Session {
       }
       return out;
     } catch (const std::exception&) {
-      const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
-      return fmt::format("the rendezvous store at {}:{} is unreachable: lost {}", env.master_addr, env.master_port,
-                         agent_store ? "the torchrun agent" : "rank 0 (it hosts the store)");
+      return unreachable_store();
     }
   }
 
@@ -127,24 +320,19 @@ class Session {
   static inline const std::vector<uint8_t> kOwnError{'o', 'w', 'n'}, kCollectiveError{'p', 'e', 'e', 'r'};
   void mark_failed(const std::vector<uint8_t>& cause) {
     if (marked_.exchange(true)) return;
-    try {
-      heartbeat_store->set(failed_key(env.rank), cause);
-    } catch (const std::exception&) {
-    }
+    bounded_set(heartbeat_store, failed_key(env.rank), cause, std::chrono::seconds(1));
   }
 
   // This rank no longer needs the store: its failure report is complete. The store host lingers
   // until every live peer has said so (marking "failed" alone is too early: the diagnosis that
   // follows still reads the store for a couple of seconds).
   void mark_diagnosed() {
-    try {
-      heartbeat_store->set(diagnosed_key(env.rank), std::vector<uint8_t>{'1'});
-    } catch (const std::exception&) {
-    }
+    if (!diagnosed_.exchange(true)) bounded_set(heartbeat_store, diagnosed_key(env.rank), {'1'}, std::chrono::seconds(1));
   }
 
   DistributedEnv env;
   std::string backend;  // "gloo" or "nccl"
+  detail::GlooBinding binding;  // where gloo listens (gloo only)
   std::chrono::seconds timeout;
   std::string prefix;
   c10::intrusive_ptr<c10d::Store> store, heartbeat_store;
@@ -154,19 +342,8 @@ class Session {
   std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
   std::string failed_key(int rank) const { return fmt::format("{}/failed/{}", prefix, rank); }
   std::string diagnosed_key(int rank) const { return fmt::format("{}/diagnosed/{}", prefix, rank); }
-  void beat() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (!wake_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; })) {
-      lock.unlock();  // a slow store must not hold up shutdown
-      try {
-        heartbeat_store->add(beat_key(env.rank), 1);
-      } catch (const std::exception&) {
-        // The store is unreachable (its host died, or a transient error): keep trying; a failing
-        // collective reports what it finds.
-      }
-      lock.lock();
-    }
-  }
+  std::string net_key(int rank) const { return fmt::format("{}/net/{}", prefix, rank); }
+  std::string failure_key(int rank) const { return fmt::format("{}/failure/{}", prefix, rank); }
   // The store dies with this process: give the other ranks time to diagnose through it (until
   // each has finished its diagnosis or stopped beating, at most a few seconds).
   void linger() const {
@@ -188,11 +365,16 @@ class Session {
     } catch (const std::exception&) {
     }
   }
+  struct BeatState {
+    std::mutex mutex;
+    std::condition_variable wake;
+    bool stop = false;
+    std::promise<void> exited;
+  };
   bool hosts_store_ = false;
-  std::atomic<bool> marked_{false};
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;
+  std::atomic<bool> marked_{false}, diagnosed_{false};
+  std::shared_ptr<BeatState> beat_state_ = std::make_shared<BeatState>();
+  std::future<void> beat_exited_;
   std::thread heartbeat_;
 };
 
@@ -227,18 +409,22 @@ class C10dCommunicator final : public Communicator {
     auto store = c10::make_intrusive<c10d::PrefixStore>(session_->prefix + "/group/" + name_, session_->store);
     const int size = static_cast<int>(ranks_.size());
     try {
+      const Session::RendezvousWatch watch(session_, ranks_, name_);
       if (session_->backend == "nccl") {
         device_ = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(session_->env.local_rank));
         backend_ = detail::make_nccl_backend(store, rank_, size, session_->env.local_rank, timeout);
       } else {
-        backend_ = detail::make_gloo_backend(store, rank_, size, session_->env.master_addr, timeout);
+        backend_ = detail::make_gloo_backend(store, rank_, size, session_->binding, timeout);
       }
     } catch (const ConfigError&) {
       throw;
     } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("rank {}: rendezvous of group {} ({} ranks) at {}:{} failed within {} s: {}",
-                                           global_rank(), name_, size, session_->env.master_addr,
-                                           session_->env.master_port, session_->timeout.count(), first_line(e.what())));
+      const std::string message =
+          fmt::format("rank {} (host {}, {}): rendezvous of group {} ({} ranks) failed{}: {}", global_rank(), host_name(),
+                      describe_binding(session_->binding), name_, size,
+                      session_->describe_rendezvous_failure(ranks_, e.what()), first_line(e.what()));
+      session_->publish_failure(message);
+      throw std::runtime_error(message);
     }
   }
 
@@ -288,7 +474,7 @@ class C10dCommunicator final : public Communicator {
   // "rank 1 of 4: gradient all-reduce (group world) failed: lost rank 3 (...); gloo: ..."
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const {
     session_->mark_failed(Session::kCollectiveError);
-    const std::string diagnosis = session_->diagnose();
+    const std::string diagnosis = Session::diagnose(session_);
     session_->mark_diagnosed();
     throw std::runtime_error(fmt::format("rank {} of {}: {} (group {}, {} ranks) failed: {}; {}: {}", global_rank(),
                                          session_->env.world_size, what, name_, ranks_.size(), diagnosis,
@@ -350,21 +536,12 @@ void C10dPending::wait() {
 
 namespace detail {
 c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                                                    const std::string& hostname, std::chrono::milliseconds timeout) {
+                                                    const GlooBinding& binding, std::chrono::milliseconds timeout) {
   auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-  // Bind where peers can reach this rank: GLOO_SOCKET_IFNAME if set; loopback when the job is
-  // local (MASTER_ADDR on 127.0.0.0/8); else the address this host's name resolves to.
-  if (const auto ifnames = env_var("GLOO_SOCKET_IFNAME")) {  // "eth0" or "eth0,eth1"
-    size_t start = 0;
-    while (start <= ifnames->size()) {
-      const size_t comma = std::min(ifnames->find(',', start), ifnames->size());
-      if (comma > start) options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifnames->substr(start, comma - start)));
-      start = comma + 1;
-    }
-  } else if (hostname == "localhost" || hostname.rfind("127.", 0) == 0 || hostname == "::1") {
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
-  } else {
-    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  if (binding.interfaces.size() > 1 || (binding.interfaces.size() == 1 && binding.address.empty())) {
+    for (const auto& name : binding.interfaces) options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+  } else {  // one address: bind exactly there (an interface's first address could be another family)
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(binding.address));
   }
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
 }
@@ -395,9 +572,21 @@ std::unique_ptr<Communicator> Communicator::create(const DistributedEnv& e, cons
   std::shared_ptr<Session> session;
   try {
     session = std::make_shared<Session>(e, kind, timeout);
+  } catch (const ConfigError&) {
+    throw;
   } catch (const std::exception& ex) {
     throw std::runtime_error(fmt::format("rank {}: rendezvous with {} ranks at {}:{} failed within {} s: {}", e.rank,
                                          e.world_size, e.master_addr, e.master_port, timeout.count(), first_line(ex.what())));
+  }
+  std::string nccl;
+  for (const char* name : {"NCCL_SOCKET_IFNAME", "NCCL_IB_HCA"}) {
+    if (const auto v = env_var(name)) nccl += fmt::format(", {}={}", name, *v);
+  }
+  if (kind == "gloo") {
+    LMOE_INFO("rank {} of {} on host {}: gloo listens on {} ({}){}", e.rank, e.world_size, host_name(),
+              describe_binding(session->binding), session->binding.why, nccl);
+  } else {
+    LMOE_INFO("rank {} of {} on host {}: nccl on cuda:{}{}", e.rank, e.world_size, host_name(), e.local_rank, nccl);
   }
   std::vector<int> all(static_cast<size_t>(e.world_size));
   for (int r = 0; r < e.world_size; ++r) all[static_cast<size_t>(r)] = r;
