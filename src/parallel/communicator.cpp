@@ -97,6 +97,112 @@ void bounded_set(const c10::intrusive_ptr<c10d::Store>& store, std::string key, 
 
 constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(250);
 constexpr auto kHeartbeatSilence = std::chrono::milliseconds(2000);  // no beat for this long = lost
+// While training, a rank whose heartbeat stops for this long is lost (a dead host, a partition),
+// whatever parallel.timeout_s allows a collective: rank 0 watches every rank's counter and
+// announces the loss; a rank that cannot reach the store for this long stops on its own.
+constexpr auto kLostAfter = std::chrono::seconds(15);
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string store_key(const std::string& prefix, const char* kind, int rank) {
+  return fmt::format("{}/{}/{}", prefix, kind, rank);
+}
+
+// "rank 0 (host node-a, eth0 10.0.0.1)", from what the rank published (or "(... never joined)").
+std::string describe_rank_from(c10d::Store& probe, const std::string& prefix, int rank) {
+  const std::string key = store_key(prefix, "net", rank);
+  if (!probe.check({key})) return fmt::format("rank {} (not in the store: it never joined)", rank);
+  const std::vector<uint8_t> raw = probe.get(key);
+  const std::string text(raw.begin(), raw.end());
+  const size_t bar = text.find('|');
+  return fmt::format("rank {} (host {}, {})", rank, text.substr(0, bar), bar == std::string::npos ? "" : text.substr(bar + 1));
+}
+
+[[noreturn]] void stop_process(const std::string& message) {
+  LMOE_ERROR("{}", message);
+  std::fprintf(stderr, "latentmoe: error: %s\n", message.c_str());
+  std::fflush(nullptr);
+  std::_Exit(1);
+}
+
+// What the heartbeat and the monitor need, owned by them (they may outlive a Session stuck on a
+// dead link).
+struct BeatContext {
+  DistributedEnv env;
+  std::string prefix, self;  // self: "rank 2 of 4 (host vm, eth0 10.0.0.2)"
+};
+
+struct BeatState {
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stop = false;
+  std::atomic<int64_t> last_ok_ms{0};  // the last beat the store acknowledged
+  std::promise<void> exited;
+};
+
+// Every kHeartbeatPeriod: count this rank's beat, stop if rank 0 announced a lost rank, and on
+// rank 0 look for ranks whose counter stalled for kLostAfter (ranks that finished or failed on
+// their own are not lost).
+void heartbeat_loop(const std::shared_ptr<BeatState>& state, const c10::intrusive_ptr<c10d::Store>& store,
+                    const BeatContext& c) {
+  const std::string abort_key = c.prefix + "/abort", mine = store_key(c.prefix, "heartbeat", c.env.rank);
+  std::vector<int64_t> last(static_cast<size_t>(c.env.world_size), -1), changed(last.size(), now_ms());
+  int64_t ticks = 0;
+  std::unique_lock<std::mutex> lock(state->mutex);
+  while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
+    lock.unlock();  // a slow store must not hold up shutdown
+    try {
+      store->add(mine, 1);
+      state->last_ok_ms = now_ms();
+      if (store->check({abort_key})) {
+        const std::vector<uint8_t> raw = store->get(abort_key);
+        stop_process(fmt::format("{}: stopping: {}", c.self, std::string(raw.begin(), raw.end())));
+      }
+      if (c.env.rank == 0 && ++ticks % 4 == 0) {
+        std::vector<std::string> lost;
+        for (int r = 1; r < c.env.world_size; ++r) {
+          const size_t i = static_cast<size_t>(r);
+          const int64_t beats = store->add(store_key(c.prefix, "heartbeat", r), 0);
+          if (beats != last[i]) {
+            last[i] = beats;
+            changed[i] = now_ms();
+          } else if (now_ms() - changed[i] > std::chrono::milliseconds(kLostAfter).count() &&
+                     !store->check({store_key(c.prefix, "done", r)}) && !store->check({store_key(c.prefix, "failed", r)})) {
+            lost.push_back(describe_rank_from(*store, c.prefix, r));
+          }
+        }
+        if (!lost.empty()) {
+          const std::string message = fmt::format("lost {} (no heartbeat for {} s: the host is down or unreachable)",
+                                                  fmt::join(lost, ", "), kLostAfter.count());
+          store->set(abort_key, std::vector<uint8_t>(message.begin(), message.end()));
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the others read it, then the store goes
+          stop_process(fmt::format("{}: {}", c.self, message));
+        }
+      }
+    } catch (const std::exception&) {
+      // The store is unreachable (its host died, or a transient error): keep trying; the monitor
+      // stops this rank if it lasts.
+    }
+    lock.lock();
+  }
+  state->exited.set_value();
+}
+
+// Store-free (a call on a dead link can block forever): stops this rank when no beat has
+// reached the store for kLostAfter.
+void monitor_loop(const std::shared_ptr<BeatState>& state, const BeatContext& c) {
+  std::unique_lock<std::mutex> lock(state->mutex);
+  while (!state->wake.wait_for(lock, std::chrono::seconds(1), [&] { return state->stop; })) {
+    const int64_t silent = now_ms() - state->last_ok_ms.load();
+    if (silent > std::chrono::milliseconds(kLostAfter).count()) {
+      stop_process(fmt::format("{}: the rendezvous store at {}:{} has been unreachable for {} s: lost node 0 ({}, "
+                               "MASTER_ADDR) or the link to it", c.self, c.env.master_addr, c.env.master_port,
+                               silent / 1000, c.env.master_addr));
+    }
+  }
+}
 
 // The rendezvous connection (`rendezvous`: counts itself in and waits for all ranks) or an extra
 // client connection of the same process.
@@ -129,31 +235,16 @@ class Session {
     // What peers need to name this rank when they cannot reach it.
     const std::string me = fmt::format("{}|{}", host_name(), describe_binding(binding));
     heartbeat_store->set(net_key(e.rank), std::vector<uint8_t>(me.begin(), me.end()));
-    heartbeat_ = std::thread([state = beat_state_, store = heartbeat_store, key = beat_key(e.rank)] {
-      std::unique_lock<std::mutex> lock(state->mutex);
-      while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
-        lock.unlock();  // a slow store must not hold up shutdown
-        try {
-          store->add(key, 1);
-        } catch (const std::exception&) {
-          // The store is unreachable (its host died, or a transient error): keep trying; a failing
-          // collective reports what it finds.
-        }
-        lock.lock();
-      }
-      state->exited.set_value();
-    });
+    const BeatContext context{.env = e, .prefix = prefix,
+                              .self = fmt::format("rank {} of {} (host {}, {})", e.rank, e.world_size, host_name(),
+                                                  describe_binding(binding))};
+    beat_state_->last_ok_ms = now_ms();
+    heartbeat_ = std::thread([state = beat_state_, store = heartbeat_store, context] { heartbeat_loop(state, store, context); });
+    monitor_ = std::thread([state = beat_state_, context] { monitor_loop(state, context); });
     beat_exited_ = beat_state_->exited.get_future();
   }
 
-  // "rank 0 (host node-a, 10.0.0.1)", from what it published (or "rank 0 (never joined)").
-  std::string describe_rank(c10d::Store& probe, int rank) const {
-    if (!probe.check({net_key(rank)})) return fmt::format("rank {} (not in the store: it never joined)", rank);
-    const std::vector<uint8_t> raw = probe.get(net_key(rank));
-    const std::string text(raw.begin(), raw.end());
-    const size_t bar = text.find('|');
-    return fmt::format("rank {} (host {}, {})", rank, text.substr(0, bar), bar == std::string::npos ? "" : text.substr(bar + 1));
-  }
+  std::string describe_rank(c10d::Store& probe, int rank) const { return describe_rank_from(probe, prefix, rank); }
 
   // After a failed rendezvous of a group: which member could not be reached, and why that is likely.
   std::string describe_rendezvous_failure(const std::vector<int>& members, const std::string& error) const {
@@ -254,6 +345,8 @@ class Session {
       mark_failed(kOwnError);
       mark_diagnosed();  // done with the store (a collective failure was diagnosed before the throw)
       if (hosts_store_) linger();
+    } else {  // finished: rank 0 must not take the silence that follows for a lost rank
+      bounded_set(heartbeat_store, store_key(prefix, "done", env.rank), {'1'}, std::chrono::seconds(1));
     }
     {
       std::lock_guard<std::mutex> lock(beat_state_->mutex);
@@ -266,6 +359,7 @@ class Session {
     } else if (heartbeat_.joinable()) {
       heartbeat_.detach();
     }
+    if (monitor_.joinable()) monitor_.join();  // store-free: it wakes within a second
   }
 
   // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.) Ranks that
@@ -365,17 +459,11 @@ class Session {
     } catch (const std::exception&) {
     }
   }
-  struct BeatState {
-    std::mutex mutex;
-    std::condition_variable wake;
-    bool stop = false;
-    std::promise<void> exited;
-  };
   bool hosts_store_ = false;
   std::atomic<bool> marked_{false}, diagnosed_{false};
   std::shared_ptr<BeatState> beat_state_ = std::make_shared<BeatState>();
   std::future<void> beat_exited_;
-  std::thread heartbeat_;
+  std::thread heartbeat_, monitor_;
 };
 
 class C10dCommunicator;
