@@ -33,15 +33,23 @@ def namespaces_unavailable() -> str | None:
         return "not root: network namespaces need CAP_NET_ADMIN"
     if shutil.which("ip") is None:
         return "no iproute2 (`ip`)"
-    probe = f"{PREFIX}-probe-{os.getpid()}"
-    made = sh("ip", "netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"cannot make a network namespace: {made.stderr.strip()}"
-    sh("ip", "netns", "del", probe, check=False)
-    return None
+    probe, link = f"{PREFIX}-probe-{os.getpid()}", f"lmp{os.getpid() % 100000}"
+    try:
+        for step, command in (("a network namespace", ["ip", "netns", "add", probe]),
+                              ("a veth pair", ["ip", "link", "add", f"{link}a", "type", "veth", "peer", "name", f"{link}b"]),
+                              ("a veth end in a namespace", ["ip", "link", "set", f"{link}a", "netns", probe]),
+                              ("an address on it", ["ip", "-n", probe, "addr", "add", "10.78.0.1/24", "dev", f"{link}a"])):
+            made = sh(*command, check=False)
+            if made.returncode != 0:
+                return f"cannot make {step}: {made.stderr.strip()}"
+        return None
+    finally:
+        sh("ip", "link", "del", f"{link}b", check=False)
+        sh("ip", "netns", "del", probe, check=False)
 
 
-pytestmark = pytest.mark.skipif(namespaces_unavailable() is not None, reason=str(namespaces_unavailable()))
+UNAVAILABLE = namespaces_unavailable()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no multi-host harness here: {UNAVAILABLE}")
 
 
 def remove_stale() -> None:
