@@ -73,12 +73,8 @@ void check_same_config(const config::Config& effective, parallel::Communicator& 
   if (differing.empty()) return;
   std::string keys;
   if (mine != reference) {
-    const auto theirs = config::config_key_values(config::load_config_text(reference, "rank 0's config"));
-    const auto ours = config::config_key_values(cfg);
-    for (size_t i = 0; i < ours.size() && i < theirs.size(); ++i) {
-      if (ours[i].second != theirs[i].second) {
-        keys += fmt::format("\n  {}: {} on rank 0, {} here", ours[i].first, theirs[i].second, ours[i].second);
-      }
+    for (const auto& d : config::differing_keys(config::load_config_text(reference, "rank 0's config"), cfg)) {
+      keys += fmt::format("\n  {}: {} on rank 0, {} here", d.key, d.from, d.to);
     }
   }
   throw ConfigError(fmt::format("rank {} (host {}): rank{} {} started with another config than rank 0; start every host "

@@ -149,6 +149,15 @@ std::string config_reference_markdown() {
   return out;
 }
 
+std::vector<KeyDifference> differing_keys(const Config& from, const Config& to) {
+  const auto a = config_key_values(from), b = config_key_values(to);  // the same schema: the same keys in order
+  std::vector<KeyDifference> out;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].second != b[i].second) out.push_back({a[i].first, a[i].second, b[i].second});
+  }
+  return out;
+}
+
 std::vector<std::pair<std::string, std::string>> config_key_values(const Config& cfg) {
   Config copy = cfg;
   std::vector<std::pair<std::string, std::string>> out;

@@ -21,15 +21,10 @@ std::vector<std::string> stage_incompatible_model_keys(const config::ModelConfig
   config::Config a, b;
   a.model = from;
   b.model = to;
-  const auto from_values = config::config_key_values(a), to_values = config::config_key_values(b);
   std::vector<std::string> differing;
-  for (size_t i = 0; i < from_values.size(); ++i) {
-    const std::string& key = from_values[i].first;
-    const bool context_extension = key == "model.max_position_embeddings" || key.starts_with("model.rope_scaling.");
-    if (key.starts_with("model.") && !context_extension && from_values[i].second != to_values[i].second) {
-      differing.push_back(fmt::format("{} ({} in the checkpoint, {} in the config)", key, from_values[i].second,
-                                      to_values[i].second));
-    }
+  for (const auto& d : config::differing_keys(a, b)) {
+    const bool context_extension = d.key == "model.max_position_embeddings" || d.key.starts_with("model.rope_scaling.");
+    if (!context_extension) differing.push_back(fmt::format("{} ({} in the checkpoint, {} in the config)", d.key, d.from, d.to));
   }
   return differing;
 }
@@ -59,16 +54,8 @@ struct StagePlan {
       : cfg(c), batches(c.train), lr(c.schedule, c.optimizer.lr, batches) {}
   int64_t tokens(int64_t step) const { return batches.tokens_after(step); }
   double lr_at(int64_t step) const { return lr.lr(step, tokens(step)); }
-  double lambda_at(int64_t step) const {
-    const auto& t = cfg.train;
-    if (cfg.model.num_nextn_predict_layers == 0) return 0.0;
-    return t.mtp_loss_weight_switch_tokens > 0 && tokens(step) >= t.mtp_loss_weight_switch_tokens ? t.mtp_loss_weight_final
-                                                                                                  : t.mtp_loss_weight;
-  }
-  double gamma_at(int64_t step) const {
-    const auto& t = cfg.train;
-    return t.bias_update_freeze_tokens > 0 && tokens(step) >= t.bias_update_freeze_tokens ? 0.0 : t.bias_update_speed;
-  }
+  double lambda_at(int64_t step) const { return mtp_loss_weight_at(cfg, tokens(step)); }
+  double gamma_at(int64_t step) const { return bias_update_speed_at(cfg.train, tokens(step)); }
   // A boundary in schedule.unit as a step index.
   int64_t schedule_step(int64_t at) const { return cfg.schedule.unit == "tokens" ? batches.steps_to_reach(at) : at; }
 

@@ -39,4 +39,15 @@ double LrSchedule::lr(int64_t step, int64_t tokens) const {
   return s_.min_lr + 0.5 * (peak_ - s_.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
+double mtp_loss_weight_at(const config::Config& cfg, int64_t tokens) {
+  const auto& t = cfg.train;
+  if (cfg.model.num_nextn_predict_layers == 0) return 0.0;
+  return t.mtp_loss_weight_switch_tokens > 0 && tokens >= t.mtp_loss_weight_switch_tokens ? t.mtp_loss_weight_final
+                                                                                          : t.mtp_loss_weight;
+}
+
+double bias_update_speed_at(const config::TrainConfig& t, int64_t tokens) {
+  return t.bias_update_freeze_tokens > 0 && tokens >= t.bias_update_freeze_tokens ? 0.0 : t.bias_update_speed;
+}
+
 }  // namespace latentmoe::train

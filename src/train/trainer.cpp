@@ -156,11 +156,8 @@ StepRecord Trainer::train_step() {
   r.global_batch = batches_->global_batch(tokens_seen_);
   optimizer_->zero_grad();
   model_->train();
-  const double mtp_weight = t.mtp_loss_weight_switch_tokens > 0 && tokens_seen_ >= t.mtp_loss_weight_switch_tokens
-                                ? t.mtp_loss_weight_final
-                                : t.mtp_loss_weight;
-  r.mtp_weight = cfg_.model.num_nextn_predict_layers > 0 ? mtp_weight : 0.0;
-  r.bias_update_speed = t.bias_update_freeze_tokens > 0 && tokens_seen_ >= t.bias_update_freeze_tokens ? 0.0 : t.bias_update_speed;
+  r.mtp_weight = mtp_loss_weight_at(cfg_, tokens_seen_);
+  r.bias_update_speed = bias_update_speed_at(t, tokens_seen_);
   const int64_t accum = accum_steps(r.global_batch);
   const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_, r.global_batch);
   if (prefetcher_) {  // this step's micro-batches (queued a step ago) and the next step's
@@ -178,7 +175,7 @@ StepRecord Trainer::train_step() {
     {
       AutocastScope autocast(bf16_, c10::DeviceType::CPU);
       const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), cfg_.model.num_nextn_predict_layers > 0);
-      losses = compute_losses(out, tokens, cfg_, mtp_weight, ignored_label_);
+      losses = compute_losses(out, tokens, cfg_, r.mtp_weight, ignored_label_);
       for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
     }
     // Test hook: this rank's loss (and so its gradients) blown up at one step, on its first

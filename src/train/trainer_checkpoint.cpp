@@ -147,25 +147,18 @@ void Trainer::resume(const std::string& spec) {
                                                : ""));
   }
   // Resuming continues the saved data stream only if these match; a change is allowed but said.
-  const auto saved_values = config::config_key_values(saved), current_values = config::config_key_values(cfg_);
-  for (size_t i = 0; i < saved_values.size() && i < current_values.size(); ++i) {
-    const std::string& key = saved_values[i].first;
+  for (const auto& [key, from, to] : config::differing_keys(saved, cfg_)) {
     const bool stream = key == "seed" || key == "data.paths" || key == "data.weights" || key == "data.valid_fraction" ||
                         key == "data.fim_rate" || key == "data.fim_spm_rate" || key == "train.seq_len" ||
                         key == "train.global_batch_size" || key.starts_with("train.batch_ramp.");
-    if (stream && saved_values[i].second != current_values[i].second && rank_ == 0) {
+    if (stream && rank_ == 0) {
       LMOE_WARN("resume: {} is {} in {} but {} now: the run continues from the saved position with another data "
-                "stream, not as the saved run would have{}", key, saved_values[i].second, path, current_values[i].second,
+                "stream, not as the saved run would have{}", key, from, path, to,
                 key == "train.seq_len" ? " (a new stage at another length is `train --init-from` with its own "
                                          "checkpoint.dir)" : "");
     }
   }
-  // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
-  std::map<std::string, torch::Tensor> needed;
-  for (const auto& [name, t] : io::model_state(*model_)) {
-    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
-  }
-  io::load_model_state(*model_, needed, path);
+  load_model_tensors(data, path);
   optimizer_->load_state(data.optimizer);
   const json state = json::parse(data.trainer_state_json);
   step_ = state.at("step").get<int64_t>();
@@ -179,10 +172,19 @@ void Trainer::resume(const std::string& spec) {
   LMOE_INFO("resumed from {} at step {} ({} tokens, {} samples consumed)", path, step_, tokens_seen_, consumed_samples_);
 }
 
-int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData* loaded, const char* option) {
-  CheckpointData data = load_verified(checkpoint_dir, option);
-  const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");
-  if (const auto differing = stage_incompatible_model_keys(source.model, cfg_.model); !differing.empty()) {
+void Trainer::load_model_tensors(const CheckpointData& data, const std::string& path) {
+  // Names are global, so a checkpoint from any world size or EP degree holds what this rank needs.
+  std::map<std::string, torch::Tensor> needed;
+  for (const auto& [name, t] : io::model_state(*model_)) {
+    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
+  }
+  io::load_model_state(*model_, needed, path);
+}
+
+Trainer::StageSource Trainer::load_stage_weights(const std::string& checkpoint_dir, const char* option) {
+  StageSource source{.data = load_verified(checkpoint_dir, option), .config = {}, .state = {}};
+  source.config = config::load_config_text(source.data.config_yaml, checkpoint_dir + "/config.yaml");
+  if (const auto differing = stage_incompatible_model_keys(source.config.model, cfg_.model); !differing.empty()) {
     std::string list;
     for (const auto& d : differing) list += "\n  " + d;
     throw ConfigError(fmt::format("{} {}: the checkpoint is another architecture; only model.rope_scaling.* and "
@@ -190,14 +192,13 @@ int64_t Trainer::load_weights(const std::string& checkpoint_dir, CheckpointData*
                                   "key{} differ:{}", option, checkpoint_dir, differing.size(),
                                   differing.size() == 1 ? "" : "s", list));
   }
-  std::map<std::string, torch::Tensor> needed;
-  for (const auto& [name, t] : io::model_state(*model_)) {
-    if (const auto it = data.model.find(name); it != data.model.end()) needed.emplace(name, it->second);
-  }
-  io::load_model_state(*model_, needed, checkpoint_dir);
-  const int64_t step = json::parse(data.trainer_state_json).at("step").get<int64_t>();
-  if (loaded) *loaded = std::move(data);
-  return step;
+  load_model_tensors(source.data, checkpoint_dir);
+  source.state = json::parse(source.data.trainer_state_json);
+  return source;
+}
+
+int64_t Trainer::load_weights(const std::string& checkpoint_dir) {
+  return load_stage_weights(checkpoint_dir, "--checkpoint").state.at("step").get<int64_t>();
 }
 
 void Trainer::init_from(const std::string& checkpoint_dir) {
@@ -219,27 +220,25 @@ void Trainer::init_from(const std::string& checkpoint_dir) {
                                   "add --resume auto to continue the stage from it, or give a new checkpoint.dir",
                                   checkpoint_dir, cfg_.checkpoint.dir, *existing));
   }
-  CheckpointData data;
-  const int64_t source_step = load_weights(checkpoint_dir, &data, "--init-from");
-  const json state = json::parse(data.trainer_state_json);
-  if (cfg_.train.init_optimizer == "carry") optimizer_->load_state(data.optimizer);
-  const config::Config source = config::load_config_text(data.config_yaml, checkpoint_dir + "/config.yaml");
+  const StageSource loaded = load_stage_weights(checkpoint_dir, "--init-from");
+  const config::Config& source = loaded.config;
+  const json& state = loaded.state;
+  const int64_t source_step = state.at("step").get<int64_t>();
+  if (cfg_.train.init_optimizer == "carry") optimizer_->load_state(loaded.data.optimizer);
   lineage_ = state.value("lineage", json::array());
   const std::string manifest = read_text_file(checkpoint_dir + "/manifest.json").value_or("");
   lineage_.push_back({{"stage", source.name},
-                      {"config_sha256", config_sha256(data.config_yaml)},
+                      {"config_sha256", config_sha256(loaded.data.config_yaml)},
                       {"checkpoint", source_dir.string()},
                       {"manifest_sha256", sha256_hex(manifest.data(), manifest.size())},
                       {"step", source_step},
                       {"tokens", state.value("tokens_seen", int64_t{0})},
                       {"optimizer", cfg_.train.init_optimizer}});
   std::vector<std::string> changed;
-  const auto from = config::config_key_values(source), to = config::config_key_values(cfg_);
-  for (size_t i = 0; i < from.size() && i < to.size(); ++i) {
-    const std::string& key = from[i].first;
+  for (const auto& [key, from, to] : config::differing_keys(source, cfg_)) {
     const bool reported = key == "train.seq_len" || key == "train.global_batch_size" || key == "optimizer.lr" ||
                           key == "model.max_position_embeddings" || key.starts_with("model.rope_scaling.");
-    if (reported && from[i].second != to[i].second) changed.push_back(fmt::format("{} {} -> {}", key, from[i].second, to[i].second));
+    if (reported) changed.push_back(fmt::format("{} {} -> {}", key, from, to));
   }
   LMOE_INFO("new stage '{}' from {} (stage '{}', step {}): weights loaded, AdamW state {}; {}", cfg_.name, checkpoint_dir,
             source.name, source_step, cfg_.train.init_optimizer == "carry" ? "carried" : "reset",

@@ -35,6 +35,12 @@ std::string dump_config_yaml(const Config& cfg);
 // Every leaf key ("model.hidden_size") with its value as dump_config_yaml writes it, in schema order.
 std::vector<std::pair<std::string, std::string>> config_key_values(const Config& cfg);
 
+// The leaf keys whose values differ between two configs, with both values, in schema order.
+struct KeyDifference {
+  std::string key, from, to;
+};
+std::vector<KeyDifference> differing_keys(const Config& from, const Config& to);
+
 // Markdown reference of every key: type, default, doc (docs/configuration.md).
 std::string config_reference_markdown();
 

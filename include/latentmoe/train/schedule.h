@@ -26,4 +26,10 @@ class LrSchedule {
   int64_t total_steps_, total_tokens_, warmup_end_tokens_;
 };
 
+// The MTP weight lambda (0 without MTP modules) and the balancing speed gamma (0 once frozen) in
+// effect for the step that starts after `tokens` consumed tokens: the trainer applies them, the
+// timeline plots them.
+double mtp_loss_weight_at(const config::Config& cfg, int64_t tokens);
+double bias_update_speed_at(const config::TrainConfig& train, int64_t tokens);
+
 }  // namespace latentmoe::train

@@ -73,10 +73,8 @@ class Trainer {
   // After a resume of this stage's own checkpoint it only checks that they descend from it.
   void init_from(const std::string& checkpoint_dir);
   // Only the weights of a verified checkpoint whose model may differ in the context extension (as
-  // init_from; e.g. `eval` of a stage's model at another length). Returns the checkpoint's step;
-  // `loaded` receives the whole checkpoint when given; `option` names the source in errors.
-  int64_t load_weights(const std::string& checkpoint_dir, CheckpointData* loaded = nullptr,
-                       const char* option = "--checkpoint");
+  // init_from; e.g. `eval` of a stage's model at another length). Returns the checkpoint's step.
+  int64_t load_weights(const std::string& checkpoint_dir);
   // Trains until train.steps / train.tokens (or a signal / non-finite stop). Returns the exit code.
   int run();
   // Mean next-token CE over train.eval_batches validation micro-batches.
@@ -109,6 +107,16 @@ class Trainer {
   int rerun_diagnosis(const StepRecord& r, const std::string& what);
   int check_replicas();
   std::string describe_step_samples() const;
+  // trainer_checkpoint.cpp: the model tensors this rank holds, from a loaded checkpoint.
+  void load_model_tensors(const CheckpointData& data, const std::string& path);
+  // A verified checkpoint, its config and trainer state, with its weights loaded into the model
+  // after the stage-compatibility check; `option` names the source in errors.
+  struct StageSource {
+    CheckpointData data;
+    config::Config config;
+    nlohmann::json state;
+  };
+  StageSource load_stage_weights(const std::string& checkpoint_dir, const char* option);
   // This rank's micro-batches of the step that starts after `consumed` samples.
   std::vector<data::BatchPrefetcher::Request> step_requests(int64_t consumed, int64_t global_batch) const;
   int64_t accum_steps(int64_t global_batch) const;  // micro-batches per step on one rank
