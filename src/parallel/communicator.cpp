@@ -134,28 +134,71 @@ struct BeatContext {
   std::string prefix, self;  // self: "rank 2 of 4 (host vm, eth0 10.0.0.2)"
 };
 
-struct BeatState {
-  std::mutex mutex;
-  std::condition_variable wake;
-  bool stop = false;
-  std::atomic<int64_t> last_ok_ms{0};  // the last beat the store acknowledged
-  std::promise<void> exited;
+// A background thread that owns what it touches, so that one stuck in a store call on a dead link
+// can be left behind: stop() wakes it, joins it if it ends within `limit`, else detaches it.
+class OwnedThread {
+ public:
+  class StopFlag {
+   public:
+    // Sleeps up to `period`; false once stop() was called.
+    bool sleep(std::chrono::milliseconds period) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      return !wake_.wait_for(lock, period, [this] { return stop_; });
+    }
+
+   private:
+    friend class OwnedThread;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool stop_ = false;
+  };
+
+  OwnedThread() = default;
+  // body(StopFlag&) runs until the flag is stopped (or forever, if it never checks).
+  template <class Body>
+  explicit OwnedThread(Body body) {
+    thread_ = std::thread([state = state_, body = std::move(body)]() mutable {
+      body(state->flag);
+      state->exited.set_value();
+    });
+    exited_ = state_->exited.get_future();
+  }
+  void stop(std::chrono::milliseconds limit) {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(state_->flag.mutex_);
+      state_->flag.stop_ = true;
+    }
+    state_->flag.wake_.notify_all();
+    if (exited_.wait_for(limit) == std::future_status::ready) {
+      thread_.join();
+    } else {
+      thread_.detach();
+    }
+  }
+
+ private:
+  struct State {
+    StopFlag flag;
+    std::promise<void> exited;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+  std::future<void> exited_;
+  std::thread thread_;
 };
 
 // Every kHeartbeatPeriod: count this rank's beat, stop if rank 0 announced a lost rank, and on
 // rank 0 look for ranks whose counter stalled for kLostAfter (ranks that finished or failed on
 // their own are not lost).
-void heartbeat_loop(const std::shared_ptr<BeatState>& state, const c10::intrusive_ptr<c10d::Store>& store,
-                    const BeatContext& c) {
+void heartbeat_loop(OwnedThread::StopFlag& flag, std::atomic<int64_t>& last_ok_ms,
+                    const c10::intrusive_ptr<c10d::Store>& store, const BeatContext& c) {
   const std::string abort_key = c.prefix + "/abort", mine = store_key(c.prefix, "heartbeat", c.env.rank);
   std::vector<int64_t> last(static_cast<size_t>(c.env.world_size), -1), changed(last.size(), now_ms());
   int64_t ticks = 0;
-  std::unique_lock<std::mutex> lock(state->mutex);
-  while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
-    lock.unlock();  // a slow store must not hold up shutdown
+  while (flag.sleep(kHeartbeatPeriod)) {
     try {
       store->add(mine, 1);
-      state->last_ok_ms = now_ms();
+      last_ok_ms = now_ms();
       if (store->check({abort_key})) {
         const std::vector<uint8_t> raw = store->get(abort_key);
         stop_process(fmt::format("{}: stopping: {}", c.self, std::string(raw.begin(), raw.end())));
@@ -185,17 +228,14 @@ void heartbeat_loop(const std::shared_ptr<BeatState>& state, const c10::intrusiv
       // The store is unreachable (its host died, or a transient error): keep trying; the monitor
       // stops this rank if it lasts.
     }
-    lock.lock();
   }
-  state->exited.set_value();
 }
 
 // Store-free (a call on a dead link can block forever): stops this rank when no beat has
 // reached the store for kLostAfter.
-void monitor_loop(const std::shared_ptr<BeatState>& state, const BeatContext& c) {
-  std::unique_lock<std::mutex> lock(state->mutex);
-  while (!state->wake.wait_for(lock, std::chrono::seconds(1), [&] { return state->stop; })) {
-    const int64_t silent = now_ms() - state->last_ok_ms.load();
+void monitor_loop(OwnedThread::StopFlag& flag, const std::atomic<int64_t>& last_ok_ms, const BeatContext& c) {
+  while (flag.sleep(std::chrono::seconds(1))) {
+    const int64_t silent = now_ms() - last_ok_ms.load();
     if (silent > std::chrono::milliseconds(kLostAfter).count()) {
       stop_process(fmt::format("{}: the rendezvous store at {}:{} has been unreachable for {} s: lost node 0 ({}, "
                                "MASTER_ADDR) or the link to it", c.self, c.env.master_addr, c.env.master_port,
@@ -238,10 +278,11 @@ class Session {
     const BeatContext context{.env = e, .prefix = prefix,
                               .self = fmt::format("rank {} of {} (host {}, {})", e.rank, e.world_size, host_name(),
                                                   describe_binding(binding))};
-    beat_state_->last_ok_ms = now_ms();
-    heartbeat_ = std::thread([state = beat_state_, store = heartbeat_store, context] { heartbeat_loop(state, store, context); });
-    monitor_ = std::thread([state = beat_state_, context] { monitor_loop(state, context); });
-    beat_exited_ = beat_state_->exited.get_future();
+    auto last_ok_ms = std::make_shared<std::atomic<int64_t>>(now_ms());  // the last beat the store acknowledged
+    heartbeat_ = OwnedThread([last_ok_ms, store = heartbeat_store, context](OwnedThread::StopFlag& flag) {
+      heartbeat_loop(flag, *last_ok_ms, store, context);
+    });
+    monitor_ = OwnedThread([last_ok_ms, context](OwnedThread::StopFlag& flag) { monitor_loop(flag, *last_ok_ms, context); });
   }
 
   std::string describe_rank(c10d::Store& probe, int rank) const { return describe_rank_from(probe, prefix, rank); }
@@ -292,53 +333,28 @@ class Session {
   // failed in it makes this rank exit within a second or two instead of at the timeout.
   class RendezvousWatch {
    public:
-    RendezvousWatch(std::shared_ptr<const Session> session, std::vector<int> members, std::string group) {
-      thread_ = std::thread([state = state_, session = std::move(session), members = std::move(members),
-                             group = std::move(group)] {
-        try {
-          auto probe = connect_store(session->env, false, false, std::chrono::milliseconds(3000));
-          std::unique_lock<std::mutex> lock(state->mutex);
-          while (!state->wake.wait_for(lock, kHeartbeatPeriod, [&] { return state->stop; })) {
-            for (const int r : members) {
-              if (r == session->env.rank || !probe->check({session->failure_key(r)})) continue;
-              const std::vector<uint8_t> raw = probe->get(session->failure_key(r));
-              LMOE_ERROR("rank {} of {}: the rendezvous of group {} cannot complete: {} failed in it: {}", session->env.rank,
-                         session->env.world_size, group, session->describe_rank(*probe, r),
-                         std::string(raw.begin(), raw.end()));
-              std::fflush(nullptr);
-              std::_Exit(1);
+    RendezvousWatch(std::shared_ptr<const Session> session, std::vector<int> members, std::string group)
+        : thread_([session = std::move(session), members = std::move(members), group = std::move(group)](
+                      OwnedThread::StopFlag& flag) {
+            try {
+              auto probe = connect_store(session->env, false, false, std::chrono::milliseconds(3000));
+              while (flag.sleep(kHeartbeatPeriod)) {
+                for (const int r : members) {
+                  if (r == session->env.rank || !probe->check({session->failure_key(r)})) continue;
+                  const std::vector<uint8_t> raw = probe->get(session->failure_key(r));
+                  stop_process(fmt::format("rank {} of {}: the rendezvous of group {} cannot complete: {} failed in it: {}",
+                                           session->env.rank, session->env.world_size, group,
+                                           session->describe_rank(*probe, r), std::string(raw.begin(), raw.end())));
+                }
+              }
+            } catch (const std::exception&) {
+              // no store: the rendezvous itself fails and says so
             }
-          }
-        } catch (const std::exception&) {
-          // no store: the rendezvous itself fails and says so
-        }
-        state->exited.set_value();
-      });
-      exited_ = state_->exited.get_future();
-    }
-    ~RendezvousWatch() {
-      {
-        std::lock_guard<std::mutex> lock(state_->mutex);
-        state_->stop = true;
-      }
-      state_->wake.notify_all();
-      if (exited_.wait_for(std::chrono::seconds(2)) == std::future_status::ready) {
-        thread_.join();
-      } else {
-        thread_.detach();  // stuck on a dead link to the store: it owns what it uses
-      }
-    }
+          }) {}
+    ~RendezvousWatch() { thread_.stop(std::chrono::seconds(2)); }  // stuck on a dead link: left behind
 
    private:
-    struct State {
-      std::mutex mutex;
-      std::condition_variable wake;
-      bool stop = false;
-      std::promise<void> exited;
-    };
-    std::shared_ptr<State> state_ = std::make_shared<State>();
-    std::future<void> exited_;
-    std::thread thread_;
+    OwnedThread thread_;
   };
   ~Session() {
     if (std::uncaught_exceptions() > 0) {  // unwinding from an error
@@ -348,18 +364,8 @@ class Session {
     } else {  // finished: rank 0 must not take the silence that follows for a lost rank
       bounded_set(heartbeat_store, store_key(prefix, "done", env.rank), {'1'}, std::chrono::seconds(1));
     }
-    {
-      std::lock_guard<std::mutex> lock(beat_state_->mutex);
-      beat_state_->stop = true;
-    }
-    beat_state_->wake.notify_all();
-    // A beat stuck on a dead link is left behind: it owns what it uses.
-    if (beat_exited_.valid() && beat_exited_.wait_for(std::chrono::seconds(1)) == std::future_status::ready) {
-      heartbeat_.join();
-    } else if (heartbeat_.joinable()) {
-      heartbeat_.detach();
-    }
-    if (monitor_.joinable()) monitor_.join();  // store-free: it wakes within a second
+    heartbeat_.stop(std::chrono::seconds(1));  // a beat stuck on a dead link is left behind
+    monitor_.stop(std::chrono::seconds(2));    // store-free: it wakes within a second
   }
 
   // Called after a collective failed: which ranks stopped beating? (Takes ~2 s.) Ranks that
@@ -433,11 +439,11 @@ class Session {
 
  private:
   static std::string env_or(const char* name, const std::string& fallback) { return env_var(name).value_or(fallback); }
-  std::string beat_key(int rank) const { return fmt::format("{}/heartbeat/{}", prefix, rank); }
-  std::string failed_key(int rank) const { return fmt::format("{}/failed/{}", prefix, rank); }
-  std::string diagnosed_key(int rank) const { return fmt::format("{}/diagnosed/{}", prefix, rank); }
-  std::string net_key(int rank) const { return fmt::format("{}/net/{}", prefix, rank); }
-  std::string failure_key(int rank) const { return fmt::format("{}/failure/{}", prefix, rank); }
+  std::string beat_key(int rank) const { return store_key(prefix, "heartbeat", rank); }
+  std::string failed_key(int rank) const { return store_key(prefix, "failed", rank); }
+  std::string diagnosed_key(int rank) const { return store_key(prefix, "diagnosed", rank); }
+  std::string net_key(int rank) const { return store_key(prefix, "net", rank); }
+  std::string failure_key(int rank) const { return store_key(prefix, "failure", rank); }
   // The store dies with this process: give the other ranks time to diagnose through it (until
   // each has finished its diagnosis or stopped beating, at most a few seconds).
   void linger() const {
@@ -461,9 +467,7 @@ class Session {
   }
   bool hosts_store_ = false;
   std::atomic<bool> marked_{false}, diagnosed_{false};
-  std::shared_ptr<BeatState> beat_state_ = std::make_shared<BeatState>();
-  std::future<void> beat_exited_;
-  std::thread heartbeat_, monitor_;
+  OwnedThread heartbeat_, monitor_;
 };
 
 class C10dCommunicator;
