@@ -96,8 +96,12 @@ void add_train_command(CLI::App& app, int& exit_code) {
                   "Start a new stage from another run's committed checkpoint: its weights (and AdamW state, "
                   "train.init_optimizer), this config's sequence length, rotary scaling, batch and schedule. With "
                   "--resume auto, a stage that already has checkpoints continues from them instead");
+  auto profile_steps = std::make_shared<int64_t>(0);
+  cmd->add_option("--profile", *profile_steps,
+                  "Profile N steps after one warm-up step: a Chrome trace and the step time by category in "
+                  "<logging.dir>/profile/ (also printed)");
   check_args->add_to(*cmd);
-  cmd->callback([args, resume, init_from, check_args, &exit_code] {
+  cmd->callback([args, resume, init_from, check_args, profile_steps, &exit_code] {
     // Environment first: a bad RANK/WORLD_SIZE fails before any rendezvous or heavy work.
     const parallel::DistributedEnv env = parallel::distributed_env_from_environment();
     config::Config cfg = config::load_config(args->config, args->overrides);
@@ -127,6 +131,18 @@ void add_train_command(CLI::App& app, int& exit_code) {
     if (!resume->empty()) trainer.resume(*resume);
     if (!init_from->empty()) trainer.init_from(*init_from);
     checks.check_fresh_start(trainer.step());
+    std::unique_ptr<train::StepProfiler> profiler;
+    if (*profile_steps != 0) {
+      const int64_t left = trainer.batches().total_steps() - trainer.step();
+      if (*profile_steps < 0 || *profile_steps + 1 > left) {
+        throw ConfigError(fmt::format("--profile {}: profiles N >= 1 steps after one warm-up step, so needs {} steps, "
+                                      "and this run has {} left; lower --profile or raise train.steps",
+                                      *profile_steps, *profile_steps + 1, left));
+      }
+      profiler = std::make_unique<train::StepProfiler>(
+          *profile_steps, std::filesystem::path(cfg.logging.dir) / "profile", env.distributed() ? env.rank : 0);
+      trainer.set_profiler(profiler.get());
+    }
     const bool report_valid_split = cfg.data.valid_fraction > 0 && cfg.train.eval_batches > 0;
     int training_exit = kExitOk;
     double loss = 0.0;

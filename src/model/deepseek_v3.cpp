@@ -49,7 +49,8 @@ void DeepSeekV3Impl::reset_parameters(double init_std) {
   }
 }
 
-ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches) {
+ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches,
+                                    bool compute_logits) {
   TORCH_CHECK(input_ids.dim() == 2, "DeepSeekV3: input_ids must be [batch, seq], got ", input_ids.sizes());
   TORCH_CHECK(!caches || static_cast<int64_t>(caches->size()) == cfg.num_hidden_layers,
               "DeepSeekV3: need one cache per layer (", cfg.num_hidden_layers, "), got ", caches ? caches->size() : 0);
@@ -67,7 +68,12 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mt
     if (b.routing) out.routing.push_back(std::move(*b.routing));
   }
   out.hidden = h;
-  out.logits = lm_head(model->norm(h));
+  if (compute_logits) {
+    out.logits = lm_head(model->norm(h));
+  } else {
+    out.head_input = model->norm(h);
+    out.head_weight = lm_head->weight;
+  }
   if (!with_mtp || caches) return out;
 
   torch::Tensor previous = h;
@@ -79,7 +85,11 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mt
         torch::cat({module->enorm(next_embedding), module->hnorm(previous.narrow(1, 0, len))}, -1));
     BlockOutput b = module->block->forward(combined, positions.narrow(0, 0, len));
     if (b.routing) out.routing.push_back(std::move(*b.routing));
-    out.mtp_logits.push_back(lm_head(module->norm(b.hidden)));
+    if (compute_logits) {
+      out.mtp_logits.push_back(lm_head(module->norm(b.hidden)));
+    } else {
+      out.mtp_head_inputs.push_back(module->norm(b.hidden));
+    }
     previous = b.hidden;
   }
   return out;

@@ -50,10 +50,7 @@ MultiHeadLatentAttentionImpl::Projected MultiHeadLatentAttentionImpl::project(co
   const auto q_parts = q_heads.split({cfg.qk_nope_head_dim, cfg.qk_rope_head_dim}, -1);
   const auto kv_parts = kv_a_proj_with_mqa(x).split({cfg.kv_lora_rank, cfg.qk_rope_head_dim}, -1);
   auto [cos, sin] = rotary.cos_sin(positions);  // [s, rope/2] or [b, s, rope/2]
-  // Heads sit at dim 1 of the query: broadcast cos/sin over them.
-  const torch::Tensor q_cos = cos.dim() == 3 ? cos.unsqueeze(1) : cos;
-  const torch::Tensor q_sin = sin.dim() == 3 ? sin.unsqueeze(1) : sin;
-  return {q_parts[0], rotary.apply(q_parts[1], q_cos, q_sin), kv_a_layernorm(kv_parts[0]),
+  return {q_parts[0], rotary.apply(q_parts[1], cos, sin), kv_a_layernorm(kv_parts[0]),
           rotary.apply(kv_parts[1], cos, sin)};
 }
 

@@ -1,7 +1,7 @@
 // SwiGLU MLP with bias-free projections (DeepSeek layout and HF key names).
 #include "latentmoe/model/mlp.h"
 
-#include <torch/nn/functional/activation.h>
+#include "latentmoe/ops/swiglu.h"
 
 namespace latentmoe::model {
 
@@ -13,7 +13,7 @@ MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return down_proj(ops::swiglu(gate_proj(x), up_proj(x)));
 }
 
 }  // namespace latentmoe::model

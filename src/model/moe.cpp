@@ -2,6 +2,7 @@
 // weighted unpermute with index_add. Deterministic: same routing → same summation order.
 #include "latentmoe/model/moe.h"
 
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 
 #include <stdexcept>
@@ -57,13 +58,20 @@ void MoEImpl::retain_experts(int64_t first, int64_t count) {
 
 torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
   if (dispatcher) return dispatcher->routed_experts(*this, tokens, routing);
-  const int64_t top_k = routing.expert_ids.size(1);
-  const torch::Tensor order = routing.expert_ids.reshape(-1).argsort(/*stable=*/true);
-  const torch::Tensor source_token = order.div(top_k, "floor");
-  const torch::Tensor counts = routing.expert_counts.cpu();
-  const std::vector<int64_t> per_expert(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
   if (tokens.size(0) == 0) return torch::zeros_like(tokens);
-  const torch::Tensor expert_out = run_experts(tokens.index_select(0, source_token), 0, per_expert);
+  const int64_t top_k = routing.expert_ids.size(1);
+  torch::Tensor order, source_token, sorted;
+  std::vector<int64_t> per_expert;
+  {
+    RECORD_FUNCTION("latentmoe.moe.dispatch", c10::ArrayRef<const c10::IValue>{});
+    order = routing.expert_ids.reshape(-1).argsort(/*stable=*/true);
+    source_token = order.div(top_k, "floor");
+    const torch::Tensor counts = routing.expert_counts.cpu();
+    per_expert.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+    sorted = tokens.index_select(0, source_token);
+  }
+  const torch::Tensor expert_out = run_experts(sorted, 0, per_expert);
+  RECORD_FUNCTION("latentmoe.moe.combine", c10::ArrayRef<const c10::IValue>{});
   const torch::Tensor weights = routing.gate_weights.reshape(-1).index_select(0, order).unsqueeze(1);
   return torch::zeros_like(tokens, expert_out.scalar_type())  // bf16 under autocast
       .index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()))

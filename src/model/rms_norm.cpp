@@ -1,5 +1,8 @@
-// RMSNorm in fp32 whatever the input dtype, so bf16 training matches the fp32 reference closely.
+// RMSNorm in fp32 whatever the input dtype, so bf16 training matches the fp32 reference closely
+// (one pass each way: latentmoe::rms_norm).
 #include "latentmoe/model/rms_norm.h"
+
+#include "latentmoe/ops/rms_norm.h"
 
 namespace latentmoe::model {
 
@@ -8,9 +11,7 @@ RMSNormImpl::RMSNormImpl(const RMSNormOptions& options_) : options(options_) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor x32 = x.to(torch::kFloat);
-  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + options.eps());
-  return weight * normed.to(x.scalar_type());
+  return ops::rms_norm(x, weight, options.eps());
 }
 
 }  // namespace latentmoe::model

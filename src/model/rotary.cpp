@@ -2,6 +2,10 @@
 // range, linear ramp over rope_dim/2), so imported checkpoints see identical angles.
 #include "latentmoe/model/rotary.h"
 
+#include <ATen/record_function.h>
+
+#include "latentmoe/ops/rotary.h"
+
 #include <cmath>
 
 namespace latentmoe::model {
@@ -46,6 +50,7 @@ RotaryEmbedding::RotaryEmbedding(const config::ModelConfig& cfg) : interleaved_(
 }
 
 std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Tensor& positions) const {
+  RECORD_FUNCTION("latentmoe.rotary.cos_sin", c10::ArrayRef<const c10::IValue>{});
   const torch::Tensor freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_.to(positions.device());
   torch::Tensor cos = freqs.cos(), sin = freqs.sin();
   if (attention_factor_ != 1.0) {
@@ -56,17 +61,11 @@ std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Te
 }
 
 torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) const {
-  const torch::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
-  const int64_t half = x.size(-1) / 2;
-  torch::Tensor first, second;
-  if (interleaved_) {
-    first = x.slice(-1, 0, x.size(-1), 2);
-    second = x.slice(-1, 1, x.size(-1), 2);
-  } else {
-    first = x.slice(-1, 0, half);
-    second = x.slice(-1, half);
-  }
-  return torch::cat({first * c - second * s, second * c + first * s}, -1);
+  RECORD_FUNCTION("latentmoe.rotary", c10::ArrayRef<const c10::IValue>{});
+  const bool per_head = x.dim() == 4;  // queries [b,h,s,rope]; the shared key is [b,s,rope]
+  const auto batched = [](const torch::Tensor& t) { return t.dim() == 2 ? t.unsqueeze(0) : t; };
+  const torch::Tensor out = ops::rotary_embedding(per_head ? x : x.unsqueeze(1), batched(cos), batched(sin), interleaved_);
+  return per_head ? out : out.squeeze(1);
 }
 
 }  // namespace latentmoe::model

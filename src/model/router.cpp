@@ -2,6 +2,7 @@
 // biased scores without gradient, gate weights gathered from the unbiased scores.
 #include "latentmoe/model/router.h"
 
+#include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <limits>
@@ -16,6 +17,7 @@ RouterImpl::RouterImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
 }
 
 RouterOutput RouterImpl::forward(const torch::Tensor& x) {
+  RECORD_FUNCTION("latentmoe.moe.router", c10::ArrayRef<const c10::IValue>{});
   const int64_t experts = cfg.n_routed_experts;
   // Gating stays in fp32 under bf16 autocast (DeepSeek-V3 keeps MoE gating in high precision).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(

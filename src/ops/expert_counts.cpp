@@ -1,22 +1,16 @@
-// expert_token_counts: reference, CPU path and the dispatch to CUDA.
+// expert_token_counts: reference, CPU kernel and dispatch (the CUDA kernel registers itself in
+// expert_counts_cuda.cpp).
 #include "latentmoe/ops/expert_counts.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
-#ifdef LATENTMOE_WITH_CUDA
-#include "ops/expert_counts_cuda.h"
-#endif
+#include "ops/op_checks.h"
 
 namespace latentmoe::ops {
 
 namespace {
-void check_inputs(const at::Tensor& expert_ids, int64_t num_experts) {
-  TORCH_CHECK(num_experts > 0, "expert_token_counts: num_experts must be > 0, got ", num_experts);
-  TORCH_CHECK(!at::isFloatingType(expert_ids.scalar_type()) && expert_ids.scalar_type() != at::kBool,
-              "expert_token_counts: expert_ids must be an integer tensor, got ", expert_ids.scalar_type());
-}
-
 void check_range(const at::Tensor& flat_ids, int64_t num_experts) {
   if (flat_ids.numel() == 0) return;
   const int64_t lo = flat_ids.min().item<int64_t>();
@@ -26,6 +20,7 @@ void check_range(const at::Tensor& flat_ids, int64_t num_experts) {
 }
 
 at::Tensor counts_cpu(const at::Tensor& expert_ids, int64_t num_experts) {
+  check_expert_token_counts_inputs(expert_ids, num_experts);
   const at::Tensor ids = expert_ids.to(at::kLong).contiguous().view(-1);
   const int64_t n = ids.numel();
   const int64_t* data = ids.data_ptr<int64_t>();
@@ -63,24 +58,22 @@ at::Tensor counts_cpu(const at::Tensor& expert_ids, int64_t num_experts) {
 }  // namespace
 
 at::Tensor expert_token_counts_reference(const at::Tensor& expert_ids, int64_t num_experts) {
-  check_inputs(expert_ids, num_experts);
+  check_expert_token_counts_inputs(expert_ids, num_experts);
   const at::Tensor flat = expert_ids.reshape(-1).to(at::kLong);
   check_range(flat, num_experts);
   return at::bincount(flat, /*weights=*/{}, /*minlength=*/num_experts);
 }
 
 at::Tensor expert_token_counts(const at::Tensor& expert_ids, int64_t num_experts) {
-  check_inputs(expert_ids, num_experts);
-  if (expert_ids.is_cuda()) {
-#ifdef LATENTMOE_WITH_CUDA
-    return expert_token_counts_cuda(expert_ids, num_experts);
-#else
-    TORCH_CHECK(false, "expert_token_counts: CUDA input, but latentmoe was built without CUDA kernels "
-                       "(configure with -DLATENTMOE_CUDA=ON)");
-#endif
-  }
-  TORCH_CHECK(expert_ids.device().is_cpu(), "expert_token_counts: unsupported device ", expert_ids.device());
-  return counts_cpu(expert_ids, num_experts);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("latentmoe::expert_token_counts", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  return op.call(expert_ids, num_experts);
+}
+
+TORCH_LIBRARY_IMPL(latentmoe, CPU, m) { m.impl("expert_token_counts", &counts_cpu); }
+TORCH_LIBRARY_IMPL(latentmoe, CompositeExplicitAutograd, m) {
+  m.impl("expert_token_counts", &expert_token_counts_reference);
 }
 
 }  // namespace latentmoe::ops

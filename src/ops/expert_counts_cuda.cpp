@@ -3,12 +3,16 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <torch/library.h>
+
 #include "expert_histogram.cuh"
 #include "ops/expert_counts_cuda.h"
+#include "ops/op_checks.h"
 
 namespace latentmoe::ops {
 
 at::Tensor expert_token_counts_cuda(const at::Tensor& expert_ids, int64_t num_experts) {
+  check_expert_token_counts_inputs(expert_ids, num_experts);
   const c10::cuda::CUDAGuard guard(expert_ids.device());
   const at::Tensor ids = expert_ids.to(at::kLong).contiguous();
   at::Tensor counts = at::empty({num_experts}, ids.options());
@@ -21,5 +25,7 @@ at::Tensor expert_token_counts_cuda(const at::Tensor& expert_ids, int64_t num_ex
   TORCH_CHECK(n_bad == 0, "expert_token_counts: ", n_bad, " expert id(s) outside [0, ", num_experts, ")");
   return counts;
 }
+
+TORCH_LIBRARY_IMPL(latentmoe, CUDA, m) { m.impl("expert_token_counts", &expert_token_counts_cuda); }
 
 }  // namespace latentmoe::ops

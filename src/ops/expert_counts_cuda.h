@@ -1,4 +1,4 @@
-// CUDA binding of expert_token_counts (only compiled with LATENTMOE_WITH_CUDA).
+// CUDA kernel binding of expert_token_counts (compiled with LATENTMOE_WITH_CUDA only).
 #pragma once
 
 #include <ATen/core/Tensor.h>

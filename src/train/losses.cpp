@@ -2,7 +2,10 @@
 // sequence, P_i = mean over the sequence's tokens of the normalized score s'_{i,t}.
 #include "latentmoe/train/losses.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn/functional/loss.h>
+
+#include "latentmoe/ops/linear_cross_entropy.h"
 
 namespace latentmoe::train {
 
@@ -23,6 +26,21 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
   return total / static_cast<double>(counted);
 }
 
+torch::Tensor head_weight_for_compute(const torch::Tensor& head_weight) {
+  const c10::DeviceType device = head_weight.device().type();
+  if (!at::autocast::is_autocast_enabled(device)) return head_weight;
+  return head_weight.to(at::autocast::get_autocast_dtype(device));
+}
+
+torch::Tensor head_cross_entropy(const torch::Tensor& head_input, const torch::Tensor& head_weight,
+                                 const torch::Tensor& labels) {
+  const torch::Tensor rows = head_input.reshape({-1, head_input.size(-1)}).to(head_weight.scalar_type());
+  const torch::Tensor flat_labels = labels.reshape(-1);
+  const int64_t counted = (flat_labels != kIgnoredLabel).sum().item<int64_t>();
+  const torch::Tensor sum = ops::linear_cross_entropy(rows, head_weight, flat_labels, kIgnoredLabel);
+  return counted == 0 ? sum : sum / static_cast<double>(counted);  // all ignored: the zero sum, graph kept
+}
+
 torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t batch, int64_t seq, int64_t n_experts,
                                     int64_t top_k) {
   const torch::Tensor chosen = torch::zeros({batch * seq, n_experts}, routing.token_scores.options())
@@ -39,18 +57,26 @@ LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor&
   const torch::Tensor tokens = ignore_label >= 0 ? input_tokens.masked_fill(input_tokens == ignore_label, kIgnoredLabel) : input_tokens;
   const int64_t batch = tokens.size(0), seq = tokens.size(1) - 1;
   LossBreakdown b;
-  const torch::Tensor lm = cross_entropy(out.logits.reshape({-1, m.vocab_size}), tokens.narrow(1, 1, seq).reshape(-1));
+  const bool fused_head = !out.logits.defined();
+  const torch::Tensor head_weight = fused_head ? head_weight_for_compute(out.head_weight) : torch::Tensor();
+  const auto lm_loss = [&](const torch::Tensor& logits, const torch::Tensor& head_input, const torch::Tensor& labels) {
+    return fused_head ? head_cross_entropy(head_input, head_weight, labels)
+                      : cross_entropy(logits.reshape({-1, m.vocab_size}), labels.reshape(-1));
+  };
+  const torch::Tensor lm = lm_loss(out.logits, out.head_input, tokens.narrow(1, 1, seq));
   torch::Tensor total = lm;
   b.lm = lm.item<double>();
-  if (!out.mtp_logits.empty()) {
+  const size_t depths = fused_head ? out.mtp_head_inputs.size() : out.mtp_logits.size();
+  if (depths > 0) {
     torch::Tensor mtp_sum = torch::zeros({}, lm.options());
-    for (size_t k = 0; k < out.mtp_logits.size(); ++k) {
+    for (size_t k = 0; k < depths; ++k) {
       const int64_t depth = static_cast<int64_t>(k) + 1;
       const int64_t len = seq - depth;
-      mtp_sum = mtp_sum + cross_entropy(out.mtp_logits[k].reshape({-1, m.vocab_size}),
-                                        tokens.narrow(1, depth + 1, len).reshape(-1));
+      mtp_sum = mtp_sum + lm_loss(fused_head ? torch::Tensor() : out.mtp_logits[k],
+                                  fused_head ? out.mtp_head_inputs[k] : torch::Tensor(),
+                                  tokens.narrow(1, depth + 1, len));
     }
-    const double depth_count = static_cast<double>(out.mtp_logits.size());
+    const double depth_count = static_cast<double>(depths);
     b.mtp = mtp_sum.item<double>() / depth_count;
     if (mtp_weight != 0.0) total = total + mtp_sum * (mtp_weight / depth_count);
   }

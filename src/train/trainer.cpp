@@ -3,6 +3,7 @@
 #include "latentmoe/train/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
@@ -174,7 +175,9 @@ StepRecord Trainer::train_step() {
     LossBreakdown losses;
     {
       AutocastScope autocast(bf16_, c10::DeviceType::CPU);
-      const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), cfg_.model.num_nextn_predict_layers > 0);
+      const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), cfg_.model.num_nextn_predict_layers > 0,
+                                            /*caches=*/nullptr, /*compute_logits=*/false);
+      RECORD_FUNCTION("latentmoe.loss", c10::ArrayRef<const c10::IValue>{});
       losses = compute_losses(out, tokens, cfg_, r.mtp_weight, ignored_label_);
       for (size_t l = 0; l < out.routing.size(); ++l) balancer_->add_counts(l, out.routing[l].expert_counts);
     }
@@ -202,13 +205,17 @@ StepRecord Trainer::train_step() {
     // A signal is acted on when every rank knows of it: it travels with the step scalars, so all
     // ranks stop after the same step (a rank stopping alone would leave the others in a collective).
     torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z, g_signal != 0 ? 1.0 : 0.0}, torch::kDouble);
-    data_parallel_->finish_gradients(scalars, balancer_->counts());
+    {
+      RECORD_FUNCTION("latentmoe.comm.finish_gradients", c10::ArrayRef<const c10::IValue>{});
+      data_parallel_->finish_gradients(scalars, balancer_->counts());
+    }
     r.stop_requested = scalars[5].item<double>() > 0;
     scalars.div_(static_cast<double>(world_));
     r.loss = scalars[0].item<double>(), r.lm = scalars[1].item<double>(), r.mtp = scalars[2].item<double>();
     r.balance = scalars[3].item<double>(), r.z = scalars[4].item<double>();
   }
   if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
+  RECORD_FUNCTION("latentmoe.optimizer.grad_norm", c10::ArrayRef<const c10::IValue>{});
   double norm_sq = 0;
   if (data_parallel_) {
     norm_sq = data_parallel_->grad_norm_squared();  // every tensor once, over all ranks
@@ -312,8 +319,10 @@ int Trainer::run() {
             accum_steps(t.global_batch_size), t.micro_batch_size, at::get_num_threads(), cfg_.precision.compute_dtype);
   const auto run_start = std::chrono::steady_clock::now();
   const int64_t first_tokens = tokens_seen_;
+  const int64_t first_step = step_;
   while (!complete()) {
     const auto start = std::chrono::steady_clock::now();
+    if (profiler_) profiler_->before_step(step_ + 1, first_step);
     StepRecord r = train_step();
     const bool finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
     double z = 0, mean = 0;
@@ -352,8 +361,14 @@ int Trainer::run() {
           if (p.grad().defined()) p.mutable_grad().mul_(scale);
         }
       }
-      optimizer_->step(r.lr);
-      if (data_parallel_) data_parallel_->gather_parameters();
+      {
+        RECORD_FUNCTION("latentmoe.optimizer", c10::ArrayRef<const c10::IValue>{});
+        optimizer_->step(r.lr);
+      }
+      if (data_parallel_) {
+        RECORD_FUNCTION("latentmoe.comm.gather_parameters", c10::ArrayRef<const c10::IValue>{});
+        data_parallel_->gather_parameters();
+      }
       apply_test_faults_after_update();
       loads = balancer_->step(tokens_seen_);
       loss_window_.push_back(r.loss);
@@ -369,6 +384,7 @@ int Trainer::run() {
       r.expert_load.push_back(l.load);
       r.max_violation = std::max(r.max_violation, l.max_violation);
     }
+    if (profiler_) profiler_->after_step(step_);
     history_.push_back(r);
     log_step(r, loads, r.seconds);
     const size_t experts = static_cast<size_t>(cfg_.model.n_routed_experts);
@@ -427,8 +443,9 @@ double Trainer::evaluate() {
     const data::Batch batch = valid_data_->rank_batch(b * t.micro_batch_size, t.micro_batch_size, 0, 1);
     const torch::Tensor tokens = to_tensor(batch);
     AutocastScope autocast(bf16_, c10::DeviceType::CPU);
-    const model::ModelOutput out = model_(tokens.narrow(1, 0, t.seq_len), /*with_mtp=*/false);
-    total += cross_entropy(out.logits.reshape({-1, cfg_.model.vocab_size}), tokens.narrow(1, 1, t.seq_len).reshape(-1))
+    const model::ModelOutput out =
+        model_(tokens.narrow(1, 0, t.seq_len), /*with_mtp=*/false, /*caches=*/nullptr, /*compute_logits=*/false);
+    total += head_cross_entropy(out.head_input, head_weight_for_compute(out.head_weight), tokens.narrow(1, 1, t.seq_len))
                  .item<double>();
   }
   model_->train();

@@ -44,6 +44,11 @@ struct ModelOutput {
   torch::Tensor logits;                   // [batch, seq, vocab]
   torch::Tensor hidden;                   // [batch, seq, hidden], last block output before the final norm
   std::vector<torch::Tensor> mtp_logits;  // D x [batch, seq - k, vocab]: depth k at i predicts t_{i+k+1}
+  // Set instead of the logits when the forward skips the LM head (training: the loss runs the head
+  // chunk by chunk, latentmoe::linear_cross_entropy): the final-norm outputs and the head weight.
+  torch::Tensor head_input;                    // [batch, seq, hidden]
+  std::vector<torch::Tensor> mtp_head_inputs;  // D x [batch, seq - k, hidden]
+  torch::Tensor head_weight;                   // lm_head.weight [vocab, hidden]
   std::vector<RouterOutput> routing;      // one per MoE block: main blocks first, then MTP blocks
 };
 
@@ -53,8 +58,9 @@ class DeepSeekV3Impl : public torch::nn::Module {
 
   // input_ids [batch, seq]. with_mtp: also run the MTP modules (training). caches: one per main
   // block for cached generation (positions continue from caches[0].length); MTP is skipped then.
+  // compute_logits false: head_input/mtp_head_inputs/head_weight instead of the logits.
   ModelOutput forward(const torch::Tensor& input_ids, bool with_mtp = true,
-                      std::vector<LatentKVCache>* caches = nullptr);
+                      std::vector<LatentKVCache>* caches = nullptr, bool compute_logits = true);
 
   // Normal(0, init_std) for every weight matrix and the embedding; norms 1; biases 0.
   void reset_parameters(double init_std);

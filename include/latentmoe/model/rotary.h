@@ -17,9 +17,8 @@ class RotaryEmbedding {
   // cos/sin for positions [...]: each [..., rope_dim / 2], fp32, on positions' device.
   std::pair<torch::Tensor, torch::Tensor> cos_sin(const torch::Tensor& positions) const;
 
-  // Rotates x [..., rope_dim] (heads may sit between the batch dims and the last dim; cos/sin are
-  // broadcast from [batch..., seq, rope_dim/2] with `unsqueeze_at` inserted for the head axis).
-  // Interleaved pairs (x0,x1),(x2,x3)... come out as [rotated evens | rotated odds], the layout
+  // Rotates queries x [b, h, s, rope_dim] or keys [b, s, rope_dim] by cos/sin [s or b x s,
+  // rope_dim/2] (one pass: latentmoe::rotary_embedding). Interleaved pairs (x0,x1),(x2,x3)... come out as [rotated evens | rotated odds], the layout
   // HF uses: queries and keys get the same permutation, so attention scores are unchanged.
   torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) const;
 

@@ -29,6 +29,14 @@ LossBreakdown compute_losses(const model::ModelOutput& out, const torch::Tensor&
 inline constexpr int64_t kIgnoredLabel = -100;  // torch's default ignore_index
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
 
+// The same mean cross entropy of the LM head's logits for final-norm outputs `head_input`
+// [..., hidden] without materializing the logits (latentmoe::linear_cross_entropy, chunked over
+// rows). `head_weight` is already in the compute dtype (the autocast dtype under autocast).
+torch::Tensor head_cross_entropy(const torch::Tensor& head_input, const torch::Tensor& head_weight,
+                                 const torch::Tensor& labels);
+// The head weight in the dtype GEMMs run in here: the autocast dtype inside an autocast region.
+torch::Tensor head_weight_for_compute(const torch::Tensor& head_weight);
+
 // alpha * mean over sequences of sum_i f_i P_i for one MoE layer's routing.
 torch::Tensor sequence_balance_loss(const model::RouterOutput& routing, int64_t batch, int64_t seq,
                                     int64_t n_experts, int64_t top_k);

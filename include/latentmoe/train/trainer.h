@@ -26,6 +26,7 @@
 #include "latentmoe/train/metrics.h"
 #include "latentmoe/train/optimizer.h"
 #include "latentmoe/train/schedule.h"
+#include "latentmoe/train/step_profiler.h"
 
 namespace latentmoe::train {
 
@@ -77,6 +78,8 @@ class Trainer {
   int64_t load_weights(const std::string& checkpoint_dir);
   // Trains until train.steps / train.tokens (or a signal / non-finite stop). Returns the exit code.
   int run();
+  // Profile some steps of run() (`train --profile N`); not owned, outlives run().
+  void set_profiler(StepProfiler* profiler) { profiler_ = profiler; }
   // Mean next-token CE over train.eval_batches validation micro-batches.
   double evaluate();
   // Entropy (nats) of the training split's token distribution: the loss of a unigram model.
@@ -140,6 +143,7 @@ class Trainer {
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Checkpointer> checkpointer_;
   std::unique_ptr<MetricsLogger> metrics_;
+  StepProfiler* profiler_ = nullptr;
   int64_t step_ = 0, tokens_seen_ = 0, consumed_samples_ = 0, spikes_skipped_ = 0;
   std::vector<double> loss_window_;
   std::vector<int64_t> idle_steps_;  // per (MoE layer, expert): consecutive steps without tokens

@@ -1,0 +1,26 @@
+// Initialized as torch::nn::Linear (Kaiming-uniform weight, uniform bias); the model re-initializes
+// every parameter with model.init_std anyway.
+#include "latentmoe/model/linear.h"
+
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "latentmoe/ops/linear.h"
+
+namespace latentmoe::model {
+
+LinearImpl::LinearImpl(const torch::nn::LinearOptions& options_) : options(options_) {
+  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (options.bias()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(options.in_features(), 1)));
+    bias = register_parameter("bias", torch::empty({options.out_features()}).uniform_(-bound, bound));
+  }
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  return ops::linear(x, weight, bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
+}
+
+}  // namespace latentmoe::model

@@ -1,0 +1,26 @@
+// The latentmoe operator library: every custom op's schema, in one place. Each op's kernels are
+// registered next to their code (src/ops/<op>.cpp for CPU and Autograd, src/ops/<op>_cuda.cpp for
+// CUDA). Python loads the same kernels with torch.ops.load_library("build/liblatentmoe_ops.so").
+#include <torch/library.h>
+
+TORCH_LIBRARY(latentmoe, m) {
+  m.def("expert_token_counts(Tensor expert_ids, int num_experts) -> Tensor");
+
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // Forward that also returns the per-row 1/rms (fp32, x's leading shape) for the backward.
+  m.def("rms_norm_forward(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, Tensor inv_rms) -> (Tensor, Tensor)");
+
+  m.def("rotary_embedding(Tensor x, Tensor cos, Tensor sin, bool interleaved) -> Tensor");
+  m.def("rotary_embedding_backward(Tensor grad, Tensor cos, Tensor sin, bool interleaved) -> Tensor");
+
+  m.def("linear_cross_entropy(Tensor hidden, Tensor weight, Tensor labels, int ignore_index, int chunk_rows=0) -> Tensor");
+  // Loss sum and, with with_grad, d(loss sum)/d(hidden) and d(loss sum)/d(weight).
+  m.def("linear_cross_entropy_forward(Tensor hidden, Tensor weight, Tensor labels, int ignore_index, int chunk_rows, "
+        "bool with_grad) -> (Tensor, Tensor, Tensor)");
+  // Per-row loss and, with with_grad, softmax - onehot (zero rows for ignored labels).
+  m.def("cross_entropy_rows(Tensor logits, Tensor labels, int ignore_index, bool with_grad) -> (Tensor, Tensor)");
+
+  m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
+  m.def("swiglu_backward(Tensor grad, Tensor gate, Tensor up) -> (Tensor, Tensor)");
+}
