@@ -165,6 +165,12 @@ void ParallelConfig::describe(FieldVisitor& v) {
 void PrecisionConfig::describe(FieldVisitor& v) {
   v.field({"compute_dtype", &compute_dtype, "Dtype of forward/backward compute", {"fp32", "bf16"}});
   v.field({"master_dtype", &master_dtype, "Dtype of master weights and optimizer state", {"fp32"}});
+  v.field({"cpu_low_precision_gemm", &cpu_low_precision_gemm,
+           "bf16 GEMMs and attention on a CPU: native = torch's bf16 kernels; emulated = fp32 kernels on operands "
+           "rounded to bf16, result rounded to bf16 (a bf16 tensor-core GEMM's rounding; for CPUs without bf16 "
+           "dot-product instructions, where torch's bf16 GEMM is 20-150x slower than fp32); auto = measure both once "
+           "at start and emulate when native is over 2x slower",
+           {"auto", "native", "emulated"}});
 }
 
 void CheckpointConfig::describe(FieldVisitor& v) {

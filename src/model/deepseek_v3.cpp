@@ -18,7 +18,7 @@ MTPModuleImpl::MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index
   enorm = register_module("enorm", RMSNorm(norm_options));
   hnorm = register_module("hnorm", RMSNorm(norm_options));
   eh_proj = register_module("eh_proj",
-                            torch::nn::Linear(torch::nn::LinearOptions(2 * cfg.hidden_size, cfg.hidden_size).bias(false)));
+                            Linear(torch::nn::LinearOptions(2 * cfg.hidden_size, cfg.hidden_size).bias(false)));
   block = register_module("block", DecoderBlock(cfg, layer_index));
   norm = register_module("norm", RMSNorm(norm_options));
 }
@@ -26,7 +26,7 @@ MTPModuleImpl::MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index
 DeepSeekV3Impl::DeepSeekV3Impl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   model = register_module("model", DecoderStack(cfg));
   lm_head = register_module("lm_head",
-                            torch::nn::Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
+                            Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
   mtp = register_module("mtp", torch::nn::ModuleList());
   for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
     mtp->push_back(MTPModule(cfg, cfg.num_hidden_layers + k));

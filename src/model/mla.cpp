@@ -5,6 +5,9 @@
 #include <ATen/ops/scaled_dot_product_attention.h>
 
 #include <cmath>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include "latentmoe/ops/linear.h"
 
 namespace latentmoe::model {
 
@@ -27,19 +30,19 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
   const auto linear = [](int64_t in, int64_t out, bool bias) { return torch::nn::LinearOptions(in, out).bias(bias); };
   if (cfg.q_lora_rank) {
     const int64_t rank = *cfg.q_lora_rank;
-    q_a_proj = register_module("q_a_proj", torch::nn::Linear(linear(cfg.hidden_size, rank, cfg.attention_bias)));
+    q_a_proj = register_module("q_a_proj", Linear(linear(cfg.hidden_size, rank, cfg.attention_bias)));
     q_a_layernorm = register_module("q_a_layernorm", RMSNorm(RMSNormOptions(rank).eps(cfg.rms_norm_eps)));
-    q_b_proj = register_module("q_b_proj", torch::nn::Linear(linear(rank, heads * qk_dim, false)));
+    q_b_proj = register_module("q_b_proj", Linear(linear(rank, heads * qk_dim, false)));
   } else {
-    q_proj = register_module("q_proj", torch::nn::Linear(linear(cfg.hidden_size, heads * qk_dim, false)));
+    q_proj = register_module("q_proj", Linear(linear(cfg.hidden_size, heads * qk_dim, false)));
   }
   kv_a_proj_with_mqa = register_module(
       "kv_a_proj_with_mqa",
-      torch::nn::Linear(linear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim, cfg.attention_bias)));
+      Linear(linear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim, cfg.attention_bias)));
   kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(RMSNormOptions(cfg.kv_lora_rank).eps(cfg.rms_norm_eps)));
   kv_b_proj = register_module(
-      "kv_b_proj", torch::nn::Linear(linear(cfg.kv_lora_rank, heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), false)));
-  o_proj = register_module("o_proj", torch::nn::Linear(linear(heads * cfg.v_head_dim, cfg.hidden_size, cfg.attention_bias)));
+      "kv_b_proj", Linear(linear(cfg.kv_lora_rank, heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), false)));
+  o_proj = register_module("o_proj", Linear(linear(heads * cfg.v_head_dim, cfg.hidden_size, cfg.attention_bias)));
 }
 
 MultiHeadLatentAttentionImpl::Projected MultiHeadLatentAttentionImpl::project(const torch::Tensor& x,
@@ -61,6 +64,14 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_expanded(const Projected& p) 
   const torch::Tensor k_rope = p.k_rope.unsqueeze(1).expand({batch, heads, seq, cfg.qk_rope_head_dim});
   const torch::Tensor query = torch::cat({p.q_nope, p.q_rope}, -1);
   const torch::Tensor key = torch::cat({kv[0], k_rope}, -1);
+  if (const auto dtype = ops::emulated_autocast_dtype(query.device().type())) {
+    // No native low-precision GEMMs here: attention in fp32 on operands rounded as autocast would.
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
+    const auto rounded = [&](const torch::Tensor& t) { return t.to(*dtype).to(torch::kFloat); };
+    return at::scaled_dot_product_attention(rounded(query), rounded(key), rounded(kv[1]), /*attn_mask=*/{},
+                                            /*dropout_p=*/0.0, /*is_causal=*/true, /*scale=*/softmax_scale)
+        .to(*dtype);
+  }
   return at::scaled_dot_product_attention(query, key, kv[1], /*attn_mask=*/{}, /*dropout_p=*/0.0,
                                           /*is_causal=*/true, /*scale=*/softmax_scale);  // [b,h,s,v]
 }

@@ -7,9 +7,9 @@ namespace latentmoe::model {
 
 MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
   const auto linear = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
-  gate_proj = register_module("gate_proj", torch::nn::Linear(linear(options.hidden_size(), options.intermediate_size())));
-  up_proj = register_module("up_proj", torch::nn::Linear(linear(options.hidden_size(), options.intermediate_size())));
-  down_proj = register_module("down_proj", torch::nn::Linear(linear(options.intermediate_size(), options.hidden_size())));
+  gate_proj = register_module("gate_proj", Linear(linear(options.hidden_size(), options.intermediate_size())));
+  up_proj = register_module("up_proj", Linear(linear(options.hidden_size(), options.intermediate_size())));
+  down_proj = register_module("down_proj", Linear(linear(options.intermediate_size(), options.hidden_size())));
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {

@@ -63,11 +63,17 @@ GemmChoice cpu_low_precision_gemm(at::ScalarType dtype) {
   return choice;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const c10::DeviceType device = x.device().type();
-  if (device != c10::DeviceType::CPU || !at::autocast::is_autocast_enabled(device)) return at::linear(x, weight, bias);
+std::optional<at::ScalarType> emulated_autocast_dtype(c10::DeviceType device) {
+  if (device != c10::DeviceType::CPU || !at::autocast::is_autocast_enabled(device)) return std::nullopt;
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
-  if (!cpu_low_precision_gemm(dtype).emulated) return at::linear(x, weight, bias);  // autocast casts, GEMM in dtype
+  if (!cpu_low_precision_gemm(dtype).emulated) return std::nullopt;
+  return dtype;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const std::optional<at::ScalarType> emulated = emulated_autocast_dtype(x.device().type());
+  if (!emulated) return at::linear(x, weight, bias);  // autocast (if on) casts, the GEMM runs in its dtype
+  const at::ScalarType dtype = *emulated;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
   // Round to the compute dtype as autocast would, multiply exactly in fp32, round the result: the
   // casts are differentiable, so the gradients get the same rounding at the same places.

@@ -639,15 +639,26 @@ c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10
 }
 }  // namespace detail
 
+namespace {
+// A process that cannot take part tells the ranks already waiting, through the abort key their
+// heartbeats read, so that they stop within seconds instead of at the rendezvous timeout.
+void announce_launch_error(const DistributedEnv& e, const std::string& message) {
+  try {
+    const auto store = connect_store(e, false, false, std::chrono::milliseconds(3000));
+    const std::string key = "latentmoe/" + env_var("TORCHELASTIC_RESTART_COUNT").value_or("0") + "/abort";
+    store->set(key, std::vector<uint8_t>(message.begin(), message.end()));
+  } catch (const std::exception&) {
+    // no store reachable: only this process can report it
+  }
+}
+}  // namespace
+
 DistributedEnv distributed_env_from_environment() {
   DistributedEnv e;
   e.world_size = env_int("WORLD_SIZE", 1, 1);
   if (e.world_size == 1) return e;
   if (!env_var("RANK")) throw ConfigError(fmt::format("environment WORLD_SIZE={} but RANK is not set (launch with torchrun)", e.world_size));
   e.rank = env_int("RANK", 0, 0);
-  if (e.rank >= e.world_size) {
-    throw ConfigError(fmt::format("environment RANK={} must be < WORLD_SIZE={}", e.rank, e.world_size));
-  }
   e.local_rank = env_int("LOCAL_RANK", e.rank, 0);
   const auto addr = env_var("MASTER_ADDR");
   if (!addr) throw ConfigError("environment MASTER_ADDR is not set (the rank-0 host; torchrun sets it)");
@@ -655,6 +666,21 @@ DistributedEnv distributed_env_from_environment() {
   if (!env_var("MASTER_PORT")) throw ConfigError("environment MASTER_PORT is not set (a free TCP port on MASTER_ADDR)");
   e.master_port = env_int("MASTER_PORT", 0, 1);
   if (e.master_port > 65535) throw ConfigError(fmt::format("environment MASTER_PORT={} must be <= 65535", e.master_port));
+  // torchrun's static rendezvous does not check --node-rank against --nnodes; with
+  // TORCH_ELASTIC_WORKER_IDENTICAL=1 (docs/cluster.md) such a node starts its workers anyway.
+  const int64_t node_rank = env_int("GROUP_RANK", 0, 0), nodes = env_int("GROUP_WORLD_SIZE", 1, 1);
+  if (node_rank >= nodes) {
+    const std::string message = fmt::format(
+        "torchrun --node-rank {} on host {} is out of range for --nnodes {} (GROUP_RANK={}, GROUP_WORLD_SIZE={}): node "
+        "ranks are 0..{}; give every node its own rank (on Slurm: --node-rank \"$SLURM_NODEID\"), or launch with "
+        "--rdzv-backend c10d, which assigns them",
+        node_rank, host_name(), nodes, node_rank, nodes, nodes - 1);
+    announce_launch_error(e, message);
+    throw ConfigError(message);
+  }
+  if (e.rank >= e.world_size) {
+    throw ConfigError(fmt::format("environment RANK={} must be < WORLD_SIZE={}", e.rank, e.world_size));
+  }
   return e;
 }
 

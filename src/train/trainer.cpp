@@ -4,6 +4,8 @@
 
 #include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
+
+#include "latentmoe/ops/linear.h"
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
@@ -81,6 +83,17 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   batches_ = std::make_unique<BatchSchedule>(t);
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
+  ops::set_cpu_low_precision_gemm(ops::parse_low_precision_gemm(cfg_.precision.cpu_low_precision_gemm));
+  if (bf16_) {
+    const ops::GemmChoice gemm = ops::cpu_low_precision_gemm(at::kBFloat16);
+    const std::string measured =
+        gemm.fp32_gflops > 0 ? fmt::format(" (measured: bf16 GEMM {:.1f} GFLOPS, fp32 {:.1f})", gemm.native_gflops,
+                                           gemm.fp32_gflops)
+                             : "";
+    LMOE_INFO("bf16 compute: {} GEMMs and attention, precision.cpu_low_precision_gemm={}{}",
+              gemm.emulated ? "emulated (fp32 kernels on bf16-rounded operands)" : "native bf16",
+              cfg_.precision.cpu_low_precision_gemm, measured);
+  }
   setup_data();
   // The whole model is initialized on every rank (same seed: the same weights as one process),
   // then expert parallelism keeps only this rank's experts.

@@ -255,6 +255,30 @@ def test_bad_launcher_input_is_named(hosts, latentmoe_bin, tmp_path):
     assert "rank 1 started with another config than rank 0" in results[0][1], results[0][1][-3000:]
 
 
+def test_an_out_of_range_node_rank_is_named_on_both_hosts_within_30_s(hosts, latentmoe_bin, tmp_path):
+    """torchrun's static rendezvous does not check --node-rank; with TORCH_ELASTIC_WORKER_IDENTICAL=1
+    (the documented static launch) the bad node's latentmoe starts, names the flag and stops the
+    other host through the store."""
+    port = free_port()
+    args = [str(latentmoe_bin), "train", *SMALL, "--set", "train.steps=2", "--set", f"checkpoint.dir={tmp_path / 'c'}",
+            "--set", f"logging.dir={tmp_path / 'r'}", "--set", "parallel.timeout_s=300"]
+    procs = []
+    started = time.monotonic()
+    for i, name in enumerate(hosts.names):
+        procs.append(start(["ip", "netns", "exec", name, str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1",
+                            "--node-rank", str(5 if i == 1 else 0), "--master-addr", hosts.addresses[0],
+                            "--master-port", str(port), "--no-python", *args],
+                           {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_ELASTIC_WORKER_IDENTICAL": "1"}))
+    results = finish(procs, timeout=120)
+    elapsed = time.monotonic() - started
+    assert all(code != 0 for code, _ in results), [code for code, _ in results]
+    for i, (_, output) in enumerate(results):
+        assert "torchrun --node-rank 5 on host" in output and "out of range for --nnodes 2" in output, \
+            f"host {i}:\n{output[-3000:]}"
+        assert "node ranks are 0..1" in output
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
 def test_a_peer_that_advertises_loopback_is_named_and_nobody_waits_for_the_timeout(hosts, latentmoe_bin, tmp_path):
     """Both hosts forced onto loopback, as gloo used to bind when each hostname resolves to
     127.0.0.1 (with one side reachable, gloo connects from the other and trains): host 1's ranks

@@ -139,6 +139,7 @@ struct ParallelConfig {
 struct PrecisionConfig {
   std::string compute_dtype = "fp32";  // fp32 | bf16
   std::string master_dtype = "fp32";
+  std::string cpu_low_precision_gemm = "auto";  // auto | native | emulated
   void describe(FieldVisitor& v);
 };
 

@@ -9,10 +9,10 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/linear.h"
 #include "latentmoe/model/decoder_block.h"
 
 namespace latentmoe::model {
@@ -34,7 +34,7 @@ class MTPModuleImpl : public torch::nn::Module {
   MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index);
   RMSNorm enorm{nullptr};             // [hidden]
   RMSNorm hnorm{nullptr};             // [hidden]
-  torch::nn::Linear eh_proj{nullptr};  // [hidden, 2*hidden]
+  Linear eh_proj{nullptr};  // [hidden, 2*hidden]
   DecoderBlock block{nullptr};
   RMSNorm norm{nullptr};  // [hidden], HF/release name: shared_head.norm
 };
@@ -67,7 +67,7 @@ class DeepSeekV3Impl : public torch::nn::Module {
 
   config::ModelConfig cfg;
   DecoderStack model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // [vocab, hidden]
+  Linear lm_head{nullptr};  // [vocab, hidden]
   torch::nn::ModuleList mtp{nullptr};  // num_nextn_predict_layers x MTPModule
 };
 TORCH_MODULE(DeepSeekV3);

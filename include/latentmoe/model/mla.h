@@ -6,10 +6,10 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/linear.h"
 #include "latentmoe/model/rms_norm.h"
 #include "latentmoe/model/rotary.h"
 
@@ -36,14 +36,14 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   config::ModelConfig cfg;
   RotaryEmbedding rotary;
   double softmax_scale;
-  torch::nn::Linear q_proj{nullptr};             // [heads*(nope+rope), hidden] when q_lora_rank is null
-  torch::nn::Linear q_a_proj{nullptr};           // [q_lora_rank, hidden]
+  Linear q_proj{nullptr};             // [heads*(nope+rope), hidden] when q_lora_rank is null
+  Linear q_a_proj{nullptr};           // [q_lora_rank, hidden]
   RMSNorm q_a_layernorm{nullptr};                // [q_lora_rank]
-  torch::nn::Linear q_b_proj{nullptr};           // [heads*(nope+rope), q_lora_rank]
-  torch::nn::Linear kv_a_proj_with_mqa{nullptr};  // [kv_lora_rank + rope, hidden]
+  Linear q_b_proj{nullptr};           // [heads*(nope+rope), q_lora_rank]
+  Linear kv_a_proj_with_mqa{nullptr};  // [kv_lora_rank + rope, hidden]
   RMSNorm kv_a_layernorm{nullptr};               // [kv_lora_rank]
-  torch::nn::Linear kv_b_proj{nullptr};          // [heads*(nope+v), kv_lora_rank]
-  torch::nn::Linear o_proj{nullptr};             // [hidden, heads*v]
+  Linear kv_b_proj{nullptr};          // [heads*(nope+v), kv_lora_rank]
+  Linear o_proj{nullptr};             // [hidden, heads*v]
 
  private:
   // q_nope [b,h,s,nope], q_rope [b,h,s,rope] (rotated), latent [b,s,r] (normed), k_rope [b,s,rope] (rotated)

@@ -2,8 +2,9 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+
+#include "latentmoe/model/linear.h"
 
 namespace latentmoe::model {
 
@@ -20,9 +21,9 @@ class MLPImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   MLPOptions options;
-  torch::nn::Linear gate_proj{nullptr};  // [intermediate, hidden]
-  torch::nn::Linear up_proj{nullptr};    // [intermediate, hidden]
-  torch::nn::Linear down_proj{nullptr};  // [hidden, intermediate]
+  Linear gate_proj{nullptr};  // [intermediate, hidden]
+  Linear up_proj{nullptr};    // [intermediate, hidden]
+  Linear down_proj{nullptr};  // [hidden, intermediate]
 };
 TORCH_MODULE(MLP);
 

@@ -28,6 +28,10 @@ struct GemmChoice {
 // The choice for CPU GEMMs in `dtype` (bf16 or fp16), measuring on first use under automatic.
 GemmChoice cpu_low_precision_gemm(at::ScalarType dtype);
 
+// The autocast dtype when autocast is on for `device` and its GEMMs are emulated there (then
+// other GEMM-heavy ops, attention, should run in fp32 on operands rounded to it), else nullopt.
+std::optional<at::ScalarType> emulated_autocast_dtype(c10::DeviceType device);
+
 // x [..., in], weight [out, in], bias [out] or undefined. Differentiable (composite ATen ops).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt);
 

@@ -1,4 +1,4 @@
-// Checksums written by hand (no extra dependency): SHA-256 for checkpoint integrity manifests,
+// Checksums: SHA-256 (OpenSSL libcrypto, hardware-accelerated) for checkpoint integrity manifests,
 // CRC32C (Castagnoli) with TensorBoard's masking for event-file records, a fast fingerprint.
 #pragma once
 
