@@ -4,6 +4,7 @@
 #include "latentmoe/ops/linear_cross_entropy.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -202,6 +203,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_forward(const at::Tensor& hi
                                                             const at::Tensor& labels_in, int64_t ignore_index,
                                                             int64_t chunk_rows, bool with_grad) {
   check_head_inputs(hidden_in, weight_in, labels_in);
+  // The caller chose the compute dtype (the inputs'); autocast must not re-cast the GEMMs inside.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
   const at::Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous(), labels = labels_in.contiguous();
   const int64_t rows = hidden.size(0), vocab = weight.size(0), step = rows_per_chunk(chunk_rows, vocab);
   std::vector<at::Tensor> chunk_losses;

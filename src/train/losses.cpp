@@ -5,6 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/nn/functional/loss.h>
 
+#include "latentmoe/ops/linear.h"
 #include "latentmoe/ops/linear_cross_entropy.h"
 
 namespace latentmoe::train {
@@ -29,12 +30,16 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
 torch::Tensor head_weight_for_compute(const torch::Tensor& head_weight) {
   const c10::DeviceType device = head_weight.device().type();
   if (!at::autocast::is_autocast_enabled(device)) return head_weight;
+  // No native low-precision GEMMs here: fp32 GEMMs on the rounded weight (the rows get the same).
+  if (const auto emulated = ops::emulated_autocast_dtype(device)) return head_weight.to(*emulated).to(torch::kFloat);
   return head_weight.to(at::autocast::get_autocast_dtype(device));
 }
 
 torch::Tensor head_cross_entropy(const torch::Tensor& head_input, const torch::Tensor& head_weight,
                                  const torch::Tensor& labels) {
-  const torch::Tensor rows = head_input.reshape({-1, head_input.size(-1)}).to(head_weight.scalar_type());
+  torch::Tensor rows = head_input.reshape({-1, head_input.size(-1)});
+  if (const auto emulated = ops::emulated_autocast_dtype(rows.device().type())) rows = rows.to(*emulated);
+  rows = rows.to(head_weight.scalar_type());
   const torch::Tensor flat_labels = labels.reshape(-1);
   const int64_t counted = (flat_labels != kIgnoredLabel).sum().item<int64_t>();
   const torch::Tensor sum = ops::linear_cross_entropy(rows, head_weight, flat_labels, kIgnoredLabel);
