@@ -20,7 +20,7 @@ LinearImpl::LinearImpl(const torch::nn::LinearOptions& options_) : options(optio
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  return ops::linear(x, weight, bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
+  return ops::linear(x, weight, bias);  // an undefined bias is no bias
 }
 
 }  // namespace latentmoe::model

@@ -67,8 +67,8 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_expanded(const Projected& p) 
   if (const auto dtype = ops::emulated_autocast_dtype(query.device().type())) {
     // No native low-precision GEMMs here: attention in fp32 on operands rounded as autocast would.
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
-    const auto rounded = [&](const torch::Tensor& t) { return t.to(*dtype).to(torch::kFloat); };
-    return at::scaled_dot_product_attention(rounded(query), rounded(key), rounded(kv[1]), /*attn_mask=*/{},
+    return at::scaled_dot_product_attention(ops::rounded_to(query, *dtype), ops::rounded_to(key, *dtype),
+                                            ops::rounded_to(kv[1], *dtype), /*attn_mask=*/{},
                                             /*dropout_p=*/0.0, /*is_causal=*/true, /*scale=*/softmax_scale)
         .to(*dtype);
   }

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "ops/op_checks.h"
+#include "ops/op_handle.h"
 
 namespace latentmoe::ops {
 
@@ -65,9 +66,7 @@ at::Tensor expert_token_counts_reference(const at::Tensor& expert_ids, int64_t n
 }
 
 at::Tensor expert_token_counts(const at::Tensor& expert_ids, int64_t num_experts) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::expert_token_counts", "")
-                             .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, int64_t)>("latentmoe::expert_token_counts");
   return op.call(expert_ids, num_experts);
 }
 

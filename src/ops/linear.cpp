@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/library.h>
 
 #include <atomic>
 #include <chrono>
@@ -63,6 +62,8 @@ GemmChoice cpu_low_precision_gemm(at::ScalarType dtype) {
   return choice;
 }
 
+at::Tensor rounded_to(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).to(at::kFloat); }
+
 std::optional<at::ScalarType> emulated_autocast_dtype(c10::DeviceType device) {
   if (device != c10::DeviceType::CPU || !at::autocast::is_autocast_enabled(device)) return std::nullopt;
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device);
@@ -77,10 +78,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
   // Round to the compute dtype as autocast would, multiply exactly in fp32, round the result: the
   // casts are differentiable, so the gradients get the same rounding at the same places.
-  const auto rounded = [&](const at::Tensor& t) { return t.to(dtype).to(at::kFloat); };
   std::optional<at::Tensor> b;
-  if (bias && bias->defined()) b = rounded(*bias);
-  return at::linear(rounded(x), rounded(weight), b).to(dtype);
+  if (bias && bias->defined()) b = rounded_to(*bias, dtype);
+  return at::linear(rounded_to(x, dtype), rounded_to(weight, dtype), b).to(dtype);
 }
 
 }  // namespace latentmoe::ops

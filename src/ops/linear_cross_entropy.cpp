@@ -15,6 +15,7 @@
 
 #include "ops/cpu_kernel_util.h"
 #include "ops/op_checks.h"
+#include "ops/op_handle.h"
 
 namespace latentmoe::ops {
 
@@ -173,10 +174,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_aten(const at::Tensor& log
 
 std::tuple<at::Tensor, at::Tensor> call_rows(const at::Tensor& logits, const at::Tensor& labels, int64_t ignore_index,
                                              bool with_grad) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("latentmoe::cross_entropy_rows", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool);
+  static const auto op = find_op<Signature>("latentmoe::cross_entropy_rows");
   return op.call(logits, labels, ignore_index, with_grad);
 }
 
@@ -240,10 +239,9 @@ at::Tensor head_loss(const at::Tensor& hidden, const at::Tensor& weight, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_head_forward(const at::Tensor& hidden, const at::Tensor& weight,
                                                                  const at::Tensor& labels, int64_t ignore_index,
                                                                  int64_t chunk_rows, bool with_grad) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::linear_cross_entropy_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, bool)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, int64_t, int64_t, bool);
+  static const auto op = find_op<Signature>("latentmoe::linear_cross_entropy_forward");
   return op.call(hidden, weight, labels, ignore_index, chunk_rows, with_grad);
 }
 
@@ -287,10 +285,8 @@ at::Tensor linear_cross_entropy_reference(const at::Tensor& hidden, const at::Te
 
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                                 int64_t ignore_index, int64_t chunk_rows) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::linear_cross_entropy", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                               int64_t)>();
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+  static const auto op = find_op<Signature>("latentmoe::linear_cross_entropy");
   return op.call(hidden, weight, labels, ignore_index, chunk_rows);
 }
 

@@ -10,6 +10,7 @@
 
 #include "ops/cpu_kernel_util.h"
 #include "ops/op_checks.h"
+#include "ops/op_handle.h"
 
 namespace latentmoe::ops {
 
@@ -200,25 +201,18 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_aten(const at::Tensor& grad
   return {dx.to(x.scalar_type()), dw.to(weight.scalar_type())};
 }
 
-at::Tensor rms_norm_aten(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return std::get<0>(rms_norm_forward_aten(x, weight, eps));
-}
-
 // ---- autograd ---------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::rms_norm_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
+  static const auto op = find_op<Signature>("latentmoe::rms_norm_forward");
   return op.call(x, weight, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                                  const at::Tensor& inv_rms) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("latentmoe::rms_norm_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       const at::Tensor&);
+  static const auto op = find_op<Signature>("latentmoe::rms_norm_backward");
   return op.call(grad, x, weight, inv_rms);
 }
 
@@ -245,15 +239,11 @@ at::Tensor rms_norm_autograd(const at::Tensor& x, const at::Tensor& weight, doub
 }  // namespace
 
 at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  check_rms_norm_inputs(x, weight);
-  const at::Tensor x32 = x.to(at::kFloat);
-  return (x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight.to(at::kFloat)).to(x.scalar_type());
+  return std::get<0>(rms_norm_forward_aten(x, weight, eps));
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::rms_norm", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("latentmoe::rms_norm");
   return op.call(x, weight, eps);
 }
 
@@ -264,7 +254,7 @@ TORCH_LIBRARY_IMPL(latentmoe, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(latentmoe, CompositeExplicitAutograd, m) {
-  m.impl("rms_norm", &rms_norm_aten);
+  m.impl("rms_norm", &rms_norm_reference);
   m.impl("rms_norm_forward", &rms_norm_forward_aten);
   m.impl("rms_norm_backward", &rms_norm_backward_aten);
 }

@@ -8,6 +8,7 @@
 
 #include "ops/cpu_kernel_util.h"
 #include "ops/op_checks.h"
+#include "ops/op_handle.h"
 
 namespace latentmoe::ops {
 
@@ -127,18 +128,14 @@ at::Tensor rotary_backward_aten(const at::Tensor& grad, const at::Tensor& cos_in
 }
 
 at::Tensor call_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool interleaved) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("latentmoe::rotary_embedding", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
+  static const auto op = find_op<Signature>("latentmoe::rotary_embedding");
   return op.call(x, cos, sin, interleaved);
 }
 
 at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& cos, const at::Tensor& sin, bool interleaved) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("latentmoe::rotary_embedding_backward", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool);
+  static const auto op = find_op<Signature>("latentmoe::rotary_embedding_backward");
   return op.call(grad, cos, sin, interleaved);
 }
 

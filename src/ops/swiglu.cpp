@@ -9,6 +9,7 @@
 
 #include "ops/cpu_kernel_util.h"
 #include "ops/op_checks.h"
+#include "ops/op_handle.h"
 
 namespace latentmoe::ops {
 
@@ -112,17 +113,13 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward_aten(const at::Tensor& grad, 
 }
 
 at::Tensor call_swiglu(const at::Tensor& gate, const at::Tensor& up) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("latentmoe::swiglu", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("latentmoe::swiglu");
   return op.call(gate, up);
 }
 
 std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& up) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("latentmoe::swiglu_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  using Signature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  static const auto op = find_op<Signature>("latentmoe::swiglu_backward");
   return op.call(grad, gate, up);
 }
 

@@ -106,6 +106,12 @@ int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Keys are prefixed by torchrun's restart count so that a restarted job never reads its
+// predecessor's keys.
+std::string store_prefix() { return "latentmoe/" + env_var("TORCHELASTIC_RESTART_COUNT").value_or("0"); }
+// Set (with the reason) when every rank must stop: read by each rank's heartbeat.
+std::string abort_key(const std::string& prefix) { return prefix + "/abort"; }
+
 std::string store_key(const std::string& prefix, const char* kind, int rank) {
   return fmt::format("{}/{}/{}", prefix, kind, rank);
 }
@@ -192,15 +198,15 @@ class OwnedThread {
 // their own are not lost).
 void heartbeat_loop(OwnedThread::StopFlag& flag, std::atomic<int64_t>& last_ok_ms,
                     const c10::intrusive_ptr<c10d::Store>& store, const BeatContext& c) {
-  const std::string abort_key = c.prefix + "/abort", mine = store_key(c.prefix, "heartbeat", c.env.rank);
+  const std::string abort = abort_key(c.prefix), mine = store_key(c.prefix, "heartbeat", c.env.rank);
   std::vector<int64_t> last(static_cast<size_t>(c.env.world_size), -1), changed(last.size(), now_ms());
   int64_t ticks = 0;
   while (flag.sleep(kHeartbeatPeriod)) {
     try {
       store->add(mine, 1);
       last_ok_ms = now_ms();
-      if (store->check({abort_key})) {
-        const std::vector<uint8_t> raw = store->get(abort_key);
+      if (store->check({abort})) {
+        const std::vector<uint8_t> raw = store->get(abort);
         stop_process(fmt::format("{}: stopping: {}", c.self, std::string(raw.begin(), raw.end())));
       }
       if (c.env.rank == 0 && ++ticks % 4 == 0) {
@@ -219,7 +225,7 @@ void heartbeat_loop(OwnedThread::StopFlag& flag, std::atomic<int64_t>& last_ok_m
         if (!lost.empty()) {
           const std::string message = fmt::format("lost {} (no heartbeat for {} s: the host is down or unreachable)",
                                                   fmt::join(lost, ", "), kLostAfter.count());
-          store->set(abort_key, std::vector<uint8_t>(message.begin(), message.end()));
+          store->set(abort, std::vector<uint8_t>(message.begin(), message.end()));
           std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the others read it, then the store goes
           stop_process(fmt::format("{}: {}", c.self, message));
         }
@@ -263,10 +269,9 @@ class Session {
   Session(const DistributedEnv& e, std::string backend, std::chrono::seconds timeout)
       : env(e), backend(std::move(backend)), timeout(timeout) {
     if (this->backend == "gloo") binding = choose_gloo_binding(e);
-    // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it. Keys are
-    // prefixed by the restart count so that a restarted job never reads its predecessor's keys.
+    // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it.
     const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
-    prefix = "latentmoe/" + env_or("TORCHELASTIC_RESTART_COUNT", "0");
+    prefix = store_prefix();
     hosts_store_ = e.rank == 0 && !agent_store;
     store = connect_store(e, hosts_store_, true, timeout);
     // The heartbeat has its own connection so it never waits behind a blocking store call.
@@ -645,8 +650,7 @@ namespace {
 void announce_launch_error(const DistributedEnv& e, const std::string& message) {
   try {
     const auto store = connect_store(e, false, false, std::chrono::milliseconds(3000));
-    const std::string key = "latentmoe/" + env_var("TORCHELASTIC_RESTART_COUNT").value_or("0") + "/abort";
-    store->set(key, std::vector<uint8_t>(message.begin(), message.end()));
+    store->set(abort_key(store_prefix()), std::vector<uint8_t>(message.begin(), message.end()));
   } catch (const std::exception&) {
     // no store reachable: only this process can report it
   }

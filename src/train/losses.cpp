@@ -31,14 +31,14 @@ torch::Tensor head_weight_for_compute(const torch::Tensor& head_weight) {
   const c10::DeviceType device = head_weight.device().type();
   if (!at::autocast::is_autocast_enabled(device)) return head_weight;
   // No native low-precision GEMMs here: fp32 GEMMs on the rounded weight (the rows get the same).
-  if (const auto emulated = ops::emulated_autocast_dtype(device)) return head_weight.to(*emulated).to(torch::kFloat);
+  if (const auto emulated = ops::emulated_autocast_dtype(device)) return ops::rounded_to(head_weight, *emulated);
   return head_weight.to(at::autocast::get_autocast_dtype(device));
 }
 
 torch::Tensor head_cross_entropy(const torch::Tensor& head_input, const torch::Tensor& head_weight,
                                  const torch::Tensor& labels) {
   torch::Tensor rows = head_input.reshape({-1, head_input.size(-1)});
-  if (const auto emulated = ops::emulated_autocast_dtype(rows.device().type())) rows = rows.to(*emulated);
+  if (const auto emulated = ops::emulated_autocast_dtype(rows.device().type())) rows = ops::rounded_to(rows, *emulated);
   rows = rows.to(head_weight.scalar_type());
   const torch::Tensor flat_labels = labels.reshape(-1);
   const int64_t counted = (flat_labels != kIgnoredLabel).sum().item<int64_t>();

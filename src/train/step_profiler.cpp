@@ -74,11 +74,11 @@ void StepProfiler::finish() {
     if (e.deviceType() != c10::DeviceType::CPU) continue;
     events.push_back({e.name(), e.startThreadId(), e.startNs(), e.endNs()});
   }
-  table_ = build_profile_table(events, step_scope());
-  const std::string text = format_profile_table(*table_);
+  const ProfileTable table = build_profile_table(events, step_scope());
+  const std::string text = format_profile_table(table);
   const std::filesystem::path table_file = dir_ / fmt::format("table-rank{}.txt", rank_);
   std::ofstream(table_file) << text << "\n";
-  LMOE_INFO("profile of {} steps (trace {}):\n{}", table_->steps, trace.string(), text);
+  LMOE_INFO("profile of {} steps (trace {}):\n{}", table.steps, trace.string(), text);
 }
 
 }  // namespace latentmoe::train

@@ -32,6 +32,9 @@ GemmChoice cpu_low_precision_gemm(at::ScalarType dtype);
 // other GEMM-heavy ops, attention, should run in fp32 on operands rounded to it), else nullopt.
 std::optional<at::ScalarType> emulated_autocast_dtype(c10::DeviceType device);
 
+// t rounded to `dtype` and back to fp32: an operand of an emulated low-precision GEMM.
+at::Tensor rounded_to(const at::Tensor& t, at::ScalarType dtype);
+
 // x [..., in], weight [out, in], bias [out] or undefined. Differentiable (composite ATen ops).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt);
 

@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
-#include <optional>
 
 #include "latentmoe/train/profile_table.h"
 
@@ -24,8 +23,6 @@ class StepProfiler {
   // Called by the trainer around every step (`step` = the step about to run, 1-based).
   void before_step(int64_t step, int64_t first_step_of_run);
   void after_step(int64_t step);
-  bool finished() const { return finished_; }
-  const std::optional<ProfileTable>& table() const { return table_; }
 
  private:
   void finish();
@@ -35,7 +32,6 @@ class StepProfiler {
   int rank_;
   int64_t start_ = -1, end_ = -1;  // first and last profiled step
   bool active_ = false, finished_ = false;
-  std::optional<ProfileTable> table_;
   struct Scope;
   std::unique_ptr<Scope> scope_;
 };
