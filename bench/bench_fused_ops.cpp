@@ -5,6 +5,8 @@
 #include <benchmark/benchmark.h>
 #include <torch/autograd.h>
 
+#include "latentmoe/ops/grouped_linear.h"
+#include "latentmoe/ops/moe_permute.h"
 #include "latentmoe/ops/rms_norm.h"
 #include "latentmoe/ops/swiglu.h"
 
@@ -45,6 +47,76 @@ void swiglu(benchmark::State& state) {
   state.SetLabel(std::string(c10::toString(dtype)) + ", " + std::to_string(at::get_num_threads()) + " threads");
 }
 
+// The routed experts' gate+up projection, forward + backward: {rows, experts, in, out, dtype, impl}
+// with impl 0 = one GEMM per group, 1 = at::_grouped_mm, 2 = the reference (at::linear per group +
+// cat). Rows are spread unevenly over the experts like a router's load (one expert empty).
+void grouped_linear(benchmark::State& state) {
+  const int64_t rows = state.range(0), experts = state.range(1), in = state.range(2), out = state.range(3);
+  const at::ScalarType dtype = dtype_of(state.range(4));
+  const int64_t impl = state.range(5);
+  std::vector<int64_t> sizes(static_cast<size_t>(experts), 0);
+  int64_t left = rows;
+  for (int64_t e = 1; e < experts; ++e) {
+    const int64_t n = e + 1 == experts ? left : std::min(left, rows * (e % 3 + 1) / (2 * experts));
+    sizes[static_cast<size_t>(e)] = n;
+    left -= n;
+  }
+  at::manual_seed(0);
+  const at::Tensor x = at::randn({rows, in}).to(dtype).set_requires_grad(true);
+  const at::Tensor w = at::randn({experts, out, in}).div(16).to(dtype).set_requires_grad(true);
+  const at::Tensor g = at::randn({rows, out}).to(dtype);
+  latentmoe::ops::set_cpu_grouped_gemm_impl(impl == 1 ? latentmoe::ops::GroupedGemmImpl::torch_grouped_mm
+                                                      : latentmoe::ops::GroupedGemmImpl::per_group_gemm);
+  for (auto _ : state) {
+    at::Tensor y = impl == 2 ? latentmoe::ops::grouped_linear_reference(x, w, sizes)
+                             : latentmoe::ops::grouped_linear(x, w, sizes);
+    y.backward(g);
+    benchmark::DoNotOptimize(w.grad().data_ptr());
+  }
+  latentmoe::ops::set_cpu_grouped_gemm_impl(latentmoe::ops::GroupedGemmImpl::per_group_gemm);
+  state.counters["GFLOPS"] = benchmark::Counter(6.0 * rows * in * out, benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+  state.SetLabel(std::string(c10::toString(dtype)) + ", " + std::to_string(at::get_num_threads()) + " threads");
+}
+
+// Permute the tokens, then the gate-weighted combine, forward + backward: {tokens, top_k, hidden, dtype}.
+template <bool kReference>
+void moe_permute_combine(benchmark::State& state) {
+  const int64_t tokens = state.range(0), top_k = state.range(1), hidden = state.range(2);
+  const at::ScalarType dtype = dtype_of(state.range(3));
+  at::manual_seed(0);
+  const at::Tensor positions =
+      latentmoe::ops::moe_positions(at::randint(0, 16, {tokens * top_k}, at::kLong).argsort(true), top_k);
+  const at::Tensor x = at::randn({tokens, hidden}).to(dtype).set_requires_grad(true);
+  const at::Tensor weights = at::rand({tokens, top_k}).set_requires_grad(true);
+  const at::Tensor g = at::randn({tokens, hidden}).to(dtype);
+  namespace ops = latentmoe::ops;
+  for (auto _ : state) {
+    const at::Tensor sorted = kReference ? ops::moe_permute_reference(x, positions) : ops::moe_permute(x, positions);
+    at::Tensor y = kReference ? ops::moe_unpermute_reference(sorted, positions, weights)
+                              : ops::moe_unpermute(sorted, positions, weights);
+    y.backward(g);
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+  }
+  state.SetLabel(std::string(c10::toString(dtype)) + ", " + std::to_string(at::get_num_threads()) + " threads");
+}
+
+void grouped_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dtype : {0, 1}) {
+    for (int64_t impl : {0, 1, 2}) {
+      b->Args({2048, 8, 128, 128, dtype, impl});   // debug: 1024 tokens x top-2, 8 experts of 64
+      b->Args({4096, 16, 512, 768, dtype, impl});  // small: 2048 tokens x top-2, 16 experts of 384
+    }
+  }
+}
+
+void permute_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t dtype : {0, 1}) {
+    b->Args({1024, 2, 128, dtype});
+    b->Args({2048, 2, 512, dtype});
+  }
+}
+
 // {rows, width, dtype (0 fp32, 1 bf16)}: debug (1024 tokens x 128), small (2048 tokens x 512).
 void norm_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
@@ -66,4 +138,7 @@ BENCHMARK(rms_norm<false>)->Name("rms_norm/fused")->Apply(norm_shapes)->UseRealT
 BENCHMARK(rms_norm<true>)->Name("rms_norm/aten")->Apply(norm_shapes)->UseRealTime();
 BENCHMARK(swiglu<false>)->Name("swiglu/fused")->Apply(swiglu_shapes)->UseRealTime();
 BENCHMARK(swiglu<true>)->Name("swiglu/aten")->Apply(swiglu_shapes)->UseRealTime();
+BENCHMARK(grouped_linear)->Name("grouped_linear")->Apply(grouped_shapes)->UseRealTime();
+BENCHMARK(moe_permute_combine<false>)->Name("moe_permute_combine/fused")->Apply(permute_shapes)->UseRealTime();
+BENCHMARK(moe_permute_combine<true>)->Name("moe_permute_combine/aten")->Apply(permute_shapes)->UseRealTime();
 BENCHMARK_MAIN();

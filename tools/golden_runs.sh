@@ -14,7 +14,7 @@ binary="${LATENTMOE_BUILD_DIR:-$repo_root/build}/latentmoe"
 declare -A runs=(
   [tiny]="--config tiny"
   [debug-fp32]="--config debug --set train.steps=50"
-  [debug-bf16]="--config debug --set train.steps=50 --set precision.compute_dtype=bf16"
+  [debug-bf16]="--config debug --set train.steps=50 --set precision.compute_dtype=bf16 --set precision.cpu_low_precision_gemm=emulated"
 )
 mode=${1:-}
 shift || true

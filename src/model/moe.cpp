@@ -1,13 +1,54 @@
-// MoE forward: permute tokens by expert with a stable sort, run each expert on its slice, then
-// weighted unpermute with index_add. Deterministic: same routing → same summation order.
+// MoE forward: permute tokens by expert with a stable sort, run the experts as grouped GEMMs over
+// their stacked weights, then the gate-weighted unpermute (a token's choices summed in order).
+// Deterministic: same routing → same summation order.
 #include "latentmoe/model/moe.h"
 
 #include <ATen/record_function.h>
 #include <fmt/format.h>
+#include <torch/autograd.h>
 
+#include <array>
 #include <stdexcept>
 
+#include "latentmoe/ops/grouped_linear.h"
+#include "latentmoe/ops/moe_permute.h"
+#include "latentmoe/ops/swiglu.h"
+
 namespace latentmoe::model {
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The stacked weights of experts [first, first + n) as a differentiable function of their
+// per-expert parameters, without a copy: the parameters are views into the stack, and the
+// stack's gradient goes back to each parameter as a view of it. An expert that received no rows
+// gets no gradient, so the optimizer treats it as a per-expert loop would (it did not run).
+class StackedExpertWeights : public torch::autograd::Function<StackedExpertWeights> {
+ public:
+  // params: gate, up, down of each expert in order; gate_up [n, 2I, H] and down [n, H, I] hold them.
+  static variable_list forward(AutogradContext* ctx, at::TensorList params, const torch::Tensor& gate_up,
+                               const torch::Tensor& down, std::vector<int64_t> rows) {
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["width"] = gate_up.size(1) / 2;
+    return {gate_up.detach(), down.detach()};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const std::vector<int64_t> rows = ctx->saved_data["rows"].toIntVector();
+    const int64_t width = ctx->saved_data["width"].toInt();
+    variable_list out;
+    for (size_t e = 0; e < rows.size(); ++e) {
+      const int64_t i = static_cast<int64_t>(e);
+      const bool ran = rows[e] > 0;
+      out.push_back(ran && grads[0].defined() ? grads[0][i].narrow(0, 0, width) : torch::Tensor());
+      out.push_back(ran && grads[0].defined() ? grads[0][i].narrow(0, width, width) : torch::Tensor());
+      out.push_back(ran && grads[1].defined() ? grads[1][i] : torch::Tensor());
+    }
+    out.resize(out.size() + 3);  // gate_up, down (not differentiable) and rows
+    return out;
+  }
+};
+}  // namespace
 
 MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   gate = register_module("gate", Router(cfg));
@@ -19,18 +60,73 @@ MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
     shared_experts = register_module(
         "shared_experts", MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)));
   }
+  stack_expert_weights();
+}
+
+void MoEImpl::stack_expert_weights() {
+  torch::NoGradGuard no_grad;
+  const int64_t n = local_expert_count(), width = cfg.moe_intermediate_size;
+  if (n == 0) {
+    experts_gate_up = experts_down = torch::Tensor();
+    return;
+  }
+  const torch::TensorOptions like = local_experts_[0]->gate_proj->weight.options();
+  torch::Tensor gate_up = torch::empty({n, 2 * width, cfg.hidden_size}, like);
+  torch::Tensor down = torch::empty({n, cfg.hidden_size, width}, like);
+  for (int64_t i = 0; i < n; ++i) {
+    MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)];
+    const std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> targets{{
+        {&mlp.gate_proj->weight, gate_up[i].narrow(0, 0, width)},
+        {&mlp.up_proj->weight, gate_up[i].narrow(0, width, width)},
+        {&mlp.down_proj->weight, down[i]},
+    }};
+    for (const auto& [param, view] : targets) {
+      view.copy_(*param);
+      param->set_data(view);
+    }
+  }
+  experts_gate_up = gate_up;
+  experts_down = down;
+}
+
+bool MoEImpl::expert_weights_stacked() const {
+  const int64_t n = local_expert_count();
+  if (n == 0) return true;
+  if (!experts_gate_up.defined() || experts_gate_up.size(0) != n) return false;
+  const int64_t width = cfg.moe_intermediate_size;
+  for (int64_t i = 0; i < n; ++i) {
+    const MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)];
+    const auto same = [](const torch::Tensor& param, const torch::Tensor& view) {
+      return param.data_ptr() == view.data_ptr() && param.options().type_equal(view.options()) &&
+             param.sizes() == view.sizes() && param.strides() == view.strides();
+    };
+    if (!same(mlp.gate_proj->weight, experts_gate_up[i].narrow(0, 0, width)) ||
+        !same(mlp.up_proj->weight, experts_gate_up[i].narrow(0, width, width)) ||
+        !same(mlp.down_proj->weight, experts_down[i])) {
+      return false;
+    }
+  }
+  return true;
 }
 
 torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts) {
-  std::vector<torch::Tensor> outputs;
-  int64_t offset = 0;
-  for (size_t j = 0; j < counts.size(); ++j) {
-    if (counts[j] == 0) continue;
-    outputs.push_back(expert(first + static_cast<int64_t>(j)).forward(sorted.narrow(0, offset, counts[j])));
-    offset += counts[j];
+  const int64_t n = static_cast<int64_t>(counts.size());
+  if (first < first_local_ || first + n > first_local_ + local_expert_count()) {
+    throw std::out_of_range(fmt::format("MoE: experts [{}, {}) are not all held here (this module holds [{}, {}))",
+                                        first, first + n, first_local_, first_local_ + local_expert_count()));
   }
-  if (outputs.empty()) return sorted.narrow(0, 0, 0);
-  return torch::cat(outputs, 0);
+  if (sorted.size(0) == 0 || n == 0) return sorted.narrow(0, 0, 0);
+  if (!expert_weights_stacked()) stack_expert_weights();
+  variable_list params;
+  for (int64_t e = first; e < first + n; ++e) {
+    MLPImpl& mlp = expert(e);
+    params.insert(params.end(), {mlp.gate_proj->weight, mlp.up_proj->weight, mlp.down_proj->weight});
+  }
+  const int64_t offset = first - first_local_;
+  const variable_list stacked = StackedExpertWeights::apply(at::TensorList(params), experts_gate_up.narrow(0, offset, n),
+                                                            experts_down.narrow(0, offset, n), counts);
+  const torch::Tensor gate_up = ops::grouped_linear(sorted, stacked[0], counts);  // [rows, 2 x intermediate]
+  return ops::grouped_linear(ops::swiglu_packed(gate_up), stacked[1], counts);
 }
 
 MLPImpl& MoEImpl::expert(int64_t e) {
@@ -54,28 +150,26 @@ void MoEImpl::retain_experts(int64_t first, int64_t count) {
   experts = replace_module("experts", kept);
   local_experts_ = std::move(kept_list);
   first_local_ = first;
+  stack_expert_weights();  // frees the dropped experts' share of the old stack
 }
 
 torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
   if (dispatcher) return dispatcher->routed_experts(*this, tokens, routing);
   if (tokens.size(0) == 0) return torch::zeros_like(tokens);
   const int64_t top_k = routing.expert_ids.size(1);
-  torch::Tensor order, source_token, sorted;
+  torch::Tensor positions, sorted;
   std::vector<int64_t> per_expert;
   {
     RECORD_FUNCTION("latentmoe.moe.dispatch", c10::ArrayRef<const c10::IValue>{});
-    order = routing.expert_ids.reshape(-1).argsort(/*stable=*/true);
-    source_token = order.div(top_k, "floor");
+    // A stable sort: within an expert, rows keep token order (deterministic grouping).
+    positions = ops::moe_positions(routing.expert_ids.reshape(-1).argsort(/*stable=*/true), top_k);
     const torch::Tensor counts = routing.expert_counts.cpu();
     per_expert.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
-    sorted = tokens.index_select(0, source_token);
+    sorted = ops::moe_permute(tokens, positions);
   }
   const torch::Tensor expert_out = run_experts(sorted, 0, per_expert);
   RECORD_FUNCTION("latentmoe.moe.combine", c10::ArrayRef<const c10::IValue>{});
-  const torch::Tensor weights = routing.gate_weights.reshape(-1).index_select(0, order).unsqueeze(1);
-  return torch::zeros_like(tokens, expert_out.scalar_type())  // bf16 under autocast
-      .index_add(0, source_token, expert_out * weights.to(expert_out.scalar_type()))
-      .to(tokens.scalar_type());
+  return ops::moe_unpermute(expert_out, positions, routing.gate_weights).to(tokens.scalar_type());
 }
 
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {

@@ -23,4 +23,17 @@ TORCH_LIBRARY(latentmoe, m) {
 
   m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
   m.def("swiglu_backward(Tensor grad, Tensor gate, Tensor up) -> (Tensor, Tensor)");
+  // gate_up [..., 2 x width]: gate then up in each row.
+  m.def("swiglu_packed(Tensor gate_up) -> Tensor");
+  m.def("swiglu_packed_backward(Tensor grad, Tensor gate_up) -> Tensor");
+
+  // Rows grouped by expert (group_sizes[e] consecutive rows for expert e) times weight[e]^T.
+  m.def("grouped_linear(Tensor x, Tensor weight, int[] group_sizes) -> Tensor");
+  m.def("grouped_linear_backward(Tensor grad, Tensor x, Tensor weight, int[] group_sizes, bool need_x, "
+        "bool need_weight) -> (Tensor, Tensor)");
+
+  // positions [tokens, top_k]: the sorted row of each (token, choice); weights [tokens, top_k] fp32.
+  m.def("moe_permute(Tensor tokens, Tensor positions, Tensor? weights=None) -> Tensor");
+  m.def("moe_unpermute(Tensor sorted, Tensor positions, Tensor? weights=None) -> Tensor");
+  m.def("moe_unpermute_weight_grad(Tensor grad, Tensor sorted, Tensor positions) -> Tensor");
 }

@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+#include <vector>
+
 namespace latentmoe::ops {
 
 inline bool is_supported_float(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
@@ -49,6 +52,59 @@ inline void check_swiglu_inputs(const at::Tensor& gate, const at::Tensor& up) {
   TORCH_CHECK(is_supported_float(gate.scalar_type()), "swiglu: inputs must be float32, bfloat16 or float16, got ",
               gate.scalar_type());
   TORCH_CHECK(gate.device() == up.device(), "swiglu: gate is on ", gate.device(), " but up on ", up.device());
+}
+
+inline void check_grouped_linear_inputs(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef group_sizes) {
+  TORCH_CHECK(x.dim() == 2, "grouped_linear: x must be [rows, in], got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 3, "grouped_linear: weight must be [experts, out, in], got ", weight.sizes());
+  TORCH_CHECK(is_supported_float(x.scalar_type()), "grouped_linear: x must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "grouped_linear: x (", x.scalar_type(), ") and weight (",
+              weight.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(weight.size(2) == x.size(1), "grouped_linear: weight's in dimension ", weight.size(2),
+              " does not match x's ", x.size(1));
+  TORCH_CHECK(static_cast<int64_t>(group_sizes.size()) == weight.size(0), "grouped_linear: ", group_sizes.size(),
+              " group sizes for ", weight.size(0), " experts");
+  int64_t rows = 0;
+  for (size_t e = 0; e < group_sizes.size(); ++e) {
+    TORCH_CHECK(group_sizes[e] >= 0, "grouped_linear: group ", e, " has a negative size ", group_sizes[e]);
+    rows += group_sizes[e];
+  }
+  TORCH_CHECK(rows == x.size(0), "grouped_linear: the group sizes sum to ", rows, " rows but x has ", x.size(0));
+  TORCH_CHECK(x.device() == weight.device(), "grouped_linear: x is on ", x.device(), " but weight on ", weight.device());
+}
+
+// data: tokens [T, hidden] (permute) or sorted rows [T * top_k, hidden] (unpermute); positions
+// [T, top_k] a permutation of 0..T*top_k-1 (checked on the CPU: a repeated row would be a race).
+inline void check_moe_permute_inputs(const char* op, const at::Tensor& data, const at::Tensor& positions,
+                                     const std::optional<at::Tensor>& weights, int64_t data_rows) {
+  TORCH_CHECK(positions.dim() == 2, op, ": positions must be [tokens, top_k], got ", positions.sizes());
+  TORCH_CHECK(!at::isFloatingType(positions.scalar_type()) && positions.scalar_type() != at::kBool, op,
+              ": positions must be an integer tensor, got ", positions.scalar_type());
+  TORCH_CHECK(data.dim() == 2, op, ": rows must be [rows, hidden], got ", data.sizes());
+  TORCH_CHECK(is_supported_float(data.scalar_type()), op, ": rows must be float32, bfloat16 or float16, got ",
+              data.scalar_type());
+  TORCH_CHECK(data.size(0) == data_rows, op, ": ", data.size(0), " rows for positions ", positions.sizes(),
+              " (expected ", data_rows, ")");
+  TORCH_CHECK(data.device() == positions.device(), op, ": rows are on ", data.device(), " but positions on ",
+              positions.device());
+  if (weights && weights->defined()) {
+    TORCH_CHECK(weights->sizes() == positions.sizes(), op, ": weights ", weights->sizes(), " must match positions ",
+                positions.sizes());
+    TORCH_CHECK(at::isFloatingType(weights->scalar_type()), op, ": weights must be floating point, got ",
+                weights->scalar_type());
+  }
+  if (positions.is_cpu()) {
+    const at::Tensor flat = positions.to(at::kLong).contiguous().view(-1);
+    const int64_t n = flat.numel();
+    const int64_t* p = flat.const_data_ptr<int64_t>();
+    std::vector<bool> seen(static_cast<size_t>(n), false);
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(p[i] >= 0 && p[i] < n, op, ": position ", p[i], " at ", i, " is outside [0, ", n, ")");
+      TORCH_CHECK(!seen[static_cast<size_t>(p[i])], op, ": position ", p[i], " appears twice (positions must be a permutation)");
+      seen[static_cast<size_t>(p[i])] = true;
+    }
+  }
 }
 
 }  // namespace latentmoe::ops

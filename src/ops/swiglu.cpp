@@ -112,6 +112,68 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward_aten(const at::Tensor& grad, 
   return {(d * u * s * (1 + g * (1 - s))).to(gate.scalar_type()), (d * g * s).to(up.scalar_type())};
 }
 
+void check_packed(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0,
+              "swiglu_packed: the last dimension holds gate then up and must be even, got ", gate_up.sizes());
+  TORCH_CHECK(is_supported_float(gate_up.scalar_type()), "swiglu_packed: input must be float32, bfloat16 or float16, got ",
+              gate_up.scalar_type());
+}
+
+// Each row is [gate | up] (one GEMM's output for both projections); rows are independent.
+at::Tensor swiglu_packed_cpu(const at::Tensor& gate_up_in) {
+  check_packed(gate_up_in);
+  const at::Tensor gate_up = gate_up_in.contiguous();
+  const int64_t width = gate_up.size(-1) / 2, rows = width == 0 ? 0 : gate_up.numel() / (2 * width);
+  std::vector<int64_t> out_sizes = gate_up.sizes().vec();
+  out_sizes.back() = width;
+  at::Tensor out = at::empty(out_sizes, gate_up.options());
+  dispatch_dtype(gate_up.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = gate_up.const_data_ptr<T>();
+    T* op = out.mutable_data_ptr<T>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, width)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) run_forward(in + 2 * r * width, in + (2 * r + 1) * width, op + r * width, 0, width);
+    });
+  });
+  return out;
+}
+
+at::Tensor swiglu_packed_backward_cpu(const at::Tensor& grad_in, const at::Tensor& gate_up_in) {
+  check_packed(gate_up_in);
+  const at::Tensor gate_up = gate_up_in.contiguous();
+  const int64_t width = gate_up.size(-1) / 2, rows = width == 0 ? 0 : gate_up.numel() / (2 * width);
+  TORCH_CHECK(grad_in.numel() == rows * width, "swiglu_packed_backward: grad ", grad_in.sizes(),
+              " does not match the input ", gate_up.sizes());
+  const at::Tensor grad = grad_in.to(gate_up.scalar_type()).contiguous();
+  at::Tensor dgate_up = at::empty_like(gate_up);
+  dispatch_dtype(gate_up.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* dp = grad.const_data_ptr<T>();
+    const T* in = gate_up.const_data_ptr<T>();
+    T* dout = dgate_up.mutable_data_ptr<T>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, width)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        run_backward(dp + r * width, in + 2 * r * width, in + (2 * r + 1) * width, dout + 2 * r * width,
+                     dout + (2 * r + 1) * width, 0, width);
+      }
+    });
+  });
+  return dgate_up;
+}
+
+at::Tensor swiglu_packed_reference_impl(const at::Tensor& gate_up) {
+  check_packed(gate_up);
+  const auto halves = gate_up.chunk(2, -1);
+  return (at::silu(halves[0].to(at::kFloat)) * halves[1].to(at::kFloat)).to(gate_up.scalar_type());
+}
+
+at::Tensor swiglu_packed_backward_aten(const at::Tensor& grad, const at::Tensor& gate_up) {
+  check_packed(gate_up);
+  const auto halves = gate_up.chunk(2, -1);
+  auto [dgate, dup] = swiglu_backward_aten(grad, halves[0], halves[1]);
+  return at::cat({dgate, dup}, -1);
+}
+
 at::Tensor call_swiglu(const at::Tensor& gate, const at::Tensor& up) {
   static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("latentmoe::swiglu");
   return op.call(gate, up);
@@ -139,6 +201,23 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
 };
 
 at::Tensor swiglu_autograd(const at::Tensor& gate, const at::Tensor& up) { return SwiGluFunction::apply(gate, up); }
+
+class SwiGluPackedFunction : public torch::autograd::Function<SwiGluPackedFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate_up) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({gate_up});
+    static const auto op = find_op<at::Tensor(const at::Tensor&)>("latentmoe::swiglu_packed");
+    return op.call(gate_up);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("latentmoe::swiglu_packed_backward");
+    return {op.call(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+at::Tensor swiglu_packed_autograd(const at::Tensor& gate_up) { return SwiGluPackedFunction::apply(gate_up); }
 }  // namespace
 
 at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up) {
@@ -148,16 +227,30 @@ at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up) {
 
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) { return call_swiglu(gate, up); }
 
+at::Tensor swiglu_packed_reference(const at::Tensor& gate_up) { return swiglu_packed_reference_impl(gate_up); }
+
+at::Tensor swiglu_packed(const at::Tensor& gate_up) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&)>("latentmoe::swiglu_packed");
+  return op.call(gate_up);
+}
+
 TORCH_LIBRARY_IMPL(latentmoe, CPU, m) {
   m.impl("swiglu", &swiglu_cpu);
   m.impl("swiglu_backward", &swiglu_backward_cpu);
+  m.impl("swiglu_packed", &swiglu_packed_cpu);
+  m.impl("swiglu_packed_backward", &swiglu_packed_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(latentmoe, CompositeExplicitAutograd, m) {
   m.impl("swiglu", &swiglu_reference);
   m.impl("swiglu_backward", &swiglu_backward_aten);
+  m.impl("swiglu_packed", &swiglu_packed_reference_impl);
+  m.impl("swiglu_packed_backward", &swiglu_packed_backward_aten);
 }
 
-TORCH_LIBRARY_IMPL(latentmoe, Autograd, m) { m.impl("swiglu", &swiglu_autograd); }
+TORCH_LIBRARY_IMPL(latentmoe, Autograd, m) {
+  m.impl("swiglu", &swiglu_autograd);
+  m.impl("swiglu_packed", &swiglu_packed_autograd);
+}
 
 }  // namespace latentmoe::ops

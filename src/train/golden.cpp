@@ -135,16 +135,19 @@ std::vector<std::string> environment_differences(const RunEnvironment& g, const 
 GoldenTolerance default_golden_tolerance(const std::string& compute_dtype) {
   // Measured with bench/golden_drift.py over the committed golden runs (docs/ci.md "Tolerances"):
   // between 1 and 2 threads the first ~12 steps differ by <= 6e-7 in the gradient norm and <= 1e-7
-  // in the losses (bf16: not at all) and the expert loads are identical; from step ~20 on the runs
+  // in the losses on an AVX2 CPU (AMD EPYC). On an AVX-512 Xeon (MKL splits the GEMMs differently
+  // per thread count) a tiny run with a 2-step warm-up differs by up to 1.1e-5 in the gradient norm
+  // and 8.9e-5 in the balance loss (a ~2e-4 value whose near-tied routing choices amplify rounding)
+  // while the LM losses stay within 1.1e-6. From step ~20 on the runs
   // drift apart like two seeds: means over 10 steps differ by up to ~6e-3 (LM/MTP losses), ~2e-2
   // (balance loss), 0.28 (gradient norm) and 0.22 (an expert's share of the tokens). The bounds
-  // leave a margin of >= 15x early and about 2x or more late (expert loads: 2x, and 0.45 only catches
-  // an expert collapsing to all or nothing of its possible share); bf16 gets 10x looser early bounds for CPUs whose
-  // bf16 kernels round differently (not measurable on this project's one kind of machine).
+  // leave a margin of about 2x or more early and late (the LM loss bound, 2e-6, is what catches
+  // a wrong change within 2 steps: balancing sign, rope base, learning rate); bf16 gets 10x looser
+  // early bounds for CPUs whose bf16 kernels round differently.
   const double early_scale = compute_dtype == "bf16" ? 10.0 : 1.0;
   return {.early_steps = 10,
-          .early = {.loss_rtol = 2e-6 * early_scale, .aux_loss_rtol = 2e-6 * early_scale,
-                    .grad_norm_rtol = 1e-5 * early_scale, .load_atol = 0.01 * early_scale},
+          .early = {.loss_rtol = 2e-6 * early_scale, .aux_loss_rtol = 2e-4 * early_scale,
+                    .grad_norm_rtol = 3e-5 * early_scale, .load_atol = 0.01 * early_scale},
           .window = 10,
           .late = {.loss_rtol = 2e-2, .aux_loss_rtol = 0.1, .grad_norm_rtol = 0.6, .load_atol = 0.45}};
 }

@@ -27,6 +27,7 @@
 #include "latentmoe/util/error.h"
 #include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
+#include "latentmoe/util/runtime_info.h"
 
 namespace latentmoe::train {
 
@@ -330,6 +331,7 @@ int Trainer::run() {
             "of {}), {} threads, {}",
             cfg_.name, total_steps, batches_->total_tokens(), sizing, t.global_batch_size, ramp, t.seq_len, world_,
             accum_steps(t.global_batch_size), t.micro_batch_size, at::get_num_threads(), cfg_.precision.compute_dtype);
+  LMOE_INFO("cpu runtime: {}; malloc: {}", openmp_settings(), allocator_name());
   const auto run_start = std::chrono::steady_clock::now();
   const int64_t first_tokens = tokens_seen_;
   const int64_t first_step = step_;

@@ -8,6 +8,9 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/version.h>
 
+#include <dlfcn.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -71,6 +74,26 @@ std::string compiler_id() {
 
 std::string torch_version() { return TORCH_VERSION; }
 
+std::string allocator_name() {
+  // jemalloc exports mallctl; looked up at run time so a preloaded one is reported too.
+  using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
+  const auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"));
+  if (mallctl == nullptr) return "glibc malloc";
+  const char* version = nullptr;
+  size_t size = sizeof(version);
+  if (mallctl("version", &version, &size, nullptr, 0) != 0 || version == nullptr) return "jemalloc";
+  return std::string("jemalloc ") + version;
+}
+
+std::string openmp_settings() {
+  std::string out = std::to_string(at::get_num_threads()) + " threads";
+  for (const char* name : {"OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_SPINCOUNT"}) {
+    const char* value = std::getenv(name);
+    out += std::string(", ") + name + "=" + (value != nullptr && *value != '\0' ? value : "default");
+  }
+  return out;
+}
+
 std::string runtime_report() {
   std::ostringstream out;
   out << "latentmoe " << kVersion << "\n";
@@ -87,6 +110,8 @@ std::string runtime_report() {
       << "\n";
   out << "threads    intra-op " << at::get_num_threads() << ", inter-op " << at::get_num_interop_threads()
       << " (set OMP_NUM_THREADS to change)\n";
+  out << "openmp     " << openmp_settings() << "\n";
+  out << "malloc     " << allocator_name() << "\n";
   out << "blas       MKL " << (at::hasMKL() ? "yes" : "no") << ", oneDNN " << (at::hasMKLDNN() ? "yes" : "no")
       << ", OpenMP " << (at::hasOpenMP() ? "yes" : "no") << "\n";
   out << config_lines_with(at::show_config(), {"Math Kernel Library", "MKL-DNN", "CPU capability"});

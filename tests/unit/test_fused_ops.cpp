@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
+#include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/linear_cross_entropy.h"
+#include "latentmoe/ops/moe_permute.h"
 #include "latentmoe/ops/rms_norm.h"
 #include "latentmoe/ops/rotary.h"
 #include "latentmoe/ops/swiglu.h"
@@ -144,6 +146,120 @@ TEST(SwiGluOp, BadInputIsNamed) {
   EXPECT_THROW(ops::swiglu(at::randn({2, 3}), at::randn({3, 2})), c10::Error);
   EXPECT_THROW(ops::swiglu(at::randn({2, 3}), at::randn({2, 3}).to(at::kBFloat16)), c10::Error);
   EXPECT_THROW(ops::swiglu(at::ones({2}, at::kLong), at::ones({2}, at::kLong)), c10::Error);
+}
+
+TEST(SwiGluOp, PackedMatchesReferenceForwardAndBackward) {
+  at::manual_seed(22);
+  const std::vector<std::vector<int64_t>> shapes{{2}, {0, 8}, {7, 6}, {1, 770}, {3, 17, 128}};
+  for (const auto& shape : shapes) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const std::string what = "packed shape " + c10::str(at::IntArrayRef(shape)) + " " + c10::toString(dtype);
+      const at::Tensor gate_up = at::randn(shape).mul(3).to(dtype);
+      std::vector<int64_t> out_shape = shape;
+      out_shape.back() /= 2;
+      const at::Tensor g = at::randn(out_shape).to(dtype);
+      const auto fused = run_with_grads([](auto& in) { return ops::swiglu_packed(in[0]); }, {gate_up}, g);
+      const auto ref = run_with_grads([](auto& in) { return ops::swiglu_packed_reference(in[0]); }, {gate_up}, g);
+      for (size_t i = 0; i < 2; ++i) expect_close(fused[i], ref[i], dtype, what + " output " + std::to_string(i));
+    }
+  }
+  EXPECT_THROW(ops::swiglu_packed(at::randn({2, 3})), c10::Error);  // odd width: no gate/up split
+}
+
+// Empty experts, one-row experts, odd widths, no rows at all; both CPU strategies.
+TEST(GroupedLinearOp, MatchesReferenceForwardAndBackward) {
+  at::manual_seed(31);
+  struct Case {
+    std::vector<int64_t> sizes;
+    int64_t in, out;
+  };
+  const std::vector<Case> cases{{{0, 3, 0, 1, 7}, 5, 9}, {{0, 0}, 4, 3}, {{1}, 1, 1}, {{64, 1, 130, 0}, 128, 96}};
+  for (auto impl : {ops::GroupedGemmImpl::per_group_gemm, ops::GroupedGemmImpl::torch_grouped_mm}) {
+    ops::set_cpu_grouped_gemm_impl(impl);
+    for (const auto& c : cases) {
+      for (auto dtype : {at::kFloat, at::kBFloat16}) {
+        int64_t rows = 0;
+        for (int64_t n : c.sizes) rows += n;
+        const std::string what = "groups " + c10::str(at::IntArrayRef(c.sizes)) + " in " + std::to_string(c.in) +
+                                 " out " + std::to_string(c.out) + " " + c10::toString(dtype) + " impl " +
+                                 std::to_string(static_cast<int>(impl));
+        const at::Tensor x = at::randn({rows, c.in}).to(dtype);
+        const at::Tensor w = at::randn({static_cast<int64_t>(c.sizes.size()), c.out, c.in}).div(4).to(dtype);
+        const at::Tensor g = at::randn({rows, c.out}).to(dtype);
+        const auto sizes = c.sizes;
+        const auto fused = run_with_grads([&](auto& in) { return ops::grouped_linear(in[0], in[1], sizes); }, {x, w}, g);
+        const auto ref =
+            run_with_grads([&](auto& in) { return ops::grouped_linear_reference(in[0], in[1], sizes); }, {x, w}, g);
+        for (size_t i = 0; i < 3; ++i) {
+          ASSERT_TRUE(fused[i].defined()) << what << " output " << i;
+          expect_close(fused[i], ref[i], dtype, what + " output " + std::to_string(i));
+        }
+      }
+    }
+  }
+  ops::set_cpu_grouped_gemm_impl(ops::GroupedGemmImpl::per_group_gemm);
+}
+
+TEST(GroupedLinearOp, BadInputIsNamed) {
+  const at::Tensor x = at::randn({4, 3}), w = at::randn({2, 5, 3});
+  EXPECT_THROW(ops::grouped_linear(x, w, std::vector<int64_t>{1, 2}), c10::Error);         // sums to 3, not 4
+  EXPECT_THROW(ops::grouped_linear(x, w, std::vector<int64_t>{4}), c10::Error);            // one size, two experts
+  EXPECT_THROW(ops::grouped_linear(x, w, std::vector<int64_t>{5, -1}), c10::Error);        // negative
+  EXPECT_THROW(ops::grouped_linear(x, at::randn({2, 5, 4}), std::vector<int64_t>{2, 2}), c10::Error);  // in dims
+  EXPECT_THROW(ops::grouped_linear(x.to(at::kBFloat16), w, std::vector<int64_t>{2, 2}), c10::Error);   // dtypes
+  try {
+    ops::grouped_linear(x, w, std::vector<int64_t>{1, 2});
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("sum to 3 rows but x has 4"), std::string::npos) << e.what();
+  }
+}
+
+// Routing-like positions: tokens' choices sorted by expert id (stable), some experts empty.
+TEST(MoePermuteOps, MatchReferenceForwardAndBackward) {
+  at::manual_seed(41);
+  struct Case {
+    int64_t tokens, top_k, hidden;
+  };
+  for (const auto& c : std::vector<Case>{{1, 1, 1}, {0, 2, 8}, {7, 3, 5}, {33, 2, 128}, {5, 8, 129}}) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const std::string what = "tokens " + std::to_string(c.tokens) + " top_k " + std::to_string(c.top_k) +
+                               " hidden " + std::to_string(c.hidden) + " " + c10::toString(dtype);
+      const at::Tensor ids = at::randint(0, 2 * c.top_k + 1, {c.tokens * c.top_k}, at::kLong);
+      const at::Tensor positions = ops::moe_positions(ids.argsort(/*stable=*/true), c.top_k);
+      const at::Tensor tokens = at::randn({c.tokens, c.hidden}).to(dtype);
+      const at::Tensor sorted_grad = at::randn({c.tokens * c.top_k, c.hidden}).to(dtype);
+      const auto fused = run_with_grads([&](auto& in) { return ops::moe_permute(in[0], positions); }, {tokens}, sorted_grad);
+      const auto ref =
+          run_with_grads([&](auto& in) { return ops::moe_permute_reference(in[0], positions); }, {tokens}, sorted_grad);
+      for (size_t i = 0; i < 2; ++i) expect_close(fused[i], ref[i], dtype, what + " permute " + std::to_string(i));
+
+      const at::Tensor sorted = at::randn({c.tokens * c.top_k, c.hidden}).to(dtype);
+      const at::Tensor weights = at::rand({c.tokens, c.top_k}) + 0.1;
+      const at::Tensor grad = at::randn({c.tokens, c.hidden}).to(dtype);
+      const auto f2 = run_with_grads([&](auto& in) { return ops::moe_unpermute(in[0], positions, in[1]); },
+                                     {sorted, weights}, grad);
+      const auto r2 = run_with_grads([&](auto& in) { return ops::moe_unpermute_reference(in[0], positions, in[1]); },
+                                     {sorted, weights}, grad);
+      for (size_t i = 0; i < 3; ++i) {
+        ASSERT_TRUE(f2[i].defined()) << what << " unpermute " << i;
+        expect_close(f2[i], r2[i], i == 2 ? at::kFloat : dtype, what + " unpermute " + std::to_string(i));
+      }
+    }
+  }
+}
+
+TEST(MoePermuteOps, BadPositionsAreNamed) {
+  const at::Tensor tokens = at::randn({2, 4});
+  EXPECT_THROW(ops::moe_permute(tokens, at::tensor({0, 0, 1, 2}, at::kLong).view({2, 2})), c10::Error);  // repeated
+  EXPECT_THROW(ops::moe_permute(tokens, at::tensor({0, 1, 2, 4}, at::kLong).view({2, 2})), c10::Error);  // range
+  EXPECT_THROW(ops::moe_permute(tokens, at::tensor({0, 1, 2}, at::kLong).view({3, 1})), c10::Error);     // rows
+  EXPECT_THROW(ops::moe_unpermute(at::randn({3, 4}), at::tensor({0, 1, 2, 3}, at::kLong).view({2, 2}), at::ones({2, 2})),
+               c10::Error);
+  try {
+    ops::moe_permute(tokens, at::tensor({0, 0, 1, 2}, at::kLong).view({2, 2}));
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("appears twice"), std::string::npos) << e.what();
+  }
 }
 
 TEST(RotaryOp, MatchesReferenceForwardAndBackward) {

@@ -65,7 +65,7 @@ TEST(MoE, EqualsPerTokenLoopForwardAndBackward) {
   }
 }
 
-TEST(MoE, ExpertWithNoTokensGetsZeroGradient) {
+TEST(MoE, ExpertWithNoTokensGetsNoGradient) {
   auto cfg = latentmoe::testing::tiny_model_config();
   cfg.n_group = 1;
   cfg.topk_group = 1;
@@ -80,9 +80,44 @@ TEST(MoE, ExpertWithNoTokensGetsZeroGradient) {
   const model::MoEOutput out = moe(torch::randn({6, cfg.hidden_size}));
   out.hidden.sum().backward();
   EXPECT_EQ(out.routing.expert_counts[5].item<int64_t>(), 6);
-  auto* unused = &moe->expert(0);
-  EXPECT_TRUE(!unused->up_proj->weight.grad().defined() || unused->up_proj->weight.grad().abs().sum().item<double>() == 0);
+  // As with a per-expert loop: an expert that did not run has no gradient (AdamW skips it).
+  EXPECT_FALSE(moe->expert(0).up_proj->weight.grad().defined());
+  EXPECT_FALSE(moe->expert(0).down_proj->weight.grad().defined());
   EXPECT_GT(moe->expert(5).up_proj->weight.grad().abs().sum().item<double>(), 0);
+  EXPECT_GT(moe->expert(5).gate_proj->weight.grad().abs().sum().item<double>(), 0);
+  EXPECT_GT(moe->expert(5).down_proj->weight.grad().abs().sum().item<double>(), 0);
+}
+
+// The per-expert parameters are views into the stacked weights the grouped GEMMs read: an
+// in-place update of a parameter (the optimizer's) is what the next forward uses, and a
+// parameter whose storage was replaced is stacked again rather than silently ignored.
+TEST(MoE, ExpertParametersAreViewsOfTheStackedWeights) {
+  torch::manual_seed(6);
+  auto cfg = latentmoe::testing::tiny_model_config();
+  model::MoE moe(cfg);
+  const int64_t width = cfg.moe_intermediate_size;
+  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
+    EXPECT_EQ(moe->expert(e).gate_proj->weight.data_ptr(), moe->experts_gate_up[e].data_ptr()) << e;
+    EXPECT_EQ(moe->expert(e).up_proj->weight.data_ptr(), moe->experts_gate_up[e][width].data_ptr()) << e;
+    EXPECT_EQ(moe->expert(e).down_proj->weight.data_ptr(), moe->experts_down[e].data_ptr()) << e;
+  }
+  const torch::Tensor x = torch::randn({9, cfg.hidden_size});
+  const model::RouterOutput routing = moe->gate(x);
+  {
+    torch::NoGradGuard g;
+    moe->expert(1).up_proj->weight.mul_(3.0);
+    moe->expert(2).down_proj->weight.set_data(moe->expert(2).down_proj->weight.clone().mul_(-1.0));
+  }
+  const torch::Tensor fast = moe->routed_experts(x, routing);
+  torch::Tensor loop = torch::zeros_like(x);
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    for (int64_t j = 0; j < routing.expert_ids.size(1); ++j) {
+      const int64_t e = routing.expert_ids[t][j].item<int64_t>();
+      loop[t] += routing.gate_weights[t][j] * moe->expert(e).forward(x[t].unsqueeze(0))[0];
+    }
+  }
+  EXPECT_TRUE(close_at_scale(fast, loop));
+  EXPECT_EQ(moe->expert(2).down_proj->weight.data_ptr(), moe->experts_down[2].data_ptr());  // stacked again
 }
 
 // Expert parallelism keeps a contiguous range of experts under their global names; the retained

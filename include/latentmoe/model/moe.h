@@ -1,6 +1,7 @@
 // DeepSeekMoE layer: dropless routing over fine-grained experts plus always-on shared experts.
-// Tokens are sorted by expert (permute), each expert's SwiGLU runs on its contiguous slice, and
-// results are weighted and scattered back (unpermute). No per-expert masks over all tokens.
+// Tokens are sorted by expert (permute), the routed experts run as two grouped GEMMs over their
+// stacked weights (gate+up, then down) around one SwiGLU, and results are weighted and summed back
+// per token (unpermute). No per-expert masks over all tokens.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -35,6 +36,7 @@ class MoEImpl : public torch::nn::Module {
   // The routed part alone for given routing (exposed for tests and expert-parallel dispatch).
   torch::Tensor routed_experts(const torch::Tensor& tokens, const RouterOutput& routing);
   // Runs experts [first, first + counts.size()) on `sorted` rows grouped by expert (counts rows each).
+  // An expert without rows gets no gradient (as if it had not run), like a per-expert loop.
   torch::Tensor run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts);
 
   // Routed expert e by its GLOBAL index; throws if this module does not hold it.
@@ -54,7 +56,19 @@ class MoEImpl : public torch::nn::Module {
   std::shared_ptr<torch::nn::Module> experts;
   MLP shared_experts{nullptr};  // MLP(hidden, moe_intermediate_size x n_shared_experts)
 
+  // The held experts' weights, stacked for the grouped GEMMs. Each expert's gate_proj, up_proj and
+  // down_proj weight is a view into these (so names, checkpoints, HF keys and the optimizer stay
+  // per expert while the memory is one block per projection). Not registered: the per-expert
+  // parameters are the state.
+  torch::Tensor experts_gate_up;  // [local experts, 2 x moe_intermediate, hidden]: gate rows, then up rows
+  torch::Tensor experts_down;     // [local experts, hidden, moe_intermediate]
+
  private:
+  // (Re)builds the stacked tensors from the experts' current parameters and makes those views.
+  void stack_expert_weights();
+  // False after something replaced a parameter's storage (module->to(), set_data).
+  bool expert_weights_stacked() const;
+
   std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_ + i
   int64_t first_local_ = 0;
 };

@@ -13,4 +13,9 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
 // The specification in plain ATen ops.
 at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up);
 
+// The same on [..., 2 x width] rows holding gate then up (the output of one GEMM for both
+// projections, as the stacked routed experts compute it); the gradient comes back packed alike.
+at::Tensor swiglu_packed(const at::Tensor& gate_up);
+at::Tensor swiglu_packed_reference(const at::Tensor& gate_up);
+
 }  // namespace latentmoe::ops
