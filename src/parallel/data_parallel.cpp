@@ -93,7 +93,9 @@ void DataParallel::begin_backward(bool last_micro_batch) {
 }
 
 void DataParallel::on_gradient(size_t i, const torch::Tensor& grad) {
-  if (!armed_) return;
+  // Undefined: the parameter's node ran but produced no gradient (a routed expert that got no
+  // rows from the stacked-expert backward) - the same as not being reached at all.
+  if (!armed_ || !grad.defined()) return;
   torch::NoGradGuard no_grad;
   Group& g = group_of(i);
   Bucket& b = g.buckets[where_[i].first];
