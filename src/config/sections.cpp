@@ -78,6 +78,11 @@ void TrainConfig::describe(FieldVisitor& v) {
   v.field({"seq_len", &seq_len, "Tokens per training sequence"});
   v.field({"grad_clip_norm", &grad_clip_norm, "Global gradient-norm clip (0 = off)"});
   v.field({"device", &device, "Where to train; auto = cuda when available", {"auto", "cpu", "cuda"}});
+  v.field({"recompute", &recompute,
+           "Activation recomputation: none; selective = per layer the attention core (norms, MLA down/up "
+           "projections, rotary, SDPA) and every MLP's and expert group's gate/up GEMMs + SwiGLU rerun in "
+           "the backward; full = every decoder block reruns whole (only block inputs kept)",
+           {"none", "selective", "full"}});
   v.field({"mtp_loss_weight", &mtp_loss_weight, "MTP loss weight lambda (loss adds lambda/D x sum of MTP CEs)"});
   v.field({"mtp_loss_weight_final", &mtp_loss_weight_final,
            "MTP lambda after mtp_loss_weight_switch_tokens (DeepSeek-V3: 0.3, then 0.1)"});

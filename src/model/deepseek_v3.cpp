@@ -49,6 +49,12 @@ void DeepSeekV3Impl::reset_parameters(double init_std) {
   }
 }
 
+void DeepSeekV3Impl::set_recompute(Recompute mode) {
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto block = std::dynamic_pointer_cast<DecoderBlockImpl>(module)) block->set_recompute(mode);
+  }
+}
+
 ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches,
                                     bool compute_logits) {
   TORCH_CHECK(input_ids.dim() == 2, "DeepSeekV3: input_ids must be [batch, seq], got ", input_ids.sizes());

@@ -104,9 +104,16 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_absorbed(const Projected& p, 
 
 torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
                                                    LatentKVCache* cache) {
-  const int64_t batch = x.size(0), seq = x.size(1);
-  const Projected p = project(x, positions);
-  const torch::Tensor attended = cache ? attend_absorbed(p, *cache) : attend_expanded(p);
+  if (!cache) return output_projection(attention_core(x, positions));
+  return output_projection(attend_absorbed(project(x, positions), *cache));
+}
+
+torch::Tensor MultiHeadLatentAttentionImpl::attention_core(const torch::Tensor& x, const torch::Tensor& positions) {
+  return attend_expanded(project(x, positions));
+}
+
+torch::Tensor MultiHeadLatentAttentionImpl::output_projection(const torch::Tensor& attended) {
+  const int64_t batch = attended.size(0), seq = attended.size(2);
   return o_proj(attended.transpose(1, 2).reshape({batch, seq, -1}));
 }
 

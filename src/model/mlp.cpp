@@ -1,6 +1,7 @@
 // SwiGLU MLP with bias-free projections (DeepSeek layout and HF key names).
 #include "latentmoe/model/mlp.h"
 
+#include "latentmoe/model/recompute.h"
 #include "latentmoe/ops/swiglu.h"
 
 namespace latentmoe::model {
@@ -13,7 +14,11 @@ MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(ops::swiglu(gate_proj(x), up_proj(x)));
+  if (!recompute_active(recompute_activation, is_training())) return down_proj(ops::swiglu(gate_proj(x), up_proj(x)));
+  const Region activation = [this](const torch::autograd::variable_list& in) -> torch::autograd::variable_list {
+    return {ops::swiglu(gate_proj(in[0]), up_proj(in[0]))};
+  };
+  return down_proj(recomputed(activation, {x})[0]);
 }
 
 }  // namespace latentmoe::model

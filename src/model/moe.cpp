@@ -10,6 +10,7 @@
 #include <array>
 #include <stdexcept>
 
+#include "latentmoe/model/recompute.h"
 #include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/moe_permute.h"
 #include "latentmoe/ops/swiglu.h"
@@ -125,8 +126,13 @@ torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, c
   const int64_t offset = first - first_local_;
   const variable_list stacked = StackedExpertWeights::apply(at::TensorList(params), experts_gate_up.narrow(0, offset, n),
                                                             experts_down.narrow(0, offset, n), counts);
-  const torch::Tensor gate_up = ops::grouped_linear(sorted, stacked[0], counts);  // [rows, 2 x intermediate]
-  return ops::grouped_linear(ops::swiglu_packed(gate_up), stacked[1], counts);
+  const Region activation = [counts](const variable_list& in) -> variable_list {
+    return {ops::swiglu_packed(ops::grouped_linear(in[0], in[1], counts))};  // via [rows, 2 x intermediate]
+  };
+  const torch::Tensor act = recompute_active(recompute_activation, is_training())
+                                ? recomputed(activation, {sorted, stacked[0]})[0]
+                                : activation({sorted, stacked[0]})[0];
+  return ops::grouped_linear(act, stacked[1], counts);
 }
 
 MLPImpl& MoEImpl::expert(int64_t e) {

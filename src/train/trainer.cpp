@@ -100,6 +100,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   // then expert parallelism keeps only this rank's experts.
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
   model_ = model::DeepSeekV3(cfg_.model);
+  model_->set_recompute(model::parse_recompute(t.recompute));
   if (comm_) setup_parallel();
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());

@@ -75,6 +75,7 @@ struct TrainConfig {
   int64_t seq_len = 128;
   double grad_clip_norm = 1.0;
   std::string device = "auto";  // auto | cpu | cuda
+  std::string recompute = "none";  // none | selective | full
   double mtp_loss_weight = 0.3;
   double mtp_loss_weight_final = 0.3;
   int64_t mtp_loss_weight_switch_tokens = 0;

@@ -11,6 +11,7 @@
 #include "latentmoe/model/mla.h"
 #include "latentmoe/model/mlp.h"
 #include "latentmoe/model/moe.h"
+#include "latentmoe/model/recompute.h"
 #include "latentmoe/model/rms_norm.h"
 
 namespace latentmoe::model {
@@ -27,6 +28,8 @@ class DecoderBlockImpl : public torch::nn::Module {
  public:
   DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index);
   BlockOutput forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
+  // train.recompute for this block and its modules (none: everything kept for the backward).
+  void set_recompute(Recompute mode);
 
   int64_t layer_index;
   RMSNorm input_layernorm{nullptr};
@@ -34,6 +37,10 @@ class DecoderBlockImpl : public torch::nn::Module {
   RMSNorm post_attention_layernorm{nullptr};
   MLP dense_mlp{nullptr};  // registered as "mlp" when dense
   MoE moe{nullptr};        // registered as "mlp" when MoE
+
+ private:
+  BlockOutput forward_layers(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache);
+  Recompute recompute_ = Recompute::none;
 };
 TORCH_MODULE(DecoderBlock);
 

@@ -64,6 +64,8 @@ class DeepSeekV3Impl : public torch::nn::Module {
 
   // Normal(0, init_std) for every weight matrix and the embedding; norms 1; biases 0.
   void reset_parameters(double init_std);
+  // Activation recomputation of every block, main and MTP (train.recompute; model/recompute.h).
+  void set_recompute(Recompute mode);
 
   config::ModelConfig cfg;
   DecoderStack model{nullptr};

@@ -32,6 +32,10 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   // x [batch, seq, hidden]; positions [seq] or [batch, seq]. Without a cache: causal attention
   // over x. With a cache: appends x's latents and attends over everything cached (absorbed form).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
+  // forward without a cache, in two parts (the first is what selective recomputation reruns):
+  // attention before o_proj -> [batch, heads, seq, v_head_dim], then o_proj -> [batch, seq, hidden].
+  torch::Tensor attention_core(const torch::Tensor& x, const torch::Tensor& positions);
+  torch::Tensor output_projection(const torch::Tensor& attended);
 
   config::ModelConfig cfg;
   RotaryEmbedding rotary;

@@ -21,6 +21,8 @@ class MLPImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   MLPOptions options;
+  // train.recompute=selective: gate/up GEMMs and SwiGLU rerun in the backward (only x is kept).
+  bool recompute_activation = false;
   Linear gate_proj{nullptr};  // [intermediate, hidden]
   Linear up_proj{nullptr};    // [intermediate, hidden]
   Linear down_proj{nullptr};  // [hidden, intermediate]

@@ -48,6 +48,8 @@ class MoEImpl : public torch::nn::Module {
   int64_t local_expert_count() const { return static_cast<int64_t>(local_experts_.size()); }
 
   ExpertDispatcher* dispatcher = nullptr;  // not owned; null = all experts run here
+  // train.recompute=selective: the experts' gate/up grouped GEMM and SwiGLU rerun in the backward.
+  bool recompute_activation = false;
 
   config::ModelConfig cfg;
   Router gate{nullptr};
