@@ -28,8 +28,10 @@ say() { printf '[setup] %s\n' "$*"; }
 #   libgtest-dev, libbenchmark-dev  unit tests and benchmarks
 #   libpcre2-dev                 \p{L}/\p{N} in the byte-level BPE pre-tokenizer regex
 #   libssl-dev                   SHA-256 of checkpoint files (libcrypto uses the CPU's SHA extensions)
-#   libjemalloc-dev              the allocator `latentmoe` links: freed buffers are reused, not returned to
-#                                the OS and faulted in again every step (measured: docs/performance.md)
+#   libtcmalloc-minimal4         the malloc `latentmoe` links: freed buffers are reused, not returned to
+#                                the OS and faulted in again every step (measured against glibc and
+#                                jemalloc: docs/performance.md)
+#   libjemalloc-dev              the measured alternative (LD_PRELOAD) for that comparison
 #   python3.11-doc               the bundled default training corpus (English reStructuredText)
 #   libgloo-dev                  HEADERS ONLY: torch's ProcessGroupGloo.hpp includes gloo headers the
 #                                wheel does not ship; we never link Debian's libgloo (libtorch has
@@ -37,7 +39,7 @@ say() { printf '[setup] %s\n' "$*"; }
 #   clang, libclang-rt-14-dev    the sanitizer and libFuzzer build of the torch-free core
 #                                (tools/sanitizers.sh: `make test-asan`, `make fuzz`)
 apt_packages=(cmake ninja-build g++ ccache libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev
-              libfmt-dev libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev libssl-dev libjemalloc-dev python3.11-doc
+              libfmt-dev libcli11-dev libgtest-dev libbenchmark-dev libpcre2-dev libssl-dev libtcmalloc-minimal4 libjemalloc-dev python3.11-doc
               libgloo-dev clang libclang-rt-14-dev)
 if [[ "${LATENTMOE_NO_APT:-0}" != 1 ]]; then
   missing=()

@@ -75,7 +75,13 @@ std::string compiler_id() {
 std::string torch_version() { return TORCH_VERSION; }
 
 std::string allocator_name() {
-  // jemalloc exports mallctl; looked up at run time so a preloaded one is reported too.
+  // tcmalloc exports tc_version, jemalloc mallctl; looked up at run time so a preloaded one is
+  // reported too.
+  using TcVersion = const char* (*)(int*, int*, const char**);
+  if (const auto tc_version = reinterpret_cast<TcVersion>(dlsym(RTLD_DEFAULT, "tc_version"))) {
+    const char* version = tc_version(nullptr, nullptr, nullptr);
+    return version != nullptr ? std::string(version) : "tcmalloc";
+  }
   using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
   const auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"));
   if (mallctl == nullptr) return "glibc malloc";

@@ -18,7 +18,8 @@ std::string cpu_model_name();
 std::string cpu_capability();
 std::string compiler_id();
 std::string torch_version();
-// The malloc in use: "jemalloc 5.3.0-..." when jemalloc is linked or preloaded, else "glibc malloc".
+// The malloc in use: "gperftools 2.10" (tcmalloc, what latentmoe links), "jemalloc 5.3.0-..." when
+// preloaded, else "glibc malloc".
 std::string allocator_name();
 // Intra-op threads and the OpenMP variables that change how they wait and where they run
 // ("2 threads, OMP_WAIT_POLICY=default, OMP_PROC_BIND=default, ...").
