@@ -7,6 +7,7 @@
 
 #include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/moe_permute.h"
+#include "latentmoe/ops/moe_router.h"
 #include "latentmoe/ops/rms_norm.h"
 #include "latentmoe/ops/swiglu.h"
 
@@ -101,6 +102,24 @@ void moe_permute_combine(benchmark::State& state) {
   state.SetLabel(std::string(c10::toString(dtype)) + ", " + std::to_string(at::get_num_threads()) + " threads");
 }
 
+// The gate after its GEMM, forward + backward: {tokens, experts, top_k, n_group, topk_group}.
+template <bool kReference>
+void moe_router(benchmark::State& state) {
+  const int64_t tokens = state.range(0), experts = state.range(1);
+  const latentmoe::ops::RouterChoice choice{state.range(2), state.range(3), state.range(4), true, true, 2.5};
+  at::manual_seed(0);
+  const at::Tensor logits = at::randn({tokens, experts}).set_requires_grad(true);
+  const at::Tensor bias = at::randn({experts}).mul(0.01);
+  const at::Tensor g = at::randn({tokens, choice.top_k});
+  for (auto _ : state) {
+    auto out = kReference ? latentmoe::ops::moe_router_reference(logits, bias, choice)
+                          : latentmoe::ops::moe_router(logits, bias, choice);
+    (std::get<1>(out) * g).sum().backward();
+    benchmark::DoNotOptimize(logits.grad().data_ptr());
+  }
+  state.SetLabel(std::to_string(at::get_num_threads()) + " threads");
+}
+
 void grouped_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
     for (int64_t impl : {0, 1, 2}) {
@@ -141,4 +160,6 @@ BENCHMARK(swiglu<true>)->Name("swiglu/aten")->Apply(swiglu_shapes)->UseRealTime(
 BENCHMARK(grouped_linear)->Name("grouped_linear")->Apply(grouped_shapes)->UseRealTime();
 BENCHMARK(moe_permute_combine<false>)->Name("moe_permute_combine/fused")->Apply(permute_shapes)->UseRealTime();
 BENCHMARK(moe_permute_combine<true>)->Name("moe_permute_combine/aten")->Apply(permute_shapes)->UseRealTime();
+BENCHMARK(moe_router<false>)->Name("moe_router/fused")->Args({1024, 8, 2, 4, 2})->Args({2048, 16, 2, 4, 2})->Args({4096, 256, 8, 8, 4})->UseRealTime();
+BENCHMARK(moe_router<true>)->Name("moe_router/aten")->Args({1024, 8, 2, 4, 2})->Args({2048, 16, 2, 4, 2})->Args({4096, 256, 8, 8, 4})->UseRealTime();
 BENCHMARK_MAIN();

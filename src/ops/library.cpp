@@ -36,4 +36,10 @@ TORCH_LIBRARY(latentmoe, m) {
   m.def("moe_permute(Tensor tokens, Tensor positions, Tensor? weights=None) -> Tensor");
   m.def("moe_unpermute(Tensor sorted, Tensor positions, Tensor? weights=None) -> Tensor");
   m.def("moe_unpermute_weight_grad(Tensor grad, Tensor sorted, Tensor positions) -> Tensor");
+
+  // The gate after its GEMM: (expert_ids, gate_weights, scores, counts); see ops/moe_router.h.
+  m.def("moe_router(Tensor logits, Tensor bias, int top_k, int n_group, int topk_group, bool sigmoid, bool normalize, "
+        "float scaling) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("moe_router_backward(Tensor? grad_gates, Tensor? grad_scores, Tensor scores, Tensor expert_ids, bool sigmoid, "
+        "bool normalize, float scaling) -> Tensor");
 }

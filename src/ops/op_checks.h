@@ -107,4 +107,22 @@ inline void check_moe_permute_inputs(const char* op, const at::Tensor& data, con
   }
 }
 
+inline void check_moe_router_inputs(const at::Tensor& logits, const at::Tensor& bias, int64_t top_k, int64_t n_group,
+                                    int64_t topk_group) {
+  TORCH_CHECK(logits.dim() == 2, "moe_router: logits must be [tokens, experts], got ", logits.sizes());
+  TORCH_CHECK(logits.scalar_type() == at::kFloat, "moe_router: logits must be float32 (gating stays fp32), got ",
+              logits.scalar_type());
+  const int64_t experts = logits.size(1);
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == experts && bias.scalar_type() == at::kFloat,
+              "moe_router: bias must be float32 [", experts, "], got ", bias.scalar_type(), " ", bias.sizes());
+  TORCH_CHECK(n_group >= 1 && experts % n_group == 0, "moe_router: n_group ", n_group, " must divide the ", experts,
+              " experts");
+  TORCH_CHECK(topk_group >= 1 && topk_group <= n_group, "moe_router: topk_group ", topk_group, " must be in [1, ",
+              n_group, "]");
+  TORCH_CHECK(top_k >= 1 && top_k <= topk_group * (experts / n_group), "moe_router: top_k ", top_k,
+              " must be in [1, ", topk_group * (experts / n_group), "] (the experts of the kept groups)");
+  TORCH_CHECK(logits.device() == bias.device(), "moe_router: logits are on ", logits.device(), " but bias on ",
+              bias.device());
+}
+
 }  // namespace latentmoe::ops

@@ -9,6 +9,7 @@
 #include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/linear_cross_entropy.h"
 #include "latentmoe/ops/moe_permute.h"
+#include "latentmoe/ops/moe_router.h"
 #include "latentmoe/ops/rms_norm.h"
 #include "latentmoe/ops/rotary.h"
 #include "latentmoe/ops/swiglu.h"
@@ -260,6 +261,51 @@ TEST(MoePermuteOps, BadPositionsAreNamed) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what_without_backtrace()).find("appears twice"), std::string::npos) << e.what();
   }
+}
+
+// Group-limited (sigmoid, normalized) and plain (softmax) routing, one token, more tokens than a
+// count chunk, random biases; the gradient through the gates alone and through gates + scores.
+TEST(MoeRouterOp, MatchesReferenceForwardAndBackward) {
+  at::manual_seed(51);
+  struct Case {
+    int64_t tokens, experts;
+    ops::RouterChoice choice;
+  };
+  const std::vector<Case> cases{{1, 8, {2, 4, 2, true, true, 2.5}},
+                                {37, 16, {3, 1, 1, false, false, 1.0}},
+                                {300, 64, {6, 8, 3, true, true, 2.5}},
+                                {5, 6, {1, 3, 1, true, false, 1.0}},
+                                {0, 8, {2, 4, 2, true, true, 1.0}}};
+  for (const auto& c : cases) {
+    for (bool with_scores : {false, true}) {
+      const std::string what = "tokens " + std::to_string(c.tokens) + " experts " + std::to_string(c.experts) +
+                               (with_scores ? " gates+scores" : " gates");
+      const at::Tensor logits = at::randn({c.tokens, c.experts}).mul(2);
+      const at::Tensor bias = at::randn({c.experts}).mul(0.1);
+      const at::Tensor g_gates = at::randn({c.tokens, c.choice.top_k}), g_scores = at::randn({c.tokens, c.experts});
+      std::vector<at::Tensor> got, want;
+      for (bool fused : {true, false}) {
+        const at::Tensor l = logits.clone().set_requires_grad(true);
+        auto [ids, gates, scores, counts] =
+            fused ? ops::moe_router(l, bias, c.choice) : ops::moe_router_reference(l, bias, c.choice);
+        at::Tensor loss = (gates * g_gates).sum();
+        if (with_scores) loss = loss + (scores * g_scores).sum();
+        loss.backward();
+        (fused ? got : want) = {ids, counts, gates.detach(), scores.detach(), l.grad()};
+      }
+      EXPECT_TRUE(at::equal(got[0], want[0])) << what << " expert ids";
+      EXPECT_TRUE(at::equal(got[1], want[1])) << what << " counts";
+      for (size_t i = 2; i < 5; ++i) expect_close(got[i], want[i], at::kFloat, what + " output " + std::to_string(i));
+    }
+  }
+}
+
+TEST(MoeRouterOp, BadInputIsNamed) {
+  const at::Tensor logits = at::randn({3, 8}), bias = at::zeros({8});
+  EXPECT_THROW(ops::moe_router(logits, bias, {2, 3, 1, true, true, 1.0}), c10::Error);  // 3 groups of 8 experts
+  EXPECT_THROW(ops::moe_router(logits, bias, {5, 4, 2, true, true, 1.0}), c10::Error);  // 5 > 2 groups x 2
+  EXPECT_THROW(ops::moe_router(logits.to(at::kBFloat16), bias, {2, 4, 2, true, true, 1.0}), c10::Error);
+  EXPECT_THROW(ops::moe_router(logits, at::zeros({7}), {2, 4, 2, true, true, 1.0}), c10::Error);
 }
 
 TEST(RotaryOp, MatchesReferenceForwardAndBackward) {
