@@ -64,6 +64,15 @@ MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   stack_expert_weights();
 }
 
+std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> MoEImpl::stacked_views(int64_t i, const torch::Tensor& gate_up,
+                                                                             const torch::Tensor& down) const {
+  const int64_t width = cfg.moe_intermediate_size;
+  MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)].ptr();
+  return {{{&mlp.gate_proj->weight, gate_up[i].narrow(0, 0, width)},
+           {&mlp.up_proj->weight, gate_up[i].narrow(0, width, width)},
+           {&mlp.down_proj->weight, down[i]}}};
+}
+
 void MoEImpl::stack_expert_weights() {
   torch::NoGradGuard no_grad;
   const int64_t n = local_expert_count(), width = cfg.moe_intermediate_size;
@@ -75,13 +84,7 @@ void MoEImpl::stack_expert_weights() {
   torch::Tensor gate_up = torch::empty({n, 2 * width, cfg.hidden_size}, like);
   torch::Tensor down = torch::empty({n, cfg.hidden_size, width}, like);
   for (int64_t i = 0; i < n; ++i) {
-    MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)];
-    const std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> targets{{
-        {&mlp.gate_proj->weight, gate_up[i].narrow(0, 0, width)},
-        {&mlp.up_proj->weight, gate_up[i].narrow(0, width, width)},
-        {&mlp.down_proj->weight, down[i]},
-    }};
-    for (const auto& [param, view] : targets) {
+    for (const auto& [param, view] : stacked_views(i, gate_up, down)) {
       view.copy_(*param);
       param->set_data(view);
     }
@@ -94,17 +97,12 @@ bool MoEImpl::expert_weights_stacked() const {
   const int64_t n = local_expert_count();
   if (n == 0) return true;
   if (!experts_gate_up.defined() || experts_gate_up.size(0) != n) return false;
-  const int64_t width = cfg.moe_intermediate_size;
   for (int64_t i = 0; i < n; ++i) {
-    const MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)];
-    const auto same = [](const torch::Tensor& param, const torch::Tensor& view) {
-      return param.data_ptr() == view.data_ptr() && param.options().type_equal(view.options()) &&
-             param.sizes() == view.sizes() && param.strides() == view.strides();
-    };
-    if (!same(mlp.gate_proj->weight, experts_gate_up[i].narrow(0, 0, width)) ||
-        !same(mlp.up_proj->weight, experts_gate_up[i].narrow(0, width, width)) ||
-        !same(mlp.down_proj->weight, experts_down[i])) {
-      return false;
+    for (const auto& [param, view] : stacked_views(i, experts_gate_up, experts_down)) {
+      if (param->data_ptr() != view.data_ptr() || !param->options().type_equal(view.options()) ||
+          param->sizes() != view.sizes() || param->strides() != view.strides()) {
+        return false;
+      }
     }
   }
   return true;

@@ -6,8 +6,6 @@
 #include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
-#include <limits>
-
 #include "latentmoe/ops/moe_router.h"
 
 namespace latentmoe::model {

@@ -3,7 +3,9 @@
 // picked at load time by the CPU, so one binary runs everywhere and vectorizes where it can.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -75,5 +77,16 @@ LMOE_ALWAYS_INLINE float fast_exp(float x) {
 // Rows per task of at::parallel_for for row-wise kernels: enough work per task to amortize the
 // OpenMP hand-off at narrow widths.
 inline int64_t row_grain(int64_t width) { return width >= 4096 ? 1 : (4096 + width - 1) / width; }
+
+// fn(T{}) for the element type of `type` (fp32, bf16, fp16); any other type is an error naming op.
+template <typename Fn>
+void dispatch_float_type(at::ScalarType type, const char* op, Fn&& fn) {
+  switch (type) {
+    case at::kFloat: return fn(float{});
+    case at::kBFloat16: return fn(c10::BFloat16{});
+    case at::kHalf: return fn(c10::Half{});
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", type);
+  }
+}
 
 }  // namespace latentmoe::ops::cpu

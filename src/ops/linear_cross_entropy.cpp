@@ -145,12 +145,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(const at::Tensor& logi
       }
     });
   };
-  switch (logits.scalar_type()) {
-    case at::kFloat: body(float{}); break;
-    case at::kBFloat16: body(c10::BFloat16{}); break;
-    case at::kHalf: body(c10::Half{}); break;
-    default: TORCH_CHECK(false, "cross_entropy_rows: unsupported dtype ", logits.scalar_type());
-  }
+  cpu::dispatch_float_type(logits.scalar_type(), "cross_entropy_rows", body);
   if (bad) throw_bad_label(bad_label, vocab, ignore_index);
   return {losses, grad};
 }

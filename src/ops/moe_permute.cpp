@@ -64,16 +64,6 @@ LMOE_PERMUTE_KERNELS(c10::BFloat16, bf16)
 LMOE_PERMUTE_KERNELS(c10::Half, f16)
 #undef LMOE_PERMUTE_KERNELS
 
-template <typename Fn>
-void dispatch_dtype(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: return fn(float{});
-    case at::kBFloat16: return fn(c10::BFloat16{});
-    case at::kHalf: return fn(c10::Half{});
-    default: TORCH_CHECK(false, "moe_permute: unsupported dtype ", type);
-  }
-}
-
 struct Prepared {
   at::Tensor data, positions, weights;  // contiguous; positions int64; weights fp32 or undefined
   int64_t tokens, top_k, hidden;
@@ -96,7 +86,7 @@ Prepared prepare(const char* op, const at::Tensor& data, const at::Tensor& posit
 at::Tensor permute_cpu(const at::Tensor& tokens, const at::Tensor& positions, const std::optional<at::Tensor>& weights) {
   const Prepared p = prepare("moe_permute", tokens, positions, weights, positions.size(0));
   at::Tensor sorted = at::empty({p.tokens * p.top_k, p.hidden}, tokens.options());
-  dispatch_dtype(tokens.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(tokens.scalar_type(), "moe_permute", [&](auto tag) {
     using T = decltype(tag);
     const T* in = p.data.const_data_ptr<T>();
     T* out = sorted.mutable_data_ptr<T>();
@@ -118,7 +108,7 @@ at::Tensor permute_cpu(const at::Tensor& tokens, const at::Tensor& positions, co
 at::Tensor unpermute_cpu(const at::Tensor& sorted, const at::Tensor& positions, const std::optional<at::Tensor>& weights) {
   const Prepared p = prepare("moe_unpermute", sorted, positions, weights, positions.numel());
   at::Tensor out = at::empty({p.tokens, p.hidden}, sorted.options());
-  dispatch_dtype(sorted.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(sorted.scalar_type(), "moe_permute", [&](auto tag) {
     using T = decltype(tag);
     const T* in = p.data.const_data_ptr<T>();
     T* op = out.mutable_data_ptr<T>();
@@ -144,7 +134,7 @@ at::Tensor unpermute_weight_grad_cpu(const at::Tensor& grad_in, const at::Tensor
               "moe_unpermute_weight_grad: grad must be [", p.tokens, ", ", p.hidden, "], got ", grad_in.sizes());
   const at::Tensor grad = grad_in.to(sorted.scalar_type()).contiguous();
   at::Tensor dw = at::empty({p.tokens, p.top_k}, sorted.options().dtype(at::kFloat));
-  dispatch_dtype(sorted.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(sorted.scalar_type(), "moe_permute", [&](auto tag) {
     using T = decltype(tag);
     const T* in = p.data.const_data_ptr<T>();
     const T* g = grad.const_data_ptr<T>();

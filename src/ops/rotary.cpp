@@ -95,12 +95,7 @@ at::Tensor rotate_cpu(const at::Tensor& in, const at::Tensor& cos_in, const at::
       run(ip, op, cp, sp, l, interleaved, inverse, b, e);
     });
   };
-  switch (in.scalar_type()) {
-    case at::kFloat: body(float{}); break;
-    case at::kBFloat16: body(c10::BFloat16{}); break;
-    case at::kHalf: body(c10::Half{}); break;
-    default: TORCH_CHECK(false, "rotary_embedding: unsupported dtype ", in.scalar_type());
-  }
+  cpu::dispatch_float_type(in.scalar_type(), "rotary_embedding", body);
   return out;
 }
 

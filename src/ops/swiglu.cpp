@@ -58,21 +58,11 @@ LMOE_SWIGLU_KERNELS(c10::BFloat16, bf16)
 LMOE_SWIGLU_KERNELS(c10::Half, f16)
 #undef LMOE_SWIGLU_KERNELS
 
-template <typename Fn>
-void dispatch_dtype(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: return fn(float{});
-    case at::kBFloat16: return fn(c10::BFloat16{});
-    case at::kHalf: return fn(c10::Half{});
-    default: TORCH_CHECK(false, "swiglu: unsupported dtype ", type);
-  }
-}
-
 at::Tensor swiglu_cpu(const at::Tensor& gate_in, const at::Tensor& up_in) {
   check_swiglu_inputs(gate_in, up_in);
   const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
   at::Tensor out = at::empty_like(gate);
-  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(gate.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     const T* gp = gate.const_data_ptr<T>();
     const T* up_p = up.const_data_ptr<T>();
@@ -90,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_in
   const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
   const at::Tensor grad = grad_in.to(gate.scalar_type()).contiguous();
   at::Tensor dgate = at::empty_like(gate), dup = at::empty_like(up);
-  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(gate.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     const T* dp = grad.const_data_ptr<T>();
     const T* gp = gate.const_data_ptr<T>();
@@ -127,7 +117,7 @@ at::Tensor swiglu_packed_cpu(const at::Tensor& gate_up_in) {
   std::vector<int64_t> out_sizes = gate_up.sizes().vec();
   out_sizes.back() = width;
   at::Tensor out = at::empty(out_sizes, gate_up.options());
-  dispatch_dtype(gate_up.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(gate_up.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     const T* in = gate_up.const_data_ptr<T>();
     T* op = out.mutable_data_ptr<T>();
@@ -146,7 +136,7 @@ at::Tensor swiglu_packed_backward_cpu(const at::Tensor& grad_in, const at::Tenso
               " does not match the input ", gate_up.sizes());
   const at::Tensor grad = grad_in.to(gate_up.scalar_type()).contiguous();
   at::Tensor dgate_up = at::empty_like(gate_up);
-  dispatch_dtype(gate_up.scalar_type(), [&](auto tag) {
+  cpu::dispatch_float_type(gate_up.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     const T* dp = grad.const_data_ptr<T>();
     const T* in = gate_up.const_data_ptr<T>();
@@ -159,12 +149,6 @@ at::Tensor swiglu_packed_backward_cpu(const at::Tensor& grad_in, const at::Tenso
     });
   });
   return dgate_up;
-}
-
-at::Tensor swiglu_packed_reference_impl(const at::Tensor& gate_up) {
-  check_packed(gate_up);
-  const auto halves = gate_up.chunk(2, -1);
-  return (at::silu(halves[0].to(at::kFloat)) * halves[1].to(at::kFloat)).to(gate_up.scalar_type());
 }
 
 at::Tensor swiglu_packed_backward_aten(const at::Tensor& grad, const at::Tensor& gate_up) {
@@ -202,13 +186,17 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
 
 at::Tensor swiglu_autograd(const at::Tensor& gate, const at::Tensor& up) { return SwiGluFunction::apply(gate, up); }
 
+at::Tensor call_swiglu_packed(const at::Tensor& gate_up) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&)>("latentmoe::swiglu_packed");
+  return op.call(gate_up);
+}
+
 class SwiGluPackedFunction : public torch::autograd::Function<SwiGluPackedFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate_up) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({gate_up});
-    static const auto op = find_op<at::Tensor(const at::Tensor&)>("latentmoe::swiglu_packed");
-    return op.call(gate_up);
+    return call_swiglu_packed(gate_up);
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
@@ -227,12 +215,13 @@ at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up) {
 
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) { return call_swiglu(gate, up); }
 
-at::Tensor swiglu_packed_reference(const at::Tensor& gate_up) { return swiglu_packed_reference_impl(gate_up); }
-
-at::Tensor swiglu_packed(const at::Tensor& gate_up) {
-  static const auto op = find_op<at::Tensor(const at::Tensor&)>("latentmoe::swiglu_packed");
-  return op.call(gate_up);
+at::Tensor swiglu_packed_reference(const at::Tensor& gate_up) {
+  check_packed(gate_up);
+  const auto halves = gate_up.chunk(2, -1);
+  return (at::silu(halves[0].to(at::kFloat)) * halves[1].to(at::kFloat)).to(gate_up.scalar_type());
 }
+
+at::Tensor swiglu_packed(const at::Tensor& gate_up) { return call_swiglu_packed(gate_up); }
 
 TORCH_LIBRARY_IMPL(latentmoe, CPU, m) {
   m.impl("swiglu", &swiglu_cpu);
@@ -244,7 +233,7 @@ TORCH_LIBRARY_IMPL(latentmoe, CPU, m) {
 TORCH_LIBRARY_IMPL(latentmoe, CompositeExplicitAutograd, m) {
   m.impl("swiglu", &swiglu_reference);
   m.impl("swiglu_backward", &swiglu_backward_aten);
-  m.impl("swiglu_packed", &swiglu_packed_reference_impl);
+  m.impl("swiglu_packed", &swiglu_packed_reference);
   m.impl("swiglu_packed_backward", &swiglu_packed_backward_aten);
 }
 

@@ -4,6 +4,9 @@
 // per token (unpermute). No per-expert masks over all tokens.
 #pragma once
 
+#include <array>
+#include <utility>
+
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
@@ -70,6 +73,9 @@ class MoEImpl : public torch::nn::Module {
   void stack_expert_weights();
   // False after something replaced a parameter's storage (module->to(), set_data).
   bool expert_weights_stacked() const;
+  // Held expert i's gate_proj, up_proj and down_proj weights, each with its place in the stacks.
+  std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> stacked_views(int64_t i, const torch::Tensor& gate_up,
+                                                                        const torch::Tensor& down) const;
 
   std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_ + i
   int64_t first_local_ = 0;
