@@ -115,6 +115,15 @@ def spawn(cmd: list[str], threads: int, env_extra: dict | None = None) -> tuple[
         return text, usage.ru_maxrss / 1e6, proc.returncode
 
 
+def worker_result(text: str) -> dict | None:
+    """The JSON a worker prints on its `RESULT ` line, or None."""
+    return next((json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")), None)
+
+
+def run_label(kind: str, variant: str, mode: str) -> str:
+    return f"{kind}{':' + variant if variant else ''}{' ' + mode if mode else ''}"
+
+
 def measure_latentmoe(binary: Path, shape: dict, threads: int, work: Path) -> dict:
     steps, warmup = STEPS[shape["preset"]]
     run_dir = Path(tempfile.mkdtemp(dir=work))
@@ -135,7 +144,7 @@ def measure_worker(kind: str, variant: str, mode: str, shape: dict, threads: int
     cmd = [sys.executable, __file__, "--worker", kind, "--variant", variant, "--mode", mode,
            "--shape", json.dumps(shape), "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
     text, rss, code = spawn(cmd, threads, {"PYTHONPATH": str(TITAN_DIR)} if kind == "titan" else None)
-    result = next((json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")), None)
+    result = worker_result(text)
     if code != 0 or result is None:
         return {"error": text[-1500:]}
     return {**result, "rss_gb": rss}
@@ -180,7 +189,7 @@ def main() -> None:
             shape = describe_preset(args.binary, preset, dtype, work)
             gemm, _, code = spawn([sys.executable, __file__, "--worker", "gemm", "--shape", json.dumps(shape),
                                    "--threads", str(args.threads)], args.threads)
-            gemm_result = next((json.loads(l[7:]) for l in gemm.splitlines() if l.startswith("RESULT ")), None)
+            gemm_result = worker_result(gemm)
             if code != 0 or gemm_result is None:
                 sys.exit(f"vs_peers: GEMM peak measurement failed:\n{gemm[-2000:]}")
             candidates = [("latentmoe", "", "")]
@@ -202,7 +211,7 @@ def main() -> None:
                 else:
                     result = measure_worker(kind, variant, mode, shape, args.threads)
                 row["runs"][f"{kind}|{variant}|{mode}"].append(result)
-                label = f"{kind}{':' + variant if variant else ''}{' ' + mode if mode else ''}"
+                label = run_label(kind, variant, mode)
                 status = (f"{shape['global_batch'] * shape['seq_len'] / result['step_s']:,.0f} tok/s, "
                           f"RSS {result['rss_gb']:.2f} GB" if "step_s" in result else "FAILED: " + result["error"][-300:])
                 print(f"[round {round_index + 1}/{args.rounds}] {shape['preset']} {shape['dtype']} {label}: {status} "
@@ -233,8 +242,7 @@ def summarize(rows: list[dict]) -> list[dict]:
               f"(best shape {row['gemm_best_shape_gflops']:.0f})")
         print(f"{'run':<28}{'tokens/s':>10}{'peak RSS GB':>13}{'GFLOPS':>9}{'of GEMM':>9}{'latentmoe x':>13}")
         for key, e in entries.items():
-            kind, variant, mode = key.split("|")
-            label = f"{kind}{':' + variant if variant else ''}{' ' + mode if mode else ''}"
+            label = run_label(*key.split("|"))
             if "tokens_per_s" not in e:
                 print(f"{label:<28}{'failed: ' + e['error'][-60:].strip()}")
                 continue
@@ -330,7 +338,7 @@ def build_titan(torch, hf: dict, shape: dict):
     from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
     from torchtitan.models.common.attention import ScaledDotProductAttention
 
-    if hf.get("rope_scaling") not in (None, {}) and (hf.get("rope_scaling") or {}).get("type", "none") not in ("none", "default"):
+    if (hf.get("rope_scaling") or {}).get("type", "none") not in ("none", "default"):
         raise SystemExit("vs_peers: the torchtitan mapping covers presets without rope scaling")
     dim, rope_dim = hf["hidden_size"], hf["qk_rope_head_dim"]
     layers = dsv3._build_dsv3_layers(
