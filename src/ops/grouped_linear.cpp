@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "latentmoe/ops/linear.h"
@@ -26,6 +27,56 @@ at::Tensor offsets_of(c10::IntArrayRef group_sizes, const at::Device& device) {
   return at::tensor(ends, at::kInt).to(device);
 }
 
+// oneDNN builds (JIT-compiles) a GEMM primitive for every new shape it meets — 2–3 ms each on a
+// Sapphire Rapids core, measured — and a group's row count changes with the routing every step. In
+// bf16 that cost more than the expert GEMMs themselves (profile of the debug preset: 107 of 149 ms
+// of GEMM time per step, at 6–20 GFLOPS). Low-precision groups therefore run on row counts that
+// are multiples of kRowBucket, a set of shapes that stays in oneDNN's primitive cache; fp32 goes
+// to MKL, which has no such cost, and keeps the exact row counts.
+constexpr int64_t kRowBucket = 32;
+
+bool buckets_rows(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
+
+// out[offset, offset + n) = a[offset, offset + n) @ b. Rows are independent, so the group's last
+// n % kRowBucket rows are computed in one kRowBucket-row GEMM over a window of a that holds them;
+// the window's other rows only fill scratch rows that are dropped.
+void group_rows_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, int64_t offset, int64_t n) {
+  const int64_t whole = buckets_rows(a) ? n / kRowBucket * kRowBucket : n, rest = n - whole;
+  if (whole > 0) {
+    at::Tensor rows = out.narrow(0, offset, whole);
+    at::mm_out(rows, a.narrow(0, offset, whole), b);
+  }
+  if (rest == 0) return;
+  const int64_t first = offset + whole, total = a.size(0);
+  at::Tensor window;
+  int64_t window_start = 0;
+  if (total >= kRowBucket) {
+    window_start = std::min(first, total - kRowBucket);
+    window = a.narrow(0, window_start, kRowBucket);
+  } else {
+    window = at::zeros({kRowBucket, a.size(1)}, a.options());
+    window.narrow(0, 0, total).copy_(a);
+  }
+  out.narrow(0, first, rest).copy_(at::mm(window, b).narrow(0, first - window_start, rest));
+}
+
+// dweight = grad[offset, offset + n)^T @ x[offset, offset + n), on zero-padded copies of the rows
+// when n is not a multiple of kRowBucket (zero rows add nothing; one GEMM keeps one rounding).
+void group_weight_grad(at::Tensor& dweight, const at::Tensor& grad, const at::Tensor& x, int64_t offset, int64_t n) {
+  if (!buckets_rows(x) || n % kRowBucket == 0) {
+    at::mm_out(dweight, grad.narrow(0, offset, n).t(), x.narrow(0, offset, n));
+    return;
+  }
+  const int64_t padded = (n + kRowBucket - 1) / kRowBucket * kRowBucket;
+  const auto padded_rows = [&](const at::Tensor& t) {
+    at::Tensor rows = at::empty({padded, t.size(1)}, t.options());
+    rows.narrow(0, 0, n).copy_(t.narrow(0, offset, n));
+    rows.narrow(0, n, padded - n).zero_();
+    return rows;
+  };
+  at::mm_out(dweight, padded_rows(grad).t(), padded_rows(x));
+}
+
 at::Tensor grouped_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef group_sizes) {
   check_grouped_linear_inputs(x, weight, group_sizes);
   // _grouped_mm needs 16-byte aligned row strides; other widths take the per-group loop.
@@ -39,8 +90,7 @@ at::Tensor grouped_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c10
   for (size_t e = 0; e < group_sizes.size(); ++e) {
     const int64_t n = group_sizes[e];
     if (n == 0) continue;
-    at::Tensor rows = out.narrow(0, offset, n);
-    at::mm_out(rows, x.narrow(0, offset, n), weight[static_cast<int64_t>(e)].t());
+    group_rows_mm(out, x, weight[static_cast<int64_t>(e)].t(), offset, n);
     offset += n;
   }
   return out;
@@ -63,14 +113,10 @@ std::tuple<at::Tensor, at::Tensor> grouped_linear_backward_cpu(const at::Tensor&
       if (need_weight) dweight[expert].zero_();
       continue;
     }
-    const at::Tensor g = grad.narrow(0, offset, n);
-    if (need_x) {
-      at::Tensor rows = dx.narrow(0, offset, n);
-      at::mm_out(rows, g, weight[expert]);
-    }
+    if (need_x) group_rows_mm(dx, grad, weight[expert], offset, n);
     if (need_weight) {
       at::Tensor dw = dweight[expert];
-      at::mm_out(dw, g.t(), x.narrow(0, offset, n));
+      group_weight_grad(dw, grad, x, offset, n);
     }
     offset += n;
   }

@@ -11,9 +11,11 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu_kernel_util.h"
+#include "ops/cpu_vec.h"
 #include "ops/op_checks.h"
 #include "ops/op_handle.h"
 
@@ -28,9 +30,47 @@ using cpu::to_float;
 // One row: loss = logsumexp(x) - x[label]; d = softmax(x) - onehot(label). `scratch` holds the
 // row's exponentials between the two passes. A NaN or inf logit makes the row's loss NaN (the
 // trainer's non-finite check must see it), via the sum of x*0.
+#if LMOE_HAVE_AVX512_KERNELS
+// One counted row in AVX-512, the same three passes as below: max and x*0 (the NaN/inf poison),
+// exponentials into scratch and their sum, then softmax - onehot(label) into g (if given).
+template <typename T>
+LMOE_AVX512 float xent_row_avx512(const T* x, int64_t label, T* g, float* scratch, int64_t vocab) {
+  namespace vx = cpu::avx512;
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 row_max = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), poison = zero;
+  for (int64_t j = 0; j < vocab; j += 16) {
+    const __mmask16 m = vx::first_lanes(vocab - j);
+    const __m512 v = vx::load(x + j, m, row_max);  // lanes past the row repeat the max so far
+    row_max = _mm512_max_ps(row_max, v);
+    poison = _mm512_mask_add_ps(poison, m, poison, _mm512_mul_ps(v, zero));
+  }
+  const float max = _mm512_reduce_max_ps(row_max), poison_sum = _mm512_reduce_add_ps(poison);
+  const __m512 max16 = _mm512_set1_ps(max);
+  __m512 sum = zero;
+  for (int64_t j = 0; j < vocab; j += 16) {
+    const __mmask16 m = vx::first_lanes(vocab - j);
+    const __m512 e = vx::exp(_mm512_sub_ps(vx::load(x + j, m, zero), max16));
+    _mm512_mask_storeu_ps(scratch + j, m, e);
+    sum = _mm512_mask_add_ps(sum, m, sum, e);
+  }
+  const float total = _mm512_reduce_add_ps(sum);
+  if (g) {
+    const float inv = 1.0f / total;
+    const __m512 inv16 = _mm512_set1_ps(inv), poison16 = _mm512_set1_ps(poison_sum);
+    for (int64_t j = 0; j < vocab; j += 16) {
+      const __mmask16 m = vx::first_lanes(vocab - j);
+      vx::store(g + j, m, _mm512_fmadd_ps(vx::load(scratch + j, m, zero), inv16, poison16));
+    }
+    g[label] = from_float<T>(scratch[label] * inv - 1.0f + poison_sum);
+  }
+  return max + std::log(total) - to_float(x[label]) + poison_sum;
+}
+#endif
+
 template <typename T>
 LMOE_ALWAYS_INLINE void xent_rows(const T* logits, const int64_t* labels, float* losses, T* grad, float* scratch,
                                   int64_t vocab, int64_t ignore_index, int64_t* bad_label, int64_t begin, int64_t end) {
+  const bool avx512 = cpu::has_avx512();
   for (int64_t r = begin; r < end; ++r) {
     const T* x = logits + r * vocab;
     const int64_t label = labels[r];
@@ -46,6 +86,14 @@ LMOE_ALWAYS_INLINE void xent_rows(const T* logits, const int64_t* labels, float*
       losses[r] = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
+#if LMOE_HAVE_AVX512_KERNELS
+    if constexpr (!std::is_same_v<T, c10::Half>) {
+      if (avx512) {
+        losses[r] = xent_row_avx512(x, label, grad ? grad + r * vocab : nullptr, scratch, vocab);
+        continue;
+      }
+    }
+#endif
     float lanes_max[8], lanes_poison[8];
     for (int l = 0; l < 8; ++l) lanes_max[l] = -std::numeric_limits<float>::infinity(), lanes_poison[l] = 0.0f;
     int64_t j = 0;
