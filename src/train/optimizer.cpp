@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "latentmoe/train/adamw_cpu.h"
+
 namespace latentmoe::train {
 
 AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, const config::OptimizerConfig& cfg)
@@ -52,7 +54,7 @@ void AdamW::zero_grad() {
   for (auto& s : slots_) s.param.mutable_grad().reset();
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   torch::NoGradGuard no_grad;
   ++steps_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_));
@@ -60,8 +62,23 @@ void AdamW::step(double lr) {
   for (auto& s : slots_) {
     if (s.length == 0 || !s.param.grad().defined()) continue;
     torch::Tensor param = s.param.view(-1).narrow(0, s.begin, s.length);
-    const torch::Tensor g = s.param.grad().reshape(-1).narrow(0, s.begin, s.length).to(torch::kFloat);
-    if (s.decay && cfg_.weight_decay != 0.0) param.mul_(1.0 - lr * cfg_.weight_decay);
+    const bool decays = s.decay && cfg_.weight_decay != 0.0;
+    const torch::Tensor grad = s.param.grad().reshape(-1).narrow(0, s.begin, s.length);
+    if (adamw_cpu_applies(param, grad, s.exp_avg, s.exp_avg_sq)) {
+      const AdamWScalars scalars{.decay_factor = static_cast<float>(decays ? 1.0 - lr * cfg_.weight_decay : 1.0),
+                                 .one_minus_beta1 = static_cast<float>(1.0 - cfg_.beta1),
+                                 .beta2 = static_cast<float>(cfg_.beta2),
+                                 .one_minus_beta2 = static_cast<float>(1.0 - cfg_.beta2),
+                                 .inv_sqrt_bias_correction2 = static_cast<float>(1.0 / std::sqrt(bc2)),
+                                 .eps = static_cast<float>(cfg_.eps),
+                                 .neg_step_size = static_cast<float>(-lr / bc1),
+                                 .grad_scale = static_cast<float>(grad_scale)};
+      adamw_cpu_update(param, grad, s.exp_avg, s.exp_avg_sq, scalars);
+      continue;
+    }
+    torch::Tensor g = grad.to(torch::kFloat);
+    if (grad_scale != 1.0) g = g * grad_scale;
+    if (decays) param.mul_(1.0 - lr * cfg_.weight_decay);
     s.exp_avg.lerp_(g, 1.0 - cfg_.beta1);
     s.exp_avg_sq.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
     const torch::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(cfg_.eps);

@@ -28,6 +28,7 @@
 #include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
 #include "latentmoe/util/runtime_info.h"
+#include "latentmoe/train/adamw_cpu.h"
 
 namespace latentmoe::train {
 
@@ -236,7 +237,9 @@ StepRecord Trainer::train_step() {
     norm_sq = data_parallel_->grad_norm_squared();  // every tensor once, over all ranks
   } else {
     for (const auto& p : model_->parameters()) {
-      if (p.grad().defined()) norm_sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+      if (!p.grad().defined()) continue;
+      norm_sq += squared_norm_cpu_applies(p.grad()) ? squared_norm_cpu(p.grad())
+                                                   : p.grad().to(torch::kDouble).pow(2).sum().item<double>();
     }
   }
   r.grad_norm = std::sqrt(norm_sq);
@@ -371,15 +374,10 @@ int Trainer::run() {
     }
     std::vector<LayerLoadStats> loads;
     if (!r.skipped) {
-      if (t.grad_clip_norm > 0 && r.grad_norm > t.grad_clip_norm) {
-        const double scale = t.grad_clip_norm / (r.grad_norm + 1e-6);
-        for (auto& p : model_->parameters()) {
-          if (p.grad().defined()) p.mutable_grad().mul_(scale);
-        }
-      }
+      const bool clip = t.grad_clip_norm > 0 && r.grad_norm > t.grad_clip_norm;
       {
         RECORD_FUNCTION("latentmoe.optimizer", c10::ArrayRef<const c10::IValue>{});
-        optimizer_->step(r.lr);
+        optimizer_->step(r.lr, clip ? t.grad_clip_norm / (r.grad_norm + 1e-6) : 1.0);
       }
       if (data_parallel_) {
         RECORD_FUNCTION("latentmoe.comm.gather_parameters", c10::ArrayRef<const c10::IValue>{});

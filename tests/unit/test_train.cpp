@@ -12,6 +12,7 @@
 
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/io/model_io.h"
+#include "latentmoe/train/adamw_cpu.h"
 #include "latentmoe/model/mla.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
@@ -89,6 +90,47 @@ TEST(AdamW, MatchesTorchAdamWWithParameterGroups) {
   }
   EXPECT_TRUE(torch::allclose(w, tw, 1e-6, 1e-7));
   EXPECT_TRUE(torch::allclose(b, tb, 1e-6, 1e-7));
+}
+
+// The fused CPU update (train/adamw_cpu.h) on a tensor of whole 16-lane vectors plus a tail, against
+// torch's AdamW; and step(lr, scale) equals step(lr) on gradients multiplied by scale.
+TEST(AdamW, FusedUpdateMatchesTorchAndScalesGradients) {
+  torch::manual_seed(3);
+  const torch::Tensor w0 = torch::randn({37, 29});
+  torch::Tensor w = w0.clone().requires_grad_(), tw = w0.clone().requires_grad_();
+  torch::Tensor sw = w0.clone().requires_grad_();
+  cfg::OptimizerConfig o;
+  o.weight_decay = 0.1;
+  train::AdamW ours({{"w", w}}, o), scaled({{"w", sw}}, o);
+  torch::optim::AdamW reference({tw}, torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1));
+  const torch::Tensor x = torch::randn({6, 29});
+  for (int step = 0; step < 5; ++step) {
+    ours.zero_grad(), scaled.zero_grad(), reference.zero_grad();
+    torch::matmul(x, w.t()).pow(2).sum().backward();
+    torch::matmul(x, tw.t()).pow(2).sum().backward();
+    torch::matmul(x, sw.t()).pow(2).sum().backward();
+    {
+      torch::NoGradGuard no_grad;
+      w.mutable_grad().mul_(0.25f);
+      tw.mutable_grad().mul_(0.25f);
+    }
+    ours.step(1e-2);
+    reference.step();
+    scaled.step(1e-2, 0.25);
+    EXPECT_TRUE(torch::equal(w, sw)) << "step " << step;
+  }
+  EXPECT_TRUE(torch::allclose(w, tw, 1e-6, 1e-7));
+}
+
+// The gradient norm's one-pass sum of squares against ATen's, at lengths around the 16-lane tail.
+TEST(AdamW, SquaredNormMatchesATen) {
+  torch::manual_seed(4);
+  for (int64_t n : {1, 15, 16, 17, 1000, 65537}) {
+    const torch::Tensor t = torch::randn({n}) * 3;
+    if (!train::squared_norm_cpu_applies(t)) GTEST_SKIP() << "no AVX-512 on this CPU";
+    const double want = t.to(torch::kDouble).pow(2).sum().item<double>();
+    EXPECT_NEAR(train::squared_norm_cpu(t), want, 1e-12 * want) << n;
+  }
 }
 
 // ZeRO-1: two optimizers owning complementary element ranges of the same parameters (one range
