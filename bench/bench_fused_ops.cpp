@@ -5,6 +5,9 @@
 #include <benchmark/benchmark.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/moe_permute.h"
 #include "latentmoe/ops/moe_router.h"
@@ -48,9 +51,12 @@ void swiglu(benchmark::State& state) {
   state.SetLabel(std::string(c10::toString(dtype)) + ", " + std::to_string(at::get_num_threads()) + " threads");
 }
 
-// The routed experts' gate+up projection, forward + backward: {rows, experts, in, out, dtype, impl}
-// with impl 0 = one GEMM per group, 1 = at::_grouped_mm, 2 = the reference (at::linear per group +
-// cat). Rows are spread unevenly over the experts like a router's load (one expert empty).
+// The routed experts' gate+up projection, forward + backward: {rows, experts, in, out, dtype, impl,
+// reroute} with impl 0 = one GEMM per group, 1 = at::_grouped_mm, 2 = the reference (at::linear per
+// group + cat). Rows are spread unevenly over the experts like a router's load (one expert empty);
+// with reroute = 1 each iteration moves up to 63 rows of that load between two experts, as routing
+// changes every step, so the GEMM shapes keep changing (oneDNN builds a primitive per new shape; see
+// grouped_linear.cpp's row buckets).
 void grouped_linear(benchmark::State& state) {
   const int64_t rows = state.range(0), experts = state.range(1), in = state.range(2), out = state.range(3);
   const at::ScalarType dtype = dtype_of(state.range(4));
@@ -68,7 +74,18 @@ void grouped_linear(benchmark::State& state) {
   const at::Tensor g = at::randn({rows, out}).to(dtype);
   latentmoe::ops::set_cpu_grouped_gemm_impl(impl == 1 ? latentmoe::ops::GroupedGemmImpl::torch_grouped_mm
                                                       : latentmoe::ops::GroupedGemmImpl::per_group_gemm);
+  const bool reroute = state.range(6) != 0;
+  const std::vector<int64_t> base = sizes;
+  uint64_t lcg = 12345;
   for (auto _ : state) {
+    if (reroute) {  // the base load with 1..63 rows moved from one non-empty expert to another
+      lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+      const auto from = static_cast<size_t>(1 + (lcg >> 33) % static_cast<uint64_t>(experts - 1));
+      const auto to = static_cast<size_t>(1 + (lcg >> 45) % static_cast<uint64_t>(experts - 1));
+      sizes = base;
+      const int64_t moved = std::min<int64_t>(sizes[from], static_cast<int64_t>(1 + (lcg >> 20) % 63));
+      sizes[from] -= moved, sizes[to] += moved;
+    }
     at::Tensor y = impl == 2 ? latentmoe::ops::grouped_linear_reference(x, w, sizes)
                              : latentmoe::ops::grouped_linear(x, w, sizes);
     y.backward(g);
@@ -123,8 +140,10 @@ void moe_router(benchmark::State& state) {
 void grouped_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t dtype : {0, 1}) {
     for (int64_t impl : {0, 1, 2}) {
-      b->Args({2048, 8, 128, 128, dtype, impl});   // debug: 1024 tokens x top-2, 8 experts of 64
-      b->Args({4096, 16, 512, 768, dtype, impl});  // small: 2048 tokens x top-2, 16 experts of 384
+      for (int64_t reroute : {0, 1}) {
+        b->Args({2048, 8, 128, 128, dtype, impl, reroute});   // debug: 1024 tokens x top-2, 8 experts of 64
+        b->Args({4096, 16, 512, 768, dtype, impl, reroute});  // small: 2048 tokens x top-2, 16 experts of 384
+      }
     }
   }
 }

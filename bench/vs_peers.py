@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--modes", default="eager,compile", help="peer modes: eager, compile or both")
     ap.add_argument("--peers", default="hf,titan")
+    ap.add_argument("--hf-experts", default=",".join(HF_EXPERTS),
+                    help="HF experts implementations to run (the best is reported; batched_mm measured 7x slower "
+                         "than grouped_mm, so a short run may leave it out)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write every measurement and the summary as JSON")
@@ -173,7 +176,8 @@ def main() -> None:
     presets, dtypes = args.presets.split(","), args.dtypes.split(",")
     modes, peers = args.modes.split(","), args.peers.split(",")
     for name, values, allowed in (("--presets", presets, STEPS), ("--dtypes", dtypes, ("fp32", "bf16")),
-                                  ("--modes", modes, ("eager", "compile")), ("--peers", peers, ("hf", "titan"))):
+                                  ("--modes", modes, ("eager", "compile")), ("--peers", peers, ("hf", "titan")),
+                                  ("--hf-experts", args.hf_experts.split(","), HF_EXPERTS)):
         bad = [v for v in values if v not in allowed]
         if bad:
             sys.exit(f"vs_peers: {name} has {bad}; allowed: {', '.join(allowed)}")
@@ -195,7 +199,7 @@ def main() -> None:
             candidates = [("latentmoe", "", "")]
             for mode in modes:
                 if "hf" in peers:
-                    candidates += [("hf", impl, mode) for impl in HF_EXPERTS]
+                    candidates += [("hf", impl, mode) for impl in args.hf_experts.split(",")]
                 if "titan" in peers:
                     candidates.append(("titan", "", mode))
             rows.append({"shape": shape, "gemm_gflops": gemm_result["gflops"], "gemm_best_shape_gflops": gemm_result["best"],
