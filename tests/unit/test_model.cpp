@@ -100,3 +100,30 @@ TEST(Model, InitIsDeterministicAndUsesInitStd) {
   EXPECT_NEAR(a->model->embed_tokens->weight.std().item<double>(), 0.02, 0.001);
   EXPECT_TRUE(torch::equal(a->model->norm->weight, torch::ones({256})));
 }
+
+// The CPU attention's padded-value path (from kPadValueFromSeq positions) equals plain SDPA,
+// forward and backward, at a sequence length that is not a multiple of any block size.
+TEST(Model, CausalAttentionWithPaddedValuesEqualsPlainSdpa) {
+  at::manual_seed(7);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (int64_t seq : {model::kPadValueFromSeq, model::kPadValueFromSeq + 45}) {
+      const at::Tensor q0 = at::randn({2, 3, seq, 48}).to(dtype), k0 = at::randn({2, 3, seq, 48}).to(dtype);
+      const at::Tensor v0 = at::randn({2, 3, seq, 32}).to(dtype), g = at::randn({2, 3, seq, 32}).to(dtype);
+      std::vector<at::Tensor> grads[2];
+      at::Tensor outs[2];
+      for (int path = 0; path < 2; ++path) {
+        at::Tensor q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+        outs[path] = path == 0 ? model::causal_attention(q, k, v, 0.2)
+                               : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, 0.2);
+        outs[path].backward(g);
+        grads[path] = {q.grad(), k.grad(), v.grad()};
+      }
+      const double tolerance = dtype == at::kFloat ? 1e-5 : 1e-2;
+      const auto rel = [](const at::Tensor& a, const at::Tensor& b) {
+        return ((a.to(at::kFloat) - b.to(at::kFloat)).norm() / b.to(at::kFloat).norm().clamp_min(1e-12)).item<double>();
+      };
+      EXPECT_LE(rel(outs[0], outs[1]), tolerance) << dtype << " seq " << seq;
+      for (size_t i = 0; i < 3; ++i) EXPECT_LE(rel(grads[0][i], grads[1][i]), tolerance) << dtype << " seq " << seq << " grad " << i;
+    }
+  }
+}

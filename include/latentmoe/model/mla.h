@@ -60,4 +60,11 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MultiHeadLatentAttention);
 
+// Causal scaled-dot-product attention, [b,h,s,d] query/key and [b,h,s,dv] value (dv <= d). On the
+// CPU from kPadValueFromSeq query positions the value heads are zero-padded to d so that torch's
+// fused CPU kernel applies (MLA's dv < d keeps it on the slower math path), then cut back.
+inline constexpr int64_t kPadValueFromSeq = 256;
+torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                               double scale);
+
 }  // namespace latentmoe::model
