@@ -27,9 +27,6 @@ using cpu::from_float;
 using cpu::to_float;
 
 // ---- cross_entropy_rows: CPU kernel -------------------------------------------------------------
-// One row: loss = logsumexp(x) - x[label]; d = softmax(x) - onehot(label). `scratch` holds the
-// row's exponentials between the two passes. A NaN or inf logit makes the row's loss NaN (the
-// trainer's non-finite check must see it), via the sum of x*0.
 #if LMOE_HAVE_AVX512_KERNELS
 // One counted row in AVX-512, the same three passes as below: max and x*0 (the NaN/inf poison),
 // exponentials into scratch and their sum, then softmax - onehot(label) into g (if given).
@@ -67,6 +64,9 @@ LMOE_AVX512 float xent_row_avx512(const T* x, int64_t label, T* g, float* scratc
 }
 #endif
 
+// One row: loss = logsumexp(x) - x[label]; d = softmax(x) - onehot(label). `scratch` holds the
+// row's exponentials between the two passes. A NaN or inf logit makes the row's loss NaN (the
+// trainer's non-finite check must see it), via the sum of x*0.
 template <typename T>
 LMOE_ALWAYS_INLINE void xent_rows(const T* logits, const int64_t* labels, float* losses, T* grad, float* scratch,
                                   int64_t vocab, int64_t ignore_index, int64_t* bad_label, int64_t begin, int64_t end) {

@@ -51,10 +51,7 @@ bool adamw_cpu_applies(const torch::Tensor& param, const torch::Tensor& grad, co
                        const torch::Tensor& exp_avg_sq) {
   if (!ops::cpu::has_avx512()) return false;
   for (const auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) {
-    if (!t->device().is_cpu() || !t->is_contiguous()) return false;
-  }
-  for (const auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) {
-    if (t->scalar_type() != torch::kFloat) return false;
+    if (!t->device().is_cpu() || !t->is_contiguous() || t->scalar_type() != torch::kFloat) return false;
   }
   return true;
 }

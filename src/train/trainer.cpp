@@ -23,12 +23,12 @@
 #include "latentmoe/config/loader.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/model/param_count.h"
+#include "latentmoe/train/adamw_cpu.h"
 #include "latentmoe/train/losses.h"
 #include "latentmoe/util/error.h"
 #include "latentmoe/util/hash.h"
 #include "latentmoe/util/log.h"
 #include "latentmoe/util/runtime_info.h"
-#include "latentmoe/train/adamw_cpu.h"
 
 namespace latentmoe::train {
 

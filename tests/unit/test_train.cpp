@@ -12,8 +12,8 @@
 
 #include "latentmoe/data/indexed_dataset.h"
 #include "latentmoe/io/model_io.h"
-#include "latentmoe/train/adamw_cpu.h"
 #include "latentmoe/model/mla.h"
+#include "latentmoe/train/adamw_cpu.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/checkpoint.h"
 #include "latentmoe/train/losses.h"
