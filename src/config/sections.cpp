@@ -176,6 +176,16 @@ void PrecisionConfig::describe(FieldVisitor& v) {
            "dot-product instructions, where torch's bf16 GEMM is 20-150x slower than fp32); auto = measure both once "
            "at start and emulate when native is over 2x slower",
            {"auto", "native", "emulated"}});
+  v.field({"fp8", &fp8,
+           "FP8 (e4m3) training as DeepSeek-V3: every projection inside the decoder blocks (attention, MLPs, shared "
+           "and routed experts) quantizes both GEMM inputs in forward and backward; embedding, output head, router "
+           "gates, norms and attention's softmax core stay in compute_dtype, master weights and moments in fp32. "
+           "blockwise = activations and gradients per 1x128 tile, weights per 128x128 block (the recipe); "
+           "tensorwise = one scale per tensor (a baseline that shows what fine-grained scaling buys). On a CPU the "
+           "GEMMs are emulated exactly (quantize, dequantize, fp32 GEMM); see docs/fp8.md",
+           {"none", "blockwise", "tensorwise"}});
+  v.field({"fp8_pow2_scales", &fp8_pow2_scales,
+           "Round every FP8 scale up to a power of two (UE8M0-style scale hardware); needs precision.fp8"});
 }
 
 void CheckpointConfig::describe(FieldVisitor& v) {

@@ -288,6 +288,10 @@ void check_rest(const Config& c, int64_t world_size, Rules& r) {
   r.require(!(p.backend == "nccl" && c.train.device == "cpu"),
             "parallel.backend 'nccl' needs train.device 'cuda' or 'auto', got train.device 'cpu'");
 
+  r.require(!(c.precision.fp8_pow2_scales && c.precision.fp8 == "none"),
+            "precision.fp8_pow2_scales=true rounds FP8 scales, but precision.fp8 is 'none'; set precision.fp8 "
+            "to blockwise or tensorwise, or drop fp8_pow2_scales");
+
   r.non_negative(c.checkpoint.interval, "checkpoint.interval");
   r.positive(c.checkpoint.keep_last, "checkpoint.keep_last");
   r.require(!c.checkpoint.dir.empty(), "checkpoint.dir must not be empty");

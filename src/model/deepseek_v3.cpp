@@ -55,6 +55,21 @@ void DeepSeekV3Impl::set_recompute(Recompute mode) {
   }
 }
 
+void DeepSeekV3Impl::set_fp8(const ops::fp8::Recipe& recipe) {
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    if (!std::dynamic_pointer_cast<DecoderBlockImpl>(item.value())) continue;
+    for (const auto& sub : item.value()->named_modules(item.key())) {
+      if (auto linear = std::dynamic_pointer_cast<LinearImpl>(sub.value())) {
+        linear->fp8 = recipe;
+        linear->fp8_name = sub.key();
+      } else if (auto moe = std::dynamic_pointer_cast<MoEImpl>(sub.value())) {
+        moe->fp8 = recipe;
+        moe->fp8_name = sub.key();
+      }
+    }
+  }
+}
+
 ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches,
                                     bool compute_logits) {
   TORCH_CHECK(input_ids.dim() == 2, "DeepSeekV3: input_ids must be [batch, seq], got ", input_ids.sizes());

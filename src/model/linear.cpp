@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "latentmoe/ops/fp8_linear.h"
 #include "latentmoe/ops/linear.h"
 
 namespace latentmoe::model {
@@ -20,6 +21,7 @@ LinearImpl::LinearImpl(const torch::nn::LinearOptions& options_) : options(optio
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  if (fp8.enabled()) return ops::fp8::linear(x, weight, bias, fp8, fp8_name);
   return ops::linear(x, weight, bias);  // an undefined bias is no bias
 }
 

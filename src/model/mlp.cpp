@@ -2,6 +2,7 @@
 #include "latentmoe/model/mlp.h"
 
 #include "latentmoe/model/recompute.h"
+#include "latentmoe/ops/fp8_linear.h"
 #include "latentmoe/ops/swiglu.h"
 
 namespace latentmoe::model {
@@ -14,9 +15,14 @@ MLPImpl::MLPImpl(const MLPOptions& options_) : options(options_) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  if (!recompute_active(recompute_activation, is_training())) return down_proj(ops::swiglu(gate_proj(x), up_proj(x)));
-  const Region activation = [this](const torch::autograd::variable_list& in) -> torch::autograd::variable_list {
-    return {ops::swiglu(gate_proj(in[0]), up_proj(in[0]))};
+  // Under precision.fp8 (set on the projections) the SwiGLU keeps its input for the backward in e4m3.
+  const auto activation_of = [this](const torch::Tensor& in) {
+    const ops::fp8::Recipe& recipe = gate_proj->fp8;
+    return recipe.enabled() ? ops::fp8::swiglu(gate_proj(in), up_proj(in), recipe) : ops::swiglu(gate_proj(in), up_proj(in));
+  };
+  if (!recompute_active(recompute_activation, is_training())) return down_proj(activation_of(x));
+  const Region activation = [activation_of](const torch::autograd::variable_list& in) -> torch::autograd::variable_list {
+    return {activation_of(in[0])};
   };
   return down_proj(recomputed(activation, {x})[0]);
 }

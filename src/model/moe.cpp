@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "latentmoe/model/recompute.h"
+#include "latentmoe/ops/fp8_linear.h"
 #include "latentmoe/ops/grouped_linear.h"
 #include "latentmoe/ops/moe_permute.h"
 #include "latentmoe/ops/swiglu.h"
@@ -124,13 +125,22 @@ torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, c
   const int64_t offset = first - first_local_;
   const variable_list stacked = StackedExpertWeights::apply(at::TensorList(params), experts_gate_up.narrow(0, offset, n),
                                                             experts_down.narrow(0, offset, n), counts);
-  const Region activation = [counts](const variable_list& in) -> variable_list {
-    return {ops::swiglu_packed(ops::grouped_linear(in[0], in[1], counts))};  // via [rows, 2 x intermediate]
+  const ops::fp8::Recipe recipe = fp8;
+  const std::string name = fp8_name + ".experts";
+  // By value: the recompute region reruns in the backward, after this function returned.
+  const auto grouped = [recipe, name](const torch::Tensor& x, const torch::Tensor& w,
+                                        const std::vector<int64_t>& sizes, const char* projection) {
+    return recipe.enabled() ? ops::fp8::grouped_linear(x, w, sizes, recipe, name + projection)
+                            : ops::grouped_linear(x, w, sizes);
+  };
+  const Region activation = [counts, grouped, recipe](const variable_list& in) -> variable_list {
+    const torch::Tensor gate_up = grouped(in[0], in[1], counts, ".gate_up");  // [rows, 2 x intermediate]
+    return {recipe.enabled() ? ops::fp8::swiglu_packed(gate_up, recipe) : ops::swiglu_packed(gate_up)};
   };
   const torch::Tensor act = recompute_active(recompute_activation, is_training())
                                 ? recomputed(activation, {sorted, stacked[0]})[0]
                                 : activation({sorted, stacked[0]})[0];
-  return ops::grouped_linear(act, stacked[1], counts);
+  return grouped(act, stacked[1], counts, ".down");
 }
 
 MLPImpl& MoEImpl::expert(int64_t e) {

@@ -27,6 +27,13 @@ TORCH_LIBRARY(latentmoe, m) {
   m.def("swiglu_packed(Tensor gate_up) -> Tensor");
   m.def("swiglu_packed_backward(Tensor grad, Tensor gate_up) -> Tensor");
 
+  // e4m3 data and fp32 scales (x ~= data * scale): per 1x128 tile of the last dim, per 128x128
+  // block of the last two (ops/fp8.h).
+  m.def("fp8_quantize_rows(Tensor x, bool pow2_scales) -> (Tensor, Tensor)");
+  m.def("fp8_quantize_blocks(Tensor w, bool pow2_scales) -> (Tensor, Tensor)");
+  // x [M, K] -> x^T [K, M] quantized per 1x128 tile of x^T's rows.
+  m.def("fp8_quantize_rows_transposed(Tensor x, bool pow2_scales) -> (Tensor, Tensor)");
+
   // Rows grouped by expert (group_sizes[e] consecutive rows for expert e) times weight[e]^T.
   m.def("grouped_linear(Tensor x, Tensor weight, int[] group_sizes) -> Tensor");
   m.def("grouped_linear_backward(Tensor grad, Tensor x, Tensor weight, int[] group_sizes, bool need_x, "

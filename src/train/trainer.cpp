@@ -5,6 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 
+#include "latentmoe/ops/fp8_stats.h"
 #include "latentmoe/ops/linear.h"
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -102,6 +103,13 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
   model_ = model::DeepSeekV3(cfg_.model);
   model_->set_recompute(model::parse_recompute(t.recompute));
+  fp8_ = {.scaling = ops::fp8::parse_scaling(cfg_.precision.fp8), .pow2_scales = cfg_.precision.fp8_pow2_scales};
+  if (fp8_.enabled()) {
+    model_->set_fp8(fp8_);
+    LMOE_INFO("fp8 {}: the decoder blocks' projections quantize to e4m3 ({} scales){}",
+              cfg_.precision.fp8, fp8_.pow2_scales ? "power-of-two" : "fp32",
+              t.device == "cpu" || !torch::cuda::is_available() ? ", emulated on the CPU (docs/fp8.md)" : "");
+  }
   if (comm_) setup_parallel();
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
@@ -176,6 +184,13 @@ StepRecord Trainer::train_step() {
   r.mtp_weight = mtp_loss_weight_at(cfg_, tokens_seen_);
   r.bias_update_speed = bias_update_speed_at(t, tokens_seen_);
   const int64_t accum = accum_steps(r.global_batch);
+  // FP8 statistics on the steps that are logged (their cost is a few reductions per projection).
+  const bool observe_fp8 = fp8_.enabled() && (r.step % cfg_.logging.interval == 0 || r.step == 1 ||
+                                              r.step == batches_->total_steps());
+  ops::fp8::set_stats_enabled(observe_fp8);
+  struct StopObserving {
+    ~StopObserving() { ops::fp8::set_stats_enabled(false); }
+  } stop_observing;
   const std::vector<data::BatchPrefetcher::Request> micro_batches = step_requests(consumed_samples_, r.global_batch);
   if (prefetcher_) {  // this step's micro-batches (queued a step ago) and the next step's
     std::vector<data::BatchPrefetcher::Request> requests = micro_batches;
@@ -211,6 +226,7 @@ StepRecord Trainer::train_step() {
     r.balance += losses.balance * scale;
     r.z += losses.z * scale;
   }
+  if (observe_fp8) r.fp8_stats = ops::fp8::take_stats();
   if (test_spike_.step == r.step) test_spike_.fired = true;
   const bool fingerprint = t.spike_action == "rerun";
   uint64_t local = 0;
@@ -280,6 +296,7 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
     scalars[fmt::format("moe/layer{}/max_violation", l)] = loads[l].max_violation;
     scalars[fmt::format("moe/layer{}/bias_range", l)] = loads[l].bias_max - loads[l].bias_min;
   }
+  scalars.insert(r.fp8_stats.begin(), r.fp8_stats.end());
   metrics_->log(r.step, scalars);
   const int64_t total = batches_->total_steps();
   // A run sized in tokens reports its progress and ETA in tokens (the step count is derived).

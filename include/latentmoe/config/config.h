@@ -141,6 +141,8 @@ struct PrecisionConfig {
   std::string compute_dtype = "fp32";  // fp32 | bf16
   std::string master_dtype = "fp32";
   std::string cpu_low_precision_gemm = "auto";  // auto | native | emulated
+  std::string fp8 = "none";                     // none | blockwise | tensorwise
+  bool fp8_pow2_scales = false;
   void describe(FieldVisitor& v);
 };
 

@@ -66,6 +66,11 @@ class DeepSeekV3Impl : public torch::nn::Module {
   void reset_parameters(double init_std);
   // Activation recomputation of every block, main and MTP (train.recompute; model/recompute.h).
   void set_recompute(Recompute mode);
+  // precision.fp8: every projection inside the decoder blocks (attention, dense MLPs, shared and
+  // routed experts; main and MTP) runs in FP8; the embedding, the output head, MTP's eh_proj, the
+  // router gates and the norms stay in the compute dtype, as in DeepSeek-V3. Each FP8 projection's
+  // statistics are named by its module path ("model.layers.0.self_attn.q_a_proj").
+  void set_fp8(const ops::fp8::Recipe& recipe);
 
   config::ModelConfig cfg;
   DecoderStack model{nullptr};

@@ -7,6 +7,10 @@
 #include <torch/nn/options/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <string>
+
+#include "latentmoe/ops/fp8.h"
+
 namespace latentmoe::model {
 
 class LinearImpl : public torch::nn::Module {
@@ -18,6 +22,10 @@ class LinearImpl : public torch::nn::Module {
   torch::nn::LinearOptions options;
   torch::Tensor weight;  // [out, in]
   torch::Tensor bias;    // [out], undefined without options.bias()
+  // precision.fp8: set by the model on the projections DeepSeek-V3 runs in FP8 (ops/fp8_linear.h);
+  // fp8_name names its statistics.
+  ops::fp8::Recipe fp8;
+  std::string fp8_name;
 };
 TORCH_MODULE(Linear);
 

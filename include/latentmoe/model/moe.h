@@ -53,6 +53,9 @@ class MoEImpl : public torch::nn::Module {
   ExpertDispatcher* dispatcher = nullptr;  // not owned; null = all experts run here
   // train.recompute=selective: the experts' gate/up grouped GEMM and SwiGLU rerun in the backward.
   bool recompute_activation = false;
+  // precision.fp8: the routed experts' grouped GEMMs in FP8 (statistics under fp8_name + ".experts").
+  ops::fp8::Recipe fp8;
+  std::string fp8_name;
 
   config::ModelConfig cfg;
   Router gate{nullptr};

@@ -48,6 +48,7 @@ struct StepRecord {
   double max_violation = 0;  // largest expert-load MaxVio over the MoE layers (0 when skipped)
   std::vector<std::vector<int64_t>> expert_load;  // [MoE layer][expert] tokens routed (empty when skipped)
   bool stop_requested = false;  // distributed: some rank had received SIGTERM/SIGINT by this step's reduction
+  std::map<std::string, double> fp8_stats;  // precision.fp8, logged steps: this rank's ops/fp8_stats.h figures
 };
 
 // Routed-expert parameters (and their optimizer state): sharded by expert parallelism.
@@ -155,6 +156,7 @@ class Trainer {
   nlohmann::json lineage_;  // the stages this run descends from (trainer_checkpoint.cpp)
   double train_flops_per_token_ = 0;
   bool bf16_ = false;
+  ops::fp8::Recipe fp8_;  // precision.fp8
   int64_t ignored_label_ = -1;  // FIM's pad token (left out of the loss), -1 without FIM
   StepFingerprint fingerprint_;  // of the last train_step (train.spike_action=rerun)
   // Test hooks (LATENTMOE_TEST_SPIKE=STEP:RANK:once|always, LATENTMOE_TEST_CORRUPT_REPLICA=STEP:RANK).
