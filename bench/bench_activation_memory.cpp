@@ -3,6 +3,7 @@
 // weights (the activations kept for the backward) and the peak during forward + backward.
 //
 //   build/bench/bench_activation_memory [--config debug] [--seq 1024] [--batch 2] [--dtype fp32|bf16]
+//                                       [--fp8 none|blockwise|tensorwise]
 #include <ATen/autocast_mode.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -87,13 +88,15 @@ int main(int argc, char** argv) {
   const int64_t seq = std::stoll(arg(argc, argv, "--seq", "1024"));
   const int64_t batch = std::stoll(arg(argc, argv, "--batch", "2"));
   const bool bf16 = arg(argc, argv, "--dtype", "fp32") == "bf16";
+  const std::string fp8 = arg(argc, argv, "--fp8", "none");
+  const latentmoe::ops::fp8::Recipe recipe{.scaling = latentmoe::ops::fp8::parse_scaling(fp8)};
   CountingAllocator& counting = CountingAllocator::instance();
   c10::SetCPUAllocator(&counting, /*priority=*/100);
 
   auto cfg = latentmoe::config::load_config(preset, {}).model;
   cfg.num_nextn_predict_layers = 0;
-  fmt::print("{} preset, seq {}, micro-batch {}, {}, {} threads\n", preset, seq, batch, bf16 ? "bf16" : "fp32",
-             at::get_num_threads());
+  fmt::print("{} preset, seq {}, micro-batch {}, {}, fp8 {}, {} threads\n", preset, seq, batch, bf16 ? "bf16" : "fp32",
+             fp8, at::get_num_threads());
   fmt::print("{:<10} {:>22} {:>22} {:>14}\n", "recompute", "kept after forward MB", "peak above weights MB",
              "fwd+bwd s");
   double none_kept = 0;
@@ -102,6 +105,7 @@ int main(int argc, char** argv) {
     model::DeepSeekV3 m(cfg);
     m->reset_parameters(cfg.init_std);
     m->set_recompute(mode);
+    if (recipe.enabled()) m->set_fp8(recipe);
     m->train();
     const torch::Tensor ids = torch::randint(0, cfg.vocab_size, {batch, seq}, torch::kLong);
     const torch::Tensor labels = torch::randint(0, cfg.vocab_size, {batch * seq}, torch::kLong);

@@ -4,7 +4,7 @@
 
   python bench/fp8_loss.py [--steps 300] [--seeds 1234 4321] [--out docs/fp8]
 
-Writes <out>/runs/<variant>-seed<S>/metrics.jsonl per run, <out>/fp8_loss.json with the summary
+Writes <runs>/<variant>-seed<S>/metrics.jsonl per run, <out>/fp8_loss.json with the summary
 and <out>/curves.svg. Smoothed training loss: the mean of loss/lm over the last --window steps.
 """
 import argparse
@@ -16,6 +16,9 @@ import time
 
 VARIANTS = {
     "bf16": [],
+    # The noise floor: the same bf16 training with the GEMMs' rounding done another valid way
+    # (fp32 kernels on bf16-rounded operands instead of the CPU's native bf16 kernels).
+    "bf16-emulated-gemm": ["precision.cpu_low_precision_gemm=emulated"],
     "fp8-blockwise": ["precision.fp8=blockwise"],
     "fp8-tensorwise": ["precision.fp8=tensorwise"],
 }
@@ -58,7 +61,7 @@ def summarize(run_dir, window):
 def svg(results, steps, path, window=20):
     window = max(1, min(window, steps // 10))
     w, h, pad = 720, 420, 50
-    colors = {"bf16": "#1f77b4", "fp8-blockwise": "#d62728", "fp8-tensorwise": "#2ca02c"}
+    colors = {"bf16": "#1f77b4", "fp8-blockwise": "#d62728", "fp8-tensorwise": "#2ca02c", "bf16-emulated-gemm": "#7f7f7f"}
     curves = []
     for key, r in results.items():
         lm = r["lm_curve"]
@@ -94,19 +97,24 @@ def main():
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[1234, 4321])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["bf16", "fp8-blockwise", "fp8-tensorwise"], choices=list(VARIANTS))
     p.add_argument("--control-seeds", type=int, default=1, help="seeds that also run the tensorwise control")
     p.add_argument("--window", type=int, default=50)
+    p.add_argument("--merge", action="store_true", help="keep the runs already in <out>/fp8_loss.json")
     p.add_argument("--log-interval", type=int, default=50)
-    p.add_argument("--out", default="docs/fp8")
+    p.add_argument("--out", default="docs/fp8", help="summary JSON and curves")
+    p.add_argument("--runs", default="runs/fp8_loss", help="the runs' logs (and final checkpoints)")
     args = p.parse_args()
-    results = {}
     summary_path = os.path.join(args.out, "fp8_loss.json")
+    results = {}
+    if args.merge and os.path.exists(summary_path):  # add runs to an earlier invocation's
+        with open(summary_path) as f:
+            results = json.load(f)["results"]
     for n, seed in enumerate(args.seeds):
         for variant in args.variants:
             if variant == "fp8-tensorwise" and n >= args.control_seeds:
                 continue
-            run_dir = os.path.join(args.out, "runs", f"{variant}-seed{seed}")
+            run_dir = os.path.join(args.runs, f"{variant}-seed{seed}")
             if os.path.exists(run_dir):
                 subprocess.run(["rm", "-rf", run_dir], check=True)
             seconds = run(args.binary, variant, seed, args, run_dir)
@@ -117,9 +125,9 @@ def main():
                   f"({seconds:.0f} s)", flush=True)
             with open(summary_path, "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=1)
-    for seed in args.seeds:
+    for seed in sorted({r["seed"] for r in results.values()}):
         base = results.get(f"bf16/seed{seed}")
-        for variant in args.variants:
+        for variant in VARIANTS:
             r = results.get(f"{variant}/seed{seed}")
             if not base or not r or variant == "bf16":
                 continue

@@ -93,7 +93,9 @@ __global__ void rows_kernel(const T* x, int64_t rows, int64_t k, bool pow2, uint
 template <typename T>
 __global__ void rows_transposed_kernel(const T* x, int64_t rows, int64_t k, bool pow2, uint8_t* data, float* scales) {
   __shared__ float tile[kTile][33];
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile, col0 = static_cast<int64_t>(blockIdx.x) * 32;
+  // Row bands on grid x (up to 2^31 - 1 of them), 32-column blocks on grid y.
+  const int64_t band = blockIdx.x;
+  const int64_t row0 = band * kTile, col0 = static_cast<int64_t>(blockIdx.y) * 32;
   const int64_t row_tiles = (rows + kTile - 1) / kTile;
   for (int i = threadIdx.x; i < kTile * 32; i += blockDim.x) {
     const int r = i / 32, c = i % 32;
@@ -115,7 +117,7 @@ __global__ void rows_transposed_kernel(const T* x, int64_t rows, int64_t k, bool
     amax = warp_max(amax);
     finite = __all_sync(0xffffffffu, finite);
     const float scale = tile_scale(amax, finite, pow2);
-    if (lane == 0) scales[gc * row_tiles + blockIdx.y] = scale;
+    if (lane == 0) scales[gc * row_tiles + band] = scale;
     for (int j = 0; j < 4; ++j) {
       const int64_t gr = row0 + lane * 4 + j;
       if (gr < rows) data[gc * rows + gr] = to_e4m3(tile[lane * 4 + j][c], scale);
@@ -123,19 +125,20 @@ __global__ void rows_transposed_kernel(const T* x, int64_t rows, int64_t k, bool
   }
 }
 
-// Block (256 threads) per 128x128 block: thread t covers row t % 128, columns [64 (t / 128), +64).
+// Block (256 threads) per 128x128 block: thread t covers column t % 128 of rows t / 128, +2, ...
+// (a warp reads 32 consecutive columns of one row: coalesced).
 template <typename T>
 __global__ void blocks_kernel(const T* w, int64_t n, int64_t k, bool pow2, uint8_t* data, float* scales) {
   __shared__ float warp_amax[8];
   __shared__ int warp_finite[8];
   const int64_t row_tiles = (n + kTile - 1) / kTile, col_tiles = (k + kTile - 1) / kTile;
-  const int64_t b = blockIdx.z, r = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x % kTile;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x / kTile * 64;
-  const int64_t c1 = imin(k, c0 + 64), base = b * n * k;
+  const int64_t b = blockIdx.z, c = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x % kTile;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile + threadIdx.x / kTile;
+  const int64_t r1 = imin(n, static_cast<int64_t>(blockIdx.y) * kTile + kTile), base = b * n * k;
   float amax = 0.0f;
   bool finite = true;
-  if (r < n) {
-    for (int64_t c = c0; c < c1; ++c) {
+  if (c < k) {
+    for (int64_t r = r0; r < r1; r += 2) {
       const float a = fabsf(load(w, base + r * k + c));
       finite &= a <= FLT_MAX;
       amax = fmaxf(amax, a);
@@ -156,8 +159,8 @@ __global__ void blocks_kernel(const T* w, int64_t n, int64_t k, bool pow2, uint8
   }
   const float scale = tile_scale(block_amax, block_finite, pow2);
   if (threadIdx.x == 0) scales[(b * row_tiles + blockIdx.y) * col_tiles + blockIdx.x] = scale;
-  if (r < n) {
-    for (int64_t c = c0; c < c1; ++c) data[base + r * k + c] = to_e4m3(load(w, base + r * k + c), scale);
+  if (c < k) {
+    for (int64_t r = r0; r < r1; r += 2) data[base + r * k + c] = to_e4m3(load(w, base + r * k + c), scale);
   }
 }
 
@@ -180,7 +183,8 @@ cudaError_t fp8_quantize_rows(const void* x, Fp8Input dtype, int64_t rows, int64
 cudaError_t fp8_quantize_rows_transposed(const void* x, Fp8Input dtype, int64_t rows, int64_t k, bool pow2,
                                          uint8_t* data, float* scales, cudaStream_t stream) {
   if (rows == 0 || k == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((k + 31) / 32), static_cast<unsigned>((rows + kTile - 1) / kTile));
+  if ((k + 31) / 32 > 65535) return cudaErrorInvalidValue;  // grid y; k up to 2M columns
+  const dim3 grid(static_cast<unsigned>((rows + kTile - 1) / kTile), static_cast<unsigned>((k + 31) / 32));
   constexpr int threads = 256;
   switch (dtype) {
     case Fp8Input::f32: rows_transposed_kernel<<<grid, threads, 0, stream>>>(static_cast<const float*>(x), rows, k, pow2, data, scales); break;

@@ -108,7 +108,7 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("convert", "Convert between HF transformers DeepseekV3 and latentmoe model directories");
   struct Args {
     std::string from_hf, out, checkpoint, to_hf;
-    bool no_mtp = false, force = false, no_verify = false;
+    bool no_mtp = false, force = false, no_verify = false, fp8 = false;
   };
   auto a = std::make_shared<Args>();
   auto* from = cmd->add_option("--from-hf", a->from_hf, "HF directory (config.json + safetensors, sharded or not; FP8 ok)");
@@ -116,11 +116,15 @@ void add_convert_command(CLI::App& app, int& exit_code) {
   auto* ckpt = cmd->add_option("--checkpoint", a->checkpoint, "latentmoe model directory to read (with --to-hf)");
   auto* to = cmd->add_option("--to-hf", a->to_hf, "HF directory to write (with --checkpoint)");
   cmd->add_flag("--no-mtp", a->no_mtp, "With --to-hf: leave out the MTP modules (strict HF loaders)");
+  auto* fp8 = cmd->add_flag("--fp8", a->fp8,
+                "With --to-hf: write as the DeepSeek-V3 release, the decoder blocks' projections in e4m3 with "
+                "128x128 weight_scale_inv and the rest in bf16 (FP8 inference engines load it)");
   cmd->add_flag("--force", a->force, "Write into a non-empty --out/--to-hf directory (never into a committed checkpoint)");
   cmd->add_flag("--no-verify", a->no_verify, "With --checkpoint: read a directory without a manifest.json (made by hand)");
   from->excludes(to);
   from->needs(cmd->get_option("--out"));
   to->needs(ckpt);
+  fp8->needs(to);
   cmd->callback([a, &exit_code] {
     if (!a->from_hf.empty()) {
       check_output_dir(a->out, "--out", a->force);
@@ -135,8 +139,8 @@ void add_convert_command(CLI::App& app, int& exit_code) {
       if (!a->no_verify) train::verify_model_dir(a->checkpoint);
       config::Config cfg;
       model::DeepSeekV3 m = io::load_model_dir(a->checkpoint, &cfg);
-      io::export_hf(a->to_hf, cfg.model, *m, !a->no_mtp);
-      LMOE_INFO("exported {} to {}", a->checkpoint, a->to_hf);
+      io::export_hf(a->to_hf, cfg.model, *m, !a->no_mtp, a->fp8);
+      LMOE_INFO("exported {} to {}{}", a->checkpoint, a->to_hf, a->fp8 ? " (FP8 e4m3, 128x128 block scales)" : "");
     } else {
       throw ConfigError("convert: give --from-hf DIR --out DIR, or --checkpoint DIR --to-hf DIR");
     }

@@ -124,6 +124,11 @@ void OptimizerConfig::describe(FieldVisitor& v) {
   v.field({"eps", &eps, "AdamW epsilon"});
   v.field({"weight_decay", &weight_decay, "Decoupled weight decay"});
   v.field({"decay_1d_params", &decay_1d_params, "Also decay norms, biases and other 1-D tensors"});
+  v.field({"moments_dtype", &moments_dtype,
+           "Storage of AdamW's two moments: fp32, or bf16 (half the optimizer memory; each update computes in fp32 "
+           "and rounds the moments to nearest even). Checkpoints hold fp32 moments either way, so a run resumes "
+           "under the other setting",
+           {"fp32", "bf16"}});
 }
 
 void ScheduleConfig::describe(FieldVisitor& v) {

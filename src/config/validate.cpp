@@ -288,6 +288,16 @@ void check_rest(const Config& c, int64_t world_size, Rules& r) {
   r.require(!(p.backend == "nccl" && c.train.device == "cpu"),
             "parallel.backend 'nccl' needs train.device 'cuda' or 'auto', got train.device 'cpu'");
 
+  // A bf16 moment moves only if the step changes it by at least half a bf16 unit (2^-9 of its value
+  // at worst): with 1 - beta below 2^-8 the decay rounds back to the old value and the moment
+  // never shrinks.
+  for (const auto& [key, beta] : {std::pair{"optimizer.beta1", c.optimizer.beta1}, std::pair{"optimizer.beta2", c.optimizer.beta2}}) {
+    r.require(c.optimizer.moments_dtype != "bf16" || 1.0 - beta >= 0x1p-8,
+              fmt::format("optimizer.moments_dtype=bf16 needs 1 - {} >= 2^-8 (beta <= 0.996): with {}={} each "
+                          "step's decay is below bf16's rounding and the moment would stop decaying; lower it or "
+                          "use moments_dtype fp32",
+                          key, key, beta));
+  }
   r.require(!(c.precision.fp8_pow2_scales && c.precision.fp8 == "none"),
             "precision.fp8_pow2_scales=true rounds FP8 scales, but precision.fp8 is 'none'; set precision.fp8 "
             "to blockwise or tensorwise, or drop fp8_pow2_scales");

@@ -7,10 +7,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "latentmoe/io/hf_config.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
+#include "latentmoe/ops/fp8.h"
 #include "latentmoe/util/error.h"
 #include "latentmoe/util/log.h"
 
@@ -31,6 +33,40 @@ at::Tensor dequantize_fp8(const at::Tensor& weight, const at::Tensor& scale_inv,
               "x", block1, " blocks");
   const at::Tensor scale = scale_inv.to(at::kFloat).repeat_interleave(block0, 0).narrow(0, 0, out).repeat_interleave(block1, 1).narrow(1, 0, in);
   return weight.to(at::kFloat) * scale;
+}
+
+// The weights of the projections inside decoder blocks, in HF names (MTP blocks at layer
+// num_hidden_layers + k): what precision.fp8 trains in FP8 and the release stores in FP8.
+std::set<std::string> fp8_weight_names(model::DeepSeekV3Impl& model, const config::ModelConfig& m) {
+  std::set<std::string> names;
+  const std::regex mtp_block(R"(mtp\.(\d+)\.block\.(.+))");
+  model.for_each_block_module([&](const std::string& path, torch::nn::Module& module) {
+    if (!dynamic_cast<model::LinearImpl*>(&module)) return;
+    std::string name = path + ".weight";
+    std::smatch match;
+    if (std::regex_match(name, match, mtp_block)) {
+      name = fmt::format("model.layers.{}.{}", m.num_hidden_layers + std::stoll(match[1]), std::string(match[2]));
+    }
+    names.insert(name);
+  });
+  return names;
+}
+
+// e4m3 + weight_scale_inv for the FP8 names, bf16 for the rest.
+std::vector<std::pair<std::string, at::Tensor>> fp8_release_tensors(
+    const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::set<std::string>& fp8_names) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [name, t] : tensors) {
+    if (!fp8_names.count(name)) {
+      out.emplace_back(name, t.is_floating_point() ? t.to(at::kBFloat16) : t);
+      continue;
+    }
+    const ops::fp8::Quantized q = ops::fp8::quantize_blocks(t.to(at::kFloat), /*pow2_scales=*/false);
+    TORCH_CHECK(at::isfinite(q.scales).all().item<bool>(), name, ": not finite, cannot be quantized to FP8");
+    out.emplace_back(name, q.data);
+    out.emplace_back(name.substr(0, name.size() - std::string("weight").size()) + "weight_scale_inv", q.scales);
+  }
+  return out;
 }
 
 }  // namespace
@@ -82,7 +118,8 @@ model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg)
   return m;
 }
 
-void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::DeepSeekV3Impl& model, bool include_mtp) {
+void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::DeepSeekV3Impl& model, bool include_mtp,
+               bool fp8) {
   if (m.scoring_func != "sigmoid") {
     throw ConfigError(fmt::format("model.scoring_func '{}' has no equivalent in transformers' DeepseekV3 (sigmoid only)",
                                   m.scoring_func));
@@ -100,7 +137,7 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
     rope_parameters.erase("type");
     rope_parameters["rope_theta"] = m.rope_theta;
   }
-  const json config = {
+  json config = {
       {"architectures", {"DeepseekV3ForCausalLM"}},
       {"model_type", "deepseek_v3"},
       {"vocab_size", m.vocab_size},
@@ -137,9 +174,13 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
       {"tie_word_embeddings", false},
       {"num_nextn_predict_layers", include_mtp ? m.num_nextn_predict_layers : 0},
       {"initializer_range", m.init_std},
-      {"torch_dtype", "float32"},
-      {"dtype", "float32"},
+      {"torch_dtype", fp8 ? "bfloat16" : "float32"},
+      {"dtype", fp8 ? "bfloat16" : "float32"},
   };
+  if (fp8) {
+    config["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
+                                     {"weight_block_size", {ops::fp8::kTile, ops::fp8::kTile}}};
+  }
   std::ofstream((fs::path(out_dir) / "config.json").string()) << config.dump(2) << "\n";
 
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -165,6 +206,7 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
       tensors.emplace_back(fmt::format("model.layers.{}.shared_head.head.weight", layer), state.at("lm_head.weight"));
     }
   }
+  if (fp8) tensors = fp8_release_tensors(tensors, fp8_weight_names(model, m));
   save_safetensors((fs::path(out_dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
 }
 

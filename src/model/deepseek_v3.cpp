@@ -55,19 +55,23 @@ void DeepSeekV3Impl::set_recompute(Recompute mode) {
   }
 }
 
-void DeepSeekV3Impl::set_fp8(const ops::fp8::Recipe& recipe) {
+void DeepSeekV3Impl::for_each_block_module(const std::function<void(const std::string&, torch::nn::Module&)>& fn) {
   for (const auto& item : named_modules("", /*include_self=*/false)) {
     if (!std::dynamic_pointer_cast<DecoderBlockImpl>(item.value())) continue;
-    for (const auto& sub : item.value()->named_modules(item.key())) {
-      if (auto linear = std::dynamic_pointer_cast<LinearImpl>(sub.value())) {
-        linear->fp8 = recipe;
-        linear->fp8_name = sub.key();
-      } else if (auto moe = std::dynamic_pointer_cast<MoEImpl>(sub.value())) {
-        moe->fp8 = recipe;
-        moe->fp8_name = sub.key();
-      }
-    }
+    for (const auto& sub : item.value()->named_modules(item.key())) fn(sub.key(), *sub.value());
   }
+}
+
+void DeepSeekV3Impl::set_fp8(const ops::fp8::Recipe& recipe) {
+  for_each_block_module([&recipe](const std::string& name, torch::nn::Module& module) {
+    if (auto* linear = dynamic_cast<LinearImpl*>(&module)) {
+      linear->fp8 = recipe;
+      linear->fp8_name = name;
+    } else if (auto* moe = dynamic_cast<MoEImpl*>(&module)) {
+      moe->fp8 = recipe;
+      moe->fp8_name = name;
+    }
+  });
 }
 
 ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches,

@@ -30,7 +30,8 @@ inline uint8_t e4m3_code(float q) {
   const uint32_t sign = (bits >> 24) & 0x80u, magnitude = bits & 0x7FFFFFFFu;
   float a;
   std::memcpy(&a, &magnitude, sizeof(a));
-  const uint32_t subnormal = static_cast<uint32_t>((a * 512.0f + kRoundToInt) - kRoundToInt);
+  const float small = a < 0x1p-6f ? a : 0.0f;  // NaN never reaches the integer conversion
+  const uint32_t subnormal = static_cast<uint32_t>((small * 512.0f + kRoundToInt) - kRoundToInt);
   const uint32_t rounded = magnitude + 0x7FFFFu + ((magnitude >> 20) & 1u);
   const uint32_t normal = (rounded >> 20) - (120u << 3);
   const uint32_t code = sign | (a < 0x1p-6f ? subnormal : normal);

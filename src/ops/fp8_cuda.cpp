@@ -5,6 +5,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <mutex>
+
 #include "fp8_quantize.cuh"
 #include "ops/fp8_gemm.h"
 
@@ -77,10 +80,23 @@ std::tuple<at::Tensor, at::Tensor> quantize_blocks_cuda(const at::Tensor& w_in, 
   return {data, scales};
 }
 
-// "Outer-dim-major" (stride 1 along dim 0): the layout cuBLASLt's blockwise scales are read in.
+// "Outer-dim-major" (stride 1 along dim 0): the layout cuBLASLt reads 1x128 scales in.
 at::Tensor outer_major(const at::Tensor& s) { return s.t().contiguous().t(); }
 
+// 128x128 scales [N/128, K/128] with the row stride padded to a multiple of 4 (what torch's
+// blockwise check asks for), returned as B's [K/128, N/128] view.
+at::Tensor block_scales_for_b(const at::Tensor& s) {
+  const int64_t rows = s.size(0), cols = s.size(1), padded = (cols + 3) / 4 * 4;
+  at::Tensor storage = at::zeros({rows, padded}, s.options());
+  storage.narrow(1, 0, cols).copy_(s);
+  return storage.narrow(1, 0, cols).t();
+}
+
+std::atomic<int64_t> g_calls{0};
+
 }  // namespace
+
+int64_t cuda_scaled_mm_calls() { return g_calls.load(); }
 
 std::optional<at::Tensor> scaled_mm_cuda(const Operand& a, const Operand& b, at::ScalarType out_dtype) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
@@ -93,9 +109,23 @@ std::optional<at::Tensor> scaled_mm_cuda(const Operand& a, const Operand& b, at:
   const c10::cuda::CUDAGuard guard(a.q.data.device());
   const at::Tensor mat_a = a.q.data.contiguous(), mat_b = b.q.data.contiguous().t();  // [M, K] row-, [K, N] column-major
   const at::Tensor scale_a = tensorwise ? a.q.scales.reshape({}) : outer_major(a.q.scales);  // [M, K/128]
-  // [K/128, N/128] for 128x128 blocks, [K/128, N] for 1x128 tiles.
-  const at::Tensor scale_b = tensorwise ? b.q.scales.reshape({}) : b.q.scales.contiguous().t();
-  return at::_scaled_mm(mat_a, mat_b, scale_a, scale_b, std::nullopt, std::nullopt, out_dtype);
+  // [K/128, N/128] for 128x128 blocks, [K/128, N] for B's 1x128 tiles (the weight gradient).
+  const at::Tensor scale_b = tensorwise                     ? b.q.scales.reshape({})
+                             : b.tiling == Tiling::blocks ? block_scales_for_b(b.q.scales)
+                                                          : b.q.scales.t().contiguous();
+  try {
+    at::Tensor out = at::_scaled_mm(mat_a, mat_b, scale_a, scale_b, std::nullopt, std::nullopt, out_dtype);
+    ++g_calls;
+    return out;
+  } catch (const c10::Error& e) {
+    // A layout or dtype this torch build's blockwise path refuses: emulate, and say so once.
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      TORCH_WARN("fp8: at::_scaled_mm refused a blockwise GEMM (", m, "x", k, "x", n, ", out ", out_dtype,
+                 "); these GEMMs are emulated (dequantize + fp32 GEMM). torch said: ", e.what_without_backtrace());
+    });
+    return std::nullopt;
+  }
 }
 
 TORCH_LIBRARY_IMPL(latentmoe, CUDA, m) {

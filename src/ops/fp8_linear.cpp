@@ -71,16 +71,19 @@ at::ScalarType result_dtype(const at::Tensor& x) {
 
 class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, Recipe recipe, std::string layer, at::ScalarType out_dtype) {
+  // keep_xt: a weight gradient will be wanted (grad mode on, weight requiring it); else x^T's copy
+  // is not made (evaluation, a recompute region's first pass).
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, Recipe recipe,
+                            std::string layer, at::ScalarType out_dtype, bool keep_xt) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
     const int64_t k = x.size(-1), out = weight.size(0);
     const at::Tensor x2 = x.reshape({-1, k});
     const Operand xq = quantize_observed(x2, Tiling::rows, recipe, layer, "input");
     const Operand wq = quantize_observed(weight, Tiling::blocks, recipe, layer, "weight");
-    const at::Tensor y = mm_quantized(xq, wq, at::kFloat);
+    const at::Tensor y = mm_quantized(xq, wq, out_dtype);
     // The wgrad's x^T, tiled along the tokens: the only copy of x the backward keeps.
-    const Operand xt = quantize_transposed(x2, recipe);
+    const Operand xt = keep_xt ? quantize_transposed(x2, recipe) : Operand{};
     ctx->save_for_backward({xt.q.data, xt.q.scales, weight});
     ctx->saved_data["recipe"] = static_cast<int64_t>(recipe.scaling);
     ctx->saved_data["pow2"] = recipe.pow2_scales;
@@ -89,7 +92,7 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
     ctx->saved_data["x_shape"] = x.sizes().vec();
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
-    return y.to(out_dtype).view(shape);
+    return y.view(shape);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
@@ -109,11 +112,12 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
                .view(ctx->saved_data["x_shape"].toIntVector());
     }
     if (ctx->needs_input_grad(1)) {
+      TORCH_CHECK(xt.q.data.defined(), "fp8::linear (", layer, "): the weight gradient was not planned for in the forward");
       const Operand dyt = quantize_transposed(dy, recipe);
       if (!ctx->needs_input_grad(0)) observed(dyt, dy.t(), layer, "grad");  // else the dgrad's copy was
       dweight = mm_quantized(dyt, xt, weight.scalar_type());
     }
-    return {dx, dweight, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, dweight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -121,7 +125,7 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             std::vector<int64_t> group_sizes, Recipe recipe, std::string layer,
-                            at::ScalarType out_dtype) {
+                            at::ScalarType out_dtype, bool keep_xt) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
     TORCH_CHECK(x.dim() == 2 && weight.dim() == 3 && weight.size(2) == x.size(1) &&
@@ -137,9 +141,11 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
       const int64_t n = group_sizes[e];
       if (n == 0) continue;
       y.narrow(0, first, n).copy_(mm_quantized(rows_of(xq, first, n), expert_of(wq, static_cast<int64_t>(e)), at::kFloat));
-      const Operand xt = quantize_transposed(x.narrow(0, first, n), recipe);
-      xt_data.push_back(xt.q.data);
-      xt_scales.push_back(xt.q.scales);
+      if (keep_xt) {
+        const Operand xt = quantize_transposed(x.narrow(0, first, n), recipe);
+        xt_data.push_back(xt.q.data);
+        xt_scales.push_back(xt.q.scales);
+      }
       first += n;
     }
     TORCH_CHECK(first == x.size(0), "fp8 grouped_linear: group sizes sum to ", first, " but x has ", x.size(0), " rows");
@@ -166,6 +172,8 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
     const Tiling row_tiling = recipe.scaling == Scaling::tensorwise ? Tiling::tensor : Tiling::rows;
     const at::Tensor& dy = grads[0];
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
+    TORCH_CHECK(!need_w || !xt_data.empty() || dy.size(0) == 0, "fp8::grouped_linear (", layer,
+                "): the weight gradient was not planned for in the forward");
     at::Tensor dx = need_x ? at::empty({dy.size(0), weight.size(2)}, dy.options().dtype(ctx->saved_data["x_dtype"].toScalarType()))
                            : at::Tensor();
     at::Tensor dweight = need_w ? at::zeros_like(weight) : at::Tensor();
@@ -188,7 +196,7 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
       ++group;
       first += n;
     }
-    return {dx, dweight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, dweight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -196,6 +204,7 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
 
 #ifndef LATENTMOE_WITH_CUDA
 std::optional<at::Tensor> scaled_mm_cuda(const Operand&, const Operand&, at::ScalarType) { return std::nullopt; }
+int64_t cuda_scaled_mm_calls() { return 0; }
 #endif
 
 at::Tensor dequantize(const Operand& operand, at::ScalarType dtype) {
@@ -222,14 +231,16 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
               weight.sizes());
   // The bias is added outside the function (autograd gives its gradient): an undefined tensor
   // cannot be a custom function's input.
-  const at::Tensor y = Fp8LinearFunction::apply(x, weight, recipe, layer, result_dtype(x));
+  const bool keep_xt = at::GradMode::is_enabled() && weight.requires_grad();
+  const at::Tensor y = Fp8LinearFunction::apply(x, weight, recipe, layer, result_dtype(x), keep_xt);
   return bias && bias->defined() ? y + bias->to(y.scalar_type()) : y;
 }
 
 at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef group_sizes,
                           const Recipe& recipe, const std::string& layer) {
   TORCH_CHECK(recipe.enabled(), "fp8::grouped_linear needs an FP8 recipe (precision.fp8 = blockwise or tensorwise)");
-  return Fp8GroupedLinearFunction::apply(x, weight, group_sizes.vec(), recipe, layer, result_dtype(x));
+  const bool keep_xt = at::GradMode::is_enabled() && weight.requires_grad();
+  return Fp8GroupedLinearFunction::apply(x, weight, group_sizes.vec(), recipe, layer, result_dtype(x), keep_xt);
 }
 
 }  // namespace latentmoe::ops::fp8

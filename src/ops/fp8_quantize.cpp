@@ -183,6 +183,53 @@ void on_input_dtype(at::ScalarType t, const Body& body) {
   }
 }
 
+// x [rows, k] -> x^T's 1x128 tiles. One task per (band of 128 rows, 16 columns), so that a group
+// of few tokens still spreads over the threads: the block is transposed into a contiguous fp32
+// buffer, then each column is one tile of x^T (scale, encode).
+template <typename T>
+void quantize_rows_transposed_kernel(const T* src, int64_t rows, int64_t k, bool pow2, uint8_t* dst, float* scales) {
+  constexpr int64_t kColumns = 16;
+  const int64_t bands = tiles(rows), column_blocks = (k + kColumns - 1) / kColumns;
+  at::parallel_for(0, bands * column_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(static_cast<size_t>(kColumns * kTile));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t band = task / column_blocks, c0 = task % column_blocks * kColumns;
+      const int64_t r0 = band * kTile, height = std::min(kTile, rows - r0);
+      {
+        const int64_t width = std::min(kColumns, k - c0);
+        for (int64_t r = 0; r < height; ++r) {
+          const T* row = src + (r0 + r) * k + c0;
+          for (int64_t c = 0; c < width; ++c) buffer[static_cast<size_t>(c * kTile + r)] = ops::cpu::to_float(row[c]);
+        }
+        for (int64_t c = 0; c < width; ++c) {
+          const float* column = buffer.data() + c * kTile;
+          float amax = 0.0f;
+          const bool finite = cpu::tile_amax(column, height, &amax);
+          const float scale = tile_scale(amax, finite, pow2);
+          scales[(c0 + c) * bands + band] = scale;
+          cpu::encode(column, height, scale, dst + (c0 + c) * rows + r0);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_transposed_cpu(const at::Tensor& x_in, bool pow2) {
+  TORCH_CHECK(x_in.dim() == 2, "fp8_quantize_rows_transposed: x must be [rows, columns], got ", x_in.sizes());
+  check_quantize_input(x_in, 2, "fp8_quantize_rows_transposed");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t rows = x.size(0), k = x.size(1);
+  at::Tensor data = at::empty({k, rows}, x.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor scales = at::empty({k, tiles(rows)}, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {data, scales};
+  on_input_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    quantize_rows_transposed_kernel(x.const_data_ptr<T>(), rows, k, pow2, static_cast<uint8_t*>(data.mutable_data_ptr()),
+                                    scales.mutable_data_ptr<float>());
+  });
+  return {data, scales};
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in, bool pow2) {
   check_quantize_input(x_in, 1, "fp8_quantize_rows");
   const at::Tensor x = x_in.contiguous();
@@ -191,6 +238,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in, boo
   scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return {data, scales};
   on_input_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     quantize_rows_kernel(x.const_data_ptr<T>(), rows, k, pow2, static_cast<uint8_t*>(data.mutable_data_ptr()),
@@ -208,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_blocks_cpu(const at::Tensor& w_in, b
   scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(w.sizes(), w.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor scales = at::empty(scale_shape, w.options().dtype(at::kFloat));
+  if (w.numel() == 0) return {data, scales};
   on_input_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     quantize_blocks_kernel(w.const_data_ptr<T>(), batch, n, k, pow2, static_cast<uint8_t*>(data.mutable_data_ptr()),
@@ -339,6 +388,7 @@ float round_to_e4m3_bits(float v) {
 TORCH_LIBRARY_IMPL(latentmoe, CPU, m) {
   m.impl("fp8_quantize_rows", &quantize_rows_cpu);
   m.impl("fp8_quantize_blocks", &quantize_blocks_cpu);
+  m.impl("fp8_quantize_rows_transposed", &quantize_rows_transposed_cpu);
 }
 
 TORCH_LIBRARY_IMPL(latentmoe, CompositeExplicitAutograd, m) {

@@ -16,9 +16,15 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_par
     if (!p.requires_grad()) continue;
     const bool decay = cfg.decay_1d_params || p.dim() >= 2;
     if (!p.is_contiguous()) throw std::invalid_argument(fmt::format("AdamW: parameter '{}' is not contiguous", name));
-    const auto moments = [&] { return torch::zeros({p.numel()}, p.options().dtype(torch::kFloat)); };
+    const auto moments = [&] { return torch::zeros({p.numel()}, p.options().dtype(moments_dtype())); };
     slots_.push_back({name, p, moments(), moments(), decay, 0, p.numel()});
   }
+}
+
+torch::ScalarType AdamW::moments_dtype() const {
+  if (cfg_.moments_dtype == "fp32") return torch::kFloat;
+  if (cfg_.moments_dtype == "bf16") return torch::kBFloat16;
+  throw std::invalid_argument(fmt::format("optimizer.moments_dtype must be fp32 or bf16, got '{}'", cfg_.moments_dtype));
 }
 
 void AdamW::restrict_to_ranges(const std::vector<std::pair<int64_t, int64_t>>& ranges) {
@@ -33,8 +39,8 @@ void AdamW::restrict_to_ranges(const std::vector<std::pair<int64_t, int64_t>>& r
     s.begin = begin;
     s.length = length;
     // Only the owned range keeps moments: this is the memory ZeRO-1 saves.
-    s.exp_avg = torch::zeros({length}, s.param.options().dtype(torch::kFloat));
-    s.exp_avg_sq = torch::zeros({length}, s.param.options().dtype(torch::kFloat));
+    s.exp_avg = torch::zeros({length}, s.param.options().dtype(moments_dtype()));
+    s.exp_avg_sq = torch::zeros({length}, s.param.options().dtype(moments_dtype()));
   }
 }
 
@@ -79,10 +85,18 @@ void AdamW::step(double lr, double grad_scale) {
     torch::Tensor g = grad.to(torch::kFloat);
     if (grad_scale != 1.0) g = g * grad_scale;
     if (decays) param.mul_(1.0 - lr * cfg_.weight_decay);
-    s.exp_avg.lerp_(g, 1.0 - cfg_.beta1);
-    s.exp_avg_sq.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
-    const torch::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
-    param.addcdiv_(s.exp_avg, denom, -lr / bc1);
+    // bf16 moments (optimizer.moments_dtype): the update in fp32, the moments rounded once after it.
+    const bool narrow = s.exp_avg.scalar_type() != torch::kFloat;
+    torch::Tensor m = narrow ? s.exp_avg.to(torch::kFloat) : s.exp_avg;
+    torch::Tensor v = narrow ? s.exp_avg_sq.to(torch::kFloat) : s.exp_avg_sq;
+    m.lerp_(g, 1.0 - cfg_.beta1);
+    v.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
+    const torch::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
+    param.addcdiv_(m, denom, -lr / bc1);
+    if (narrow) {
+      s.exp_avg.copy_(m);
+      s.exp_avg_sq.copy_(v);
+    }
   }
 }
 
@@ -90,7 +104,8 @@ std::map<std::string, torch::Tensor> AdamW::state() const {
   std::map<std::string, torch::Tensor> out;
   for (const auto& s : slots_) {
     for (const auto& [key, moment] : {std::pair{"exp_avg.", s.exp_avg}, std::pair{"exp_avg_sq.", s.exp_avg_sq}}) {
-      torch::Tensor full = s.length == s.param.numel() ? moment.view_as(s.param)
+      // fp32 whatever optimizer.moments_dtype is, so checkpoints resume under either setting.
+      torch::Tensor full = s.length == s.param.numel() ? moment.to(torch::kFloat).view_as(s.param)
                                                        : torch::zeros_like(s.param, torch::kFloat);
       if (s.length != s.param.numel()) full.view(-1).narrow(0, s.begin, s.length).copy_(moment);
       out.emplace(key + s.name, full);

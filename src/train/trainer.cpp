@@ -187,6 +187,7 @@ StepRecord Trainer::train_step() {
   // FP8 statistics on the steps that are logged (their cost is a few reductions per projection).
   const bool observe_fp8 = fp8_.enabled() && (r.step % cfg_.logging.interval == 0 || r.step == 1 ||
                                               r.step == batches_->total_steps());
+  if (observe_fp8) ops::fp8::take_stats();  // drops what a step that threw may have left
   ops::fp8::set_stats_enabled(observe_fp8);
   struct StopObserving {
     ~StopObserving() { ops::fp8::set_stats_enabled(false); }

@@ -5,6 +5,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#ifdef LATENTMOE_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
 #include "latentmoe/ops/fp8.h"
 #include "latentmoe/ops/fp8_linear.h"
 
@@ -46,6 +50,7 @@ TEST(Fp8Gpu, ProjectionsEqualTheCpuEmulation) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const fp8::Recipe recipe{.scaling = fp8::Scaling::blockwise};
   at::manual_seed(3);
+  const int64_t calls_before = fp8::cuda_scaled_mm_calls();
   // Whole 128-tiles (the cuBLASLt path on sm_90) and ragged ones (the emulation on any GPU).
   for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{256, 512, 384}, {77, 130, 70}}) {
     const at::Tensor x = at::randn({m, k}), w = at::randn({n, k}) * 0.05, dy = at::randn({m, n});
@@ -67,4 +72,11 @@ TEST(Fp8Gpu, ProjectionsEqualTheCpuEmulation) {
     EXPECT_TRUE(close(grads[1][0], grads[0][0])) << "dx";
     EXPECT_TRUE(close(grads[1][1], grads[0][1])) << "dw";
   }
+#ifdef LATENTMOE_WITH_CUDA
+  // On Hopper the whole-tile shape must have run on cuBLASLt's blockwise path, not the fallback.
+  if (at::cuda::getCurrentDeviceProperties()->major == 9) {
+    EXPECT_GE(fp8::cuda_scaled_mm_calls() - calls_before, 3) << "forward, dgrad and wgrad of 256x512x384";
+  }
+#endif
+  RecordProperty("cuda_scaled_mm_calls", std::to_string(fp8::cuda_scaled_mm_calls() - calls_before));
 }

@@ -135,3 +135,11 @@ TEST(ConfigValidate, AllViolationsAreReportedTogether) {
   expect_error_contains<ConfigError>([&] { cfg::validate_config(c, 1); },
                                      {"invalid configuration (", "model.hidden_size must be > 0", "exactly one of train.steps and train.tokens"});
 }
+
+TEST(ConfigValidate, Fp8AndBf16MomentKeysAreCrossChecked) {
+  expect_violation({"precision.fp8_pow2_scales=true"}, {"precision.fp8_pow2_scales=true", "precision.fp8 is 'none'"});
+  expect_violation({"optimizer.moments_dtype=bf16", "optimizer.beta2=0.999"},
+                   {"optimizer.moments_dtype=bf16 needs 1 - optimizer.beta2 >= 2^-8", "optimizer.beta2=0.999"});
+  EXPECT_EQ(violations_after({"optimizer.moments_dtype=bf16", "precision.fp8=blockwise", "precision.fp8_pow2_scales=true"}),
+            "");
+}

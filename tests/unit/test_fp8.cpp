@@ -11,15 +11,20 @@
 
 #include <cfloat>
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <limits>
 #include <vector>
 
+#include "latentmoe/io/model_io.h"
+#include "latentmoe/io/safetensors.h"
 #include "latentmoe/model/deepseek_v3.h"
 #include "latentmoe/ops/fp8.h"
 #include "latentmoe/ops/fp8_linear.h"
 #include "latentmoe/ops/fp8_stats.h"
 #include "latentmoe/ops/swiglu.h"
 #include "model_fixtures.h"
+#include "test_util.h"
 
 namespace fp8 = latentmoe::ops::fp8;
 
@@ -219,6 +224,9 @@ TEST(Fp8Quantize, EdgeCasesZeroNanInfSaturationSubnormals) {
   // Empty inputs.
   EXPECT_EQ(fp8::quantize_rows(at::zeros({0, 5}), false).scales.sizes(), (std::vector<int64_t>{0, 1}));
   EXPECT_EQ(fp8::quantize_blocks(at::zeros({0, 3, 5}), false).scales.sizes(), (std::vector<int64_t>{0, 1, 1}));
+  EXPECT_EQ(fp8::quantize_rows(at::zeros({3, 0}), false).scales.sizes(), (std::vector<int64_t>{3, 0}));
+  EXPECT_EQ(fp8::quantize_blocks(at::zeros({2, 0}), false).scales.sizes(), (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(fp8::quantize_rows_transposed(at::zeros({0, 4}), false).data.sizes(), (std::vector<int64_t>{4, 0}));
   EXPECT_THROW(fp8::quantize_rows(at::zeros({3}, at::kLong), false), c10::Error);
 }
 
@@ -262,11 +270,18 @@ TEST(Fp8Quantize, PortableLoopsGiveTheVectorBodiesBits) {
 }
 
 TEST(Fp8Quantize, TransposedRowsAreTheRowsOfTheTranspose) {
-  const at::Tensor x = heavy_tailed({300, 70}, 4);
-  const fp8::Quantized t = fp8::quantize_rows_transposed(x, false), r = fp8::quantize_rows(x.t().contiguous(), false);
-  EXPECT_EQ(t.data.sizes(), (std::vector<int64_t>{70, 300}));
-  EXPECT_TRUE(at::equal(bytes(t.data), bytes(r.data)));
-  EXPECT_TRUE(at::equal(t.scales, r.scales));
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{300, 70}, {1, 1}, {128, 16}, {0, 5}}) {
+      at::Tensor x = heavy_tailed({rows, cols}, 4);
+      if (rows > 200) x[150][3] = NAN;
+      x = x.to(dtype);
+      const fp8::Quantized t = fp8::quantize_rows_transposed(x, true);
+      const fp8::Quantized r = fp8::quantize_rows_reference(x.t().contiguous(), true);
+      EXPECT_EQ(t.data.sizes(), (std::vector<int64_t>{cols, rows}));
+      EXPECT_TRUE(at::equal(bytes(t.data), bytes(r.data))) << rows << "x" << cols << " " << dtype;
+      EXPECT_TRUE(at::equal(t.scales.nan_to_num(-1), r.scales.nan_to_num(-1))) << rows << "x" << cols;
+    }
+  }
 }
 
 namespace {
@@ -303,6 +318,15 @@ TEST(Fp8Linear, ForwardAndBackwardAreTheQuantizedGemmsOfTheRecipe) {
   EXPECT_EQ(xb.grad().scalar_type(), at::kBFloat16);
   EXPECT_EQ(wb.grad().scalar_type(), at::kFloat);
   EXPECT_THROW(fp8::linear(x, at::randn({70, 3}), std::nullopt, kBlockwise, "bad"), c10::Error);
+  // Without grad mode nothing is kept for a weight gradient; with it, a weight that needs no
+  // gradient still gives the input its gradient.
+  {
+    const at::NoGradGuard no_grad;
+    EXPECT_LE(relative_frobenius(fp8::linear(x, wl, bl, kBlockwise, "eval").reshape({6, 70}), want_y), 1e-6);
+  }
+  const at::Tensor xi = x.clone().requires_grad_();
+  fp8::linear(xi, w, std::nullopt, kBlockwise, "frozen").backward(dy);
+  EXPECT_LE(relative_frobenius(xi.grad().reshape({6, 130}), at::mm(dq_rows(dy2), dq_blocks(w))), 1e-6);
 }
 
 TEST(Fp8Linear, GroupedEqualsOneFp8LinearPerExpert) {
@@ -408,4 +432,42 @@ TEST(Fp8Model, DecoderProjectionsRunInFp8AndTheHeadEmbeddingAndGatesDoNot) {
   EXPECT_GT(diff, 0.0);
   EXPECT_LT(diff, 0.25);
   EXPECT_TRUE(model->model->layers[0]->as<latentmoe::model::DecoderBlockImpl>()->self_attn->o_proj->weight.grad().defined());
+}
+
+TEST(Fp8Export, ReleaseFormatRoundTripsExactlyToTheQuantization) {
+  namespace io = latentmoe::io;
+  const latentmoe::testing::TempDir dir;
+  torch::manual_seed(4);
+  const latentmoe::config::ModelConfig cfg = latentmoe::testing::tiny_model_config();
+  latentmoe::model::DeepSeekV3 model(cfg);
+  io::export_hf(dir.path().string(), cfg, *model, /*include_mtp=*/true, /*fp8=*/true);
+  const auto config = nlohmann::json::parse(std::ifstream(dir.path() / "config.json"));
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "fp8");
+  EXPECT_EQ(config["quantization_config"]["fmt"], "e4m3");
+  EXPECT_EQ(config["quantization_config"]["weight_block_size"], nlohmann::json({128, 128}));
+  const auto written = io::load_safetensors_dir(dir.path().string());
+  EXPECT_EQ(written.at("model.layers.0.self_attn.q_a_proj.weight").scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(written.at("model.layers.0.self_attn.q_a_proj.weight_scale_inv").scalar_type(), at::kFloat);
+  EXPECT_EQ(written.at("model.layers.1.mlp.experts.3.down_proj.weight").scalar_type(), at::kFloat8_e4m3fn);
+  EXPECT_EQ(written.at("model.layers.3.self_attn.o_proj.weight").scalar_type(), at::kFloat8_e4m3fn) << "MTP block";
+  for (const char* bf16 : {"model.embed_tokens.weight", "lm_head.weight", "model.layers.1.mlp.gate.weight",
+                           "model.layers.0.input_layernorm.weight", "model.layers.3.eh_proj.weight"}) {
+    EXPECT_EQ(written.at(bf16).scalar_type(), at::kBFloat16) << bf16;
+  }
+  latentmoe::config::ModelConfig imported_cfg;
+  latentmoe::model::DeepSeekV3 imported = io::import_hf(dir.path().string(), &imported_cfg);
+  const auto originals = model->named_parameters();
+  int64_t quantized = 0;
+  for (const auto& p : imported->named_parameters()) {
+    const at::Tensor original = originals[p.key()].detach();
+    const bool fp8_weight = written.count(p.key()) && written.at(p.key()).scalar_type() == at::kFloat8_e4m3fn;
+    const bool in_block = p.key().rfind("model.layers.", 0) == 0 || p.key().find(".block.") != std::string::npos;
+    const bool projection = in_block && (p.key().find("_proj.weight") != std::string::npos ||
+                                         p.key().find("_proj_with_mqa.weight") != std::string::npos);
+    at::Tensor want = projection ? fp8::dequantize_blocks(fp8::quantize_blocks(original, false))
+                                 : original.to(at::kBFloat16).to(at::kFloat);
+    quantized += projection;
+    EXPECT_TRUE(at::equal(p.value().detach(), want)) << p.key() << (fp8_weight ? " (fp8)" : "");
+  }
+  EXPECT_GT(quantized, 20);
 }

@@ -122,6 +122,50 @@ TEST(AdamW, FusedUpdateMatchesTorchAndScalesGradients) {
   EXPECT_TRUE(torch::allclose(w, tw, 1e-6, 1e-7));
 }
 
+// optimizer.moments_dtype=bf16: moments stored in bf16, each update in fp32 and the moments
+// rounded after it (a hand-written reference does exactly that); checkpoints carry fp32 moments,
+// and a bf16-moment state resumes into an fp32-moment optimizer and back.
+TEST(AdamW, Bf16MomentsRoundOnceAfterAnFp32UpdateAndCheckpointInFp32) {
+  torch::manual_seed(5);
+  const torch::Tensor w0 = torch::randn({9, 7});
+  torch::Tensor w = w0.clone().requires_grad_(), f = w0.clone().requires_grad_();
+  cfg::OptimizerConfig o;
+  o.weight_decay = 0.1;
+  cfg::OptimizerConfig narrow = o;
+  narrow.moments_dtype = "bf16";
+  train::AdamW ours({{"w", w}}, narrow), full({{"w", f}}, o);
+  torch::Tensor ref = w0.clone(), m = torch::zeros({9, 7}), v = torch::zeros({9, 7});
+  const torch::Tensor x = torch::randn({4, 7});
+  for (int step = 1; step <= 4; ++step) {
+    ours.zero_grad(), full.zero_grad();
+    torch::matmul(x, w.t()).pow(2).sum().backward();
+    torch::matmul(x, f.t()).pow(2).sum().backward();
+    const torch::Tensor g = w.grad().clone();
+    ours.step(1e-2);
+    full.step(1e-2);
+    // The reference: fp32 arithmetic on bf16-held moments.
+    ref.mul_(1.0 - 1e-2 * 0.1);
+    torch::Tensor mf = m.to(torch::kBFloat16).to(torch::kFloat).lerp(g, 0.1);
+    torch::Tensor vf = v.to(torch::kBFloat16).to(torch::kFloat).mul(0.95).addcmul(g, g, 0.05);
+    const double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.95, step);
+    ref.addcdiv_(mf, (vf.sqrt() / std::sqrt(bc2)).add_(1e-8), -1e-2 / bc1);
+    m = mf.to(torch::kBFloat16).to(torch::kFloat);
+    v = vf.to(torch::kBFloat16).to(torch::kFloat);
+    EXPECT_TRUE(torch::allclose(w.detach(), ref, 1e-6, 1e-7)) << "step " << step;
+  }
+  EXPECT_EQ(ours.slot(0).exp_avg.scalar_type(), torch::kBFloat16);
+  EXPECT_FALSE(torch::equal(w, f)) << "bf16 moments are not fp32 moments";
+  const auto state = ours.state();
+  EXPECT_EQ(state.at("exp_avg.w").scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(state.at("exp_avg.w"), m));
+  train::AdamW resumed({{"w", f}}, o);
+  resumed.load_state(state);
+  EXPECT_TRUE(torch::equal(resumed.state().at("exp_avg_sq.w"), v)) << "bf16-moment state into fp32 moments";
+  train::AdamW back({{"w", w}}, narrow);
+  back.load_state(full.state());
+  EXPECT_TRUE(torch::equal(back.state().at("exp_avg.w"), full.state().at("exp_avg.w").to(torch::kBFloat16).to(torch::kFloat)));
+}
+
 // The gradient norm's one-pass sum of squares against ATen's, at lengths around the 16-lane tail.
 TEST(AdamW, SquaredNormMatchesATen) {
   torch::manual_seed(4);

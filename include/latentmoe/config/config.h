@@ -102,6 +102,7 @@ struct OptimizerConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;
   bool decay_1d_params = false;
+  std::string moments_dtype = "fp32";  // fp32 | bf16
   void describe(FieldVisitor& v);
 };
 

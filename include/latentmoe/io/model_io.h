@@ -36,7 +36,10 @@ model::DeepSeekV3 load_model_dir(const std::string& dir, config::Config* cfg_out
 model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg);
 // Writes config.json (both rope forms) and model.safetensors; include_mtp writes the MTP modules
 // as layer num_hidden_layers + k, with embed_tokens/shared_head.head copies as in the release.
+// fp8: as the DeepSeek-V3 release is published: the projections inside the decoder blocks (the ones
+// precision.fp8 trains in FP8) in e4m3 with fp32 `weight_scale_inv` per 128x128 block, every other
+// tensor in bf16, and config.json's quantization_config (fp8, e4m3, dynamic activations, 128x128).
 void export_hf(const std::string& out_dir, const config::ModelConfig& cfg, model::DeepSeekV3Impl& model,
-               bool include_mtp);
+               bool include_mtp, bool fp8 = false);
 
 }  // namespace latentmoe::io

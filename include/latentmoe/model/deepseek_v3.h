@@ -4,6 +4,8 @@
 // "lm_head.weight"); MTP modules live under "mtp.{k}.". Written for one device.
 #pragma once
 
+#include <functional>
+
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -71,6 +73,9 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // router gates and the norms stay in the compute dtype, as in DeepSeek-V3. Each FP8 projection's
   // statistics are named by its module path ("model.layers.0.self_attn.q_a_proj").
   void set_fp8(const ops::fp8::Recipe& recipe);
+  // Every module inside a decoder block (main and MTP), with its path: the modules precision.fp8
+  // covers (and the weights `convert --to-hf --fp8` writes in e4m3).
+  void for_each_block_module(const std::function<void(const std::string&, torch::nn::Module&)>& fn);
 
   config::ModelConfig cfg;
   DecoderStack model{nullptr};

@@ -36,6 +36,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
 at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& weight, c10::IntArrayRef group_sizes,
                           const Recipe& recipe, const std::string& layer);
 
+// How many GEMMs took the CUDA blockwise-scaled path (cuBLASLt) in this process: the GPU tests
+// check that it ran, rather than the emulation it falls back to.
+int64_t cuda_scaled_mm_calls();
+
 // SwiGLU (ops::swiglu / swiglu_packed) whose backward keeps its input as the e4m3 copy (1x128
 // tiles) rather than in bf16/fp32, as the report stores the SwiGLU inputs of the MoE: the forward
 // is exact, the gradient is taken at the dequantized input. (The report also recomputes the

@@ -45,6 +45,7 @@ class AdamW {
   void load_state(const std::map<std::string, torch::Tensor>& state);
 
  private:
+  torch::ScalarType moments_dtype() const;  // optimizer.moments_dtype
   struct Slot {
     std::string name;
     torch::Tensor param, exp_avg, exp_avg_sq;
