@@ -10,6 +10,7 @@
 
 #include "fp8_quantize.cuh"
 #include "ops/fp8_gemm.h"
+#include "ops/fp8_shapes.h"
 
 namespace latentmoe::ops::fp8 {
 
@@ -36,10 +37,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x_in, bo
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
-  std::vector<int64_t> scale_shape = x.sizes().vec();
-  scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty(row_scale_shape(x.sizes()), x.options().dtype(at::kFloat));
   check_launch(kernels::fp8_quantize_rows(x.const_data_ptr(), kind, rows, k, pow2,
                                           static_cast<uint8_t*>(data.mutable_data_ptr()), scales.mutable_data_ptr<float>(),
                                           at::cuda::getCurrentCUDAStream()),
@@ -68,11 +67,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_blocks_cuda(const at::Tensor& w_in, 
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.contiguous();
   const int64_t n = w.size(-2), k = w.size(-1), batch = n * k == 0 ? 0 : w.numel() / (n * k);
-  std::vector<int64_t> scale_shape = w.sizes().vec();
-  scale_shape[scale_shape.size() - 2] = tiles(n);
-  scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(w.sizes(), w.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty(scale_shape, w.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty(block_scale_shape(w.sizes()), w.options().dtype(at::kFloat));
   check_launch(kernels::fp8_quantize_blocks(w.const_data_ptr(), kind, batch, n, k, pow2,
                                             static_cast<uint8_t*>(data.mutable_data_ptr()),
                                             scales.mutable_data_ptr<float>(), at::cuda::getCurrentCUDAStream()),

@@ -16,6 +16,7 @@
 #include "latentmoe/ops/fp8.h"
 #include "ops/cpu_kernel_util.h"
 #include "ops/fp8_cpu.h"
+#include "ops/fp8_shapes.h"
 #include "ops/op_handle.h"
 
 namespace latentmoe::ops::fp8 {
@@ -84,9 +85,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_aten(const at::Tensor& x_in, bo
   const at::Tensor tiled = xp.view({xp.size(0), kt, kTile});
   const at::Tensor scale = scales_from_amax(tiled.abs().amax(-1), pow2);  // [M, kt]
   const at::Tensor data = cast_scaled(tiled, scale.unsqueeze(-1)).view({xp.size(0), kt * kTile}).narrow(1, 0, k);
-  std::vector<int64_t> scale_shape = x_in.sizes().vec();
-  scale_shape.back() = kt;
-  return {data.reshape(x_in.sizes()), scale.reshape(scale_shape)};
+  return {data.reshape(x_in.sizes()), scale.reshape(row_scale_shape(x_in.sizes()))};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_blocks_aten(const at::Tensor& w_in, bool pow2) {
@@ -100,10 +99,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_blocks_aten(const at::Tensor& w_in, 
                               .view({w.size(0), nt * kTile, kt * kTile})
                               .narrow(1, 0, n)
                               .narrow(2, 0, k);
-  std::vector<int64_t> scale_shape = w_in.sizes().vec();
-  scale_shape[scale_shape.size() - 2] = nt;
-  scale_shape.back() = kt;
-  return {data.reshape(w_in.sizes()), scale.reshape(scale_shape)};
+  return {data.reshape(w_in.sizes()), scale.reshape(block_scale_shape(w_in.sizes()))};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_transposed_any(const at::Tensor& x, bool pow2) {
@@ -234,10 +230,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x_in, boo
   check_quantize_input(x_in, 1, "fp8_quantize_rows");
   const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1), rows = k == 0 ? 0 : x.numel() / k;
-  std::vector<int64_t> scale_shape = x.sizes().vec();
-  scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty(row_scale_shape(x.sizes()), x.options().dtype(at::kFloat));
   if (x.numel() == 0) return {data, scales};
   on_input_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -251,11 +245,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_blocks_cpu(const at::Tensor& w_in, b
   check_quantize_input(w_in, 2, "fp8_quantize_blocks");
   const at::Tensor w = w_in.contiguous();
   const int64_t n = w.size(-2), k = w.size(-1), batch = n * k == 0 ? 0 : w.numel() / (n * k);
-  std::vector<int64_t> scale_shape = w.sizes().vec();
-  scale_shape[scale_shape.size() - 2] = tiles(n);
-  scale_shape.back() = tiles(k);
   at::Tensor data = at::empty(w.sizes(), w.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty(scale_shape, w.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty(block_scale_shape(w.sizes()), w.options().dtype(at::kFloat));
   if (w.numel() == 0) return {data, scales};
   on_input_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
