@@ -114,6 +114,20 @@ def test_dp2_equals_one_process_with_accumulation(latentmoe_bin, tmp_path):
     assert all(r["dp/reduce_bytes"] > 0 for r in rows(tmp_path / "two"))
 
 
+def test_fp8_dp2_equals_one_process_and_ep2_stays_within_the_quantization(latentmoe_bin, tmp_path):
+    """precision.fp8=blockwise: every tile is a token's (1x128) or a micro-batch's (the weight
+    gradient's 128-token tiles), so DP=2 equals one process accumulating the same micro-batches.
+    Under EP=2 an expert's weight-gradient tiles span the tokens it receives from both ranks, which
+    one process quantizes per micro-batch: equal to the quantization's error, not bit for bit."""
+    fp8 = ("--set", "precision.fp8=blockwise", "--set", "precision.compute_dtype=bf16")
+    run(latentmoe_bin, tmp_path / "one", 1, 6, *fp8)
+    run(latentmoe_bin, tmp_path / "dp", 2, 6, *fp8)
+    assert_same_training(tmp_path / "one", tmp_path / "dp", 1e-5)
+    run(latentmoe_bin, tmp_path / "ep", 2, 6, *fp8, "--set", "parallel.ep=2")
+    assert max_rel(losses(tmp_path / "one"), losses(tmp_path / "ep")) <= 1e-2
+    assert any(k.startswith("fp8/model.layers.1.mlp.experts.") for k in rows(tmp_path / "ep")[0])
+
+
 def ramp(start: int, increment: int) -> tuple[str, ...]:
     """A batch ramp to 8 sequences over the first 512 tokens (16 sequences of 32)."""
     return ("--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=1",
