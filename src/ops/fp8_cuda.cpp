@@ -25,8 +25,6 @@ kernels::Fp8Input input_kind(const at::Tensor& x, const char* op) {
   }
 }
 
-int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
-
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
 }
@@ -53,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_transposed_cuda(const at::Tenso
   const at::Tensor x = x_in.contiguous();
   const int64_t rows = x.size(0), k = x.size(1);
   at::Tensor data = at::empty({k, rows}, x.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty({k, tiles(rows)}, x.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty({k, tile_count(rows)}, x.options().dtype(at::kFloat));
   check_launch(kernels::fp8_quantize_rows_transposed(x.const_data_ptr(), kind, rows, k, pow2,
                                                      static_cast<uint8_t*>(data.mutable_data_ptr()),
                                                      scales.mutable_data_ptr<float>(), at::cuda::getCurrentCUDAStream()),

@@ -19,6 +19,8 @@ struct Operand {
   Tiling tiling;
 };
 
+// t quantized with `tiling`'s scales, or one scale when the recipe is tensorwise.
+Operand quantize(const at::Tensor& t, Tiling tiling, const Recipe& recipe);
 at::Tensor dequantize(const Operand& operand, at::ScalarType dtype = at::kFloat);
 
 at::Tensor mm_quantized(const Operand& a, const Operand& b, at::ScalarType out_dtype);

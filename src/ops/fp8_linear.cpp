@@ -19,12 +19,6 @@ using torch::autograd::tensor_list;
 
 const c10::DispatchKeySet kAutocastKeys({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA});
 
-Operand quantize(const at::Tensor& t, Tiling tiling, const Recipe& recipe) {
-  if (recipe.scaling == Scaling::tensorwise) return {quantize_tensor(t, recipe.pow2_scales), Tiling::tensor};
-  if (tiling == Tiling::blocks) return {quantize_blocks(t, recipe.pow2_scales), Tiling::blocks};
-  return {quantize_rows(t, recipe.pow2_scales), Tiling::rows};
-}
-
 // t [M, K] -> t^T [K, M] with 1x128 tiles along M (one scale under tensorwise).
 Operand quantize_transposed(const at::Tensor& t, const Recipe& recipe) {
   if (recipe.scaling == Scaling::tensorwise) return {quantize_tensor(t.t(), recipe.pow2_scales), Tiling::tensor};
@@ -206,6 +200,12 @@ class Fp8GroupedLinearFunction : public torch::autograd::Function<Fp8GroupedLine
 std::optional<at::Tensor> scaled_mm_cuda(const Operand&, const Operand&, at::ScalarType) { return std::nullopt; }
 int64_t cuda_scaled_mm_calls() { return 0; }
 #endif
+
+Operand quantize(const at::Tensor& t, Tiling tiling, const Recipe& recipe) {
+  if (recipe.scaling == Scaling::tensorwise) return {quantize_tensor(t, recipe.pow2_scales), Tiling::tensor};
+  if (tiling == Tiling::blocks) return {quantize_blocks(t, recipe.pow2_scales), Tiling::blocks};
+  return {quantize_rows(t, recipe.pow2_scales), Tiling::rows};
+}
 
 at::Tensor dequantize(const Operand& operand, at::ScalarType dtype) {
   switch (operand.tiling) {

@@ -25,8 +25,6 @@ namespace {
 
 constexpr float kMax = static_cast<float>(kE4m3Max);
 
-int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
-
 void check_quantize_input(const at::Tensor& x, int64_t min_dim, const char* op) {
   TORCH_CHECK(x.dim() >= min_dim, op, ": the input needs at least ", min_dim, " dimension(s), got ", x.sizes());
   const at::ScalarType t = x.scalar_type();
@@ -80,7 +78,7 @@ at::Tensor padded(const at::Tensor& x, int64_t rows_to, int64_t cols_to) {
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_aten(const at::Tensor& x_in, bool pow2) {
   check_quantize_input(x_in, 1, "fp8_quantize_rows");
-  const int64_t k = x_in.size(-1), kt = tiles(k), rows = k == 0 ? 0 : x_in.numel() / k;
+  const int64_t k = x_in.size(-1), kt = tile_count(k), rows = k == 0 ? 0 : x_in.numel() / k;
   const at::Tensor xp = padded(x_in.to(at::kFloat).reshape({rows, k}), rows, kt * kTile);
   const at::Tensor tiled = xp.view({xp.size(0), kt, kTile});
   const at::Tensor scale = scales_from_amax(tiled.abs().amax(-1), pow2);  // [M, kt]
@@ -90,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_aten(const at::Tensor& x_in, bo
 
 std::tuple<at::Tensor, at::Tensor> quantize_blocks_aten(const at::Tensor& w_in, bool pow2) {
   check_quantize_input(w_in, 2, "fp8_quantize_blocks");
-  const int64_t n = w_in.size(-2), k = w_in.size(-1), nt = tiles(n), kt = tiles(k);
+  const int64_t n = w_in.size(-2), k = w_in.size(-1), nt = tile_count(n), kt = tile_count(k);
   const at::Tensor w = w_in.to(at::kFloat).reshape({-1, n, k});
   const at::Tensor wp = padded(w, nt * kTile, kt * kTile);
   const at::Tensor tiled = wp.view({w.size(0), nt, kTile, kt, kTile});
@@ -110,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_transposed_any(const at::Tensor
 
 template <typename T>
 void quantize_rows_kernel(const T* src, int64_t rows, int64_t k, bool pow2, uint8_t* dst, float* scales) {
-  const int64_t kt = tiles(k);
+  const int64_t kt = tile_count(k);
   at::parallel_for(0, rows, ops::cpu::row_grain(k), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const T* x = src + row * k;
@@ -129,7 +127,7 @@ void quantize_rows_kernel(const T* src, int64_t rows, int64_t k, bool pow2, uint
 // One task per (matrix, 128-row band): the band's rows are read in order, column tiles side by side.
 template <typename T>
 void quantize_blocks_kernel(const T* src, int64_t batch, int64_t n, int64_t k, bool pow2, uint8_t* dst, float* scales) {
-  const int64_t nt = tiles(n), kt = tiles(k);
+  const int64_t nt = tile_count(n), kt = tile_count(k);
   at::parallel_for(0, batch * nt, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> amax(static_cast<size_t>(kt));
     std::vector<uint8_t> finite(static_cast<size_t>(kt));
@@ -158,7 +156,7 @@ void quantize_blocks_kernel(const T* src, int64_t batch, int64_t n, int64_t k, b
 // data [rows, k] with `scales_per_row` scales per row, each covering 128 columns; rows r of the
 // same `row_group` (1 for 1x128 tiles, 128 for blocks) share a scale row.
 void dequantize_cpu(const uint8_t* data, const float* scales, int64_t rows, int64_t k, int64_t row_group, float* out) {
-  const int64_t kt = tiles(k);
+  const int64_t kt = tile_count(k);
   at::parallel_for(0, rows, ops::cpu::row_grain(k), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* scale = scales + r / row_group * kt;
@@ -185,26 +183,23 @@ void on_input_dtype(at::ScalarType t, const Body& body) {
 template <typename T>
 void quantize_rows_transposed_kernel(const T* src, int64_t rows, int64_t k, bool pow2, uint8_t* dst, float* scales) {
   constexpr int64_t kColumns = 16;
-  const int64_t bands = tiles(rows), column_blocks = (k + kColumns - 1) / kColumns;
+  const int64_t bands = tile_count(rows), column_blocks = (k + kColumns - 1) / kColumns;
   at::parallel_for(0, bands * column_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(static_cast<size_t>(kColumns * kTile));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t band = task / column_blocks, c0 = task % column_blocks * kColumns;
-      const int64_t r0 = band * kTile, height = std::min(kTile, rows - r0);
-      {
-        const int64_t width = std::min(kColumns, k - c0);
-        for (int64_t r = 0; r < height; ++r) {
-          const T* row = src + (r0 + r) * k + c0;
-          for (int64_t c = 0; c < width; ++c) buffer[static_cast<size_t>(c * kTile + r)] = ops::cpu::to_float(row[c]);
-        }
-        for (int64_t c = 0; c < width; ++c) {
-          const float* column = buffer.data() + c * kTile;
-          float amax = 0.0f;
-          const bool finite = cpu::tile_amax(column, height, &amax);
-          const float scale = tile_scale(amax, finite, pow2);
-          scales[(c0 + c) * bands + band] = scale;
-          cpu::encode(column, height, scale, dst + (c0 + c) * rows + r0);
-        }
+      const int64_t r0 = band * kTile, height = std::min(kTile, rows - r0), width = std::min(kColumns, k - c0);
+      for (int64_t r = 0; r < height; ++r) {
+        const T* row = src + (r0 + r) * k + c0;
+        for (int64_t c = 0; c < width; ++c) buffer[static_cast<size_t>(c * kTile + r)] = ops::cpu::to_float(row[c]);
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        const float* column = buffer.data() + c * kTile;
+        float amax = 0.0f;
+        const bool finite = cpu::tile_amax(column, height, &amax);
+        const float scale = tile_scale(amax, finite, pow2);
+        scales[(c0 + c) * bands + band] = scale;
+        cpu::encode(column, height, scale, dst + (c0 + c) * rows + r0);
       }
     }
   });
@@ -216,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_transposed_cpu(const at::Tensor
   const at::Tensor x = x_in.contiguous();
   const int64_t rows = x.size(0), k = x.size(1);
   at::Tensor data = at::empty({k, rows}, x.options().dtype(at::kFloat8_e4m3fn));
-  at::Tensor scales = at::empty({k, tiles(rows)}, x.options().dtype(at::kFloat));
+  at::Tensor scales = at::empty({k, tile_count(rows)}, x.options().dtype(at::kFloat));
   if (x.numel() == 0) return {data, scales};
   on_input_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -329,7 +324,7 @@ at::Tensor dequantize_blocks(const Quantized& q, at::ScalarType dtype) {
     const int64_t batch = q.data.numel() / (n * k);
     const uint8_t* data = static_cast<const uint8_t*>(q.data.const_data_ptr());
     for (int64_t b = 0; b < batch; ++b) {
-      dequantize_cpu(data + b * n * k, q.scales.const_data_ptr<float>() + b * tiles(n) * tiles(k), n, k, kTile,
+      dequantize_cpu(data + b * n * k, q.scales.const_data_ptr<float>() + b * tile_count(n) * tile_count(k), n, k, kTile,
                      out.mutable_data_ptr<float>() + b * n * k);
     }
     return out.to(dtype);

@@ -16,16 +16,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-Operand cache(const at::Tensor& t, const Recipe& recipe) {
-  if (recipe.scaling == Scaling::tensorwise) return {quantize_tensor(t, recipe.pow2_scales), Tiling::tensor};
-  return {quantize_rows(t, recipe.pow2_scales), Tiling::rows};
-}
-
 class Fp8SwigluFunction : public torch::autograd::Function<Fp8SwigluFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up, Recipe recipe) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const Operand g = cache(gate, recipe), u = cache(up, recipe);
+    const Operand g = quantize(gate, Tiling::rows, recipe), u = quantize(up, Tiling::rows, recipe);
     ctx->save_for_backward({g.q.data, g.q.scales, u.q.data, u.q.scales});
     ctx->saved_data["tiling"] = static_cast<int64_t>(g.tiling);
     ctx->saved_data["dtype"] = gate.scalar_type();
@@ -47,7 +42,7 @@ class Fp8SwigluPackedFunction : public torch::autograd::Function<Fp8SwigluPacked
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_up, Recipe recipe) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const Operand c = cache(gate_up, recipe);
+    const Operand c = quantize(gate_up, Tiling::rows, recipe);
     ctx->save_for_backward({c.q.data, c.q.scales});
     ctx->saved_data["tiling"] = static_cast<int64_t>(c.tiling);
     ctx->saved_data["dtype"] = gate_up.scalar_type();

@@ -185,8 +185,7 @@ StepRecord Trainer::train_step() {
   r.bias_update_speed = bias_update_speed_at(t, tokens_seen_);
   const int64_t accum = accum_steps(r.global_batch);
   // FP8 statistics on the steps that are logged (their cost is a few reductions per projection).
-  const bool observe_fp8 = fp8_.enabled() && (r.step % cfg_.logging.interval == 0 || r.step == 1 ||
-                                              r.step == batches_->total_steps());
+  const bool observe_fp8 = fp8_.enabled() && logged_step(r.step);
   if (observe_fp8) ops::fp8::take_stats();  // drops what a step that threw may have left
   ops::fp8::set_stats_enabled(observe_fp8);
   struct StopObserving {
@@ -275,6 +274,10 @@ StepRecord Trainer::train_step() {
   return r;
 }
 
+bool Trainer::logged_step(int64_t step) const {
+  return step % cfg_.logging.interval == 0 || step == 1 || step == batches_->total_steps();
+}
+
 void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds) {
   const double tokens_per_s = static_cast<double>(r.global_batch * cfg_.train.seq_len) / seconds;
   const double tflops = tokens_per_s * train_flops_per_token_ / 1e12;
@@ -318,7 +321,7 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
     std::fprintf(stderr, "\r[%s%s] %s   ", std::string(static_cast<size_t>(done), '#').c_str(),
                  std::string(static_cast<size_t>(width - done), '.').c_str(), line.c_str());
     if (r.step == total) std::fprintf(stderr, "\n");
-  } else if (r.step % cfg_.logging.interval == 0 || r.step == total || r.step == 1) {
+  } else if (logged_step(r.step)) {
     LMOE_INFO("{}", line);
   }
 }

@@ -99,6 +99,8 @@ class Trainer {
  private:
   StepRecord train_step();
   void log_step(const StepRecord& r, const std::vector<LayerLoadStats>& loads, double seconds);
+  // The steps whose line is logged (logging.interval, the first and the last).
+  bool logged_step(int64_t step) const;
   std::string trainer_state_json() const;
   void setup_parallel();
   void setup_data();          // run_data.cpp: loaders, FIM, batch prefetcher
