@@ -13,8 +13,8 @@ latentmoe::config::ModelConfig shape(int64_t hidden, int64_t inter, int64_t expe
   m.moe_intermediate_size = inter;
   m.n_routed_experts = experts;
   m.num_experts_per_tok = top_k;
-  m.n_group = 4;
-  m.topk_group = 2;
+  latentmoe::model::deepseek_router_settings(m).n_group = 4;
+  latentmoe::model::deepseek_router_settings(m).topk_group = 2;
   return m;
 }
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/router_settings.h"
 
 namespace latentmoe::testing {
 
@@ -13,19 +15,38 @@ inline config::ModelConfig tiny_model_config() {
   m.moe_intermediate_size = 16;
   m.num_hidden_layers = 3;
   m.num_attention_heads = 2;
-  m.q_lora_rank = 24;
-  m.kv_lora_rank = 12;
-  m.qk_nope_head_dim = 8;
-  m.qk_rope_head_dim = 4;
-  m.v_head_dim = 6;
+  model::MlaSettings& mla = model::mla_settings(m);
+  mla.q_lora_rank = 24;
+  mla.kv_lora_rank = 12;
+  mla.qk_nope_head_dim = 8;
+  mla.qk_rope_head_dim = 4;
+  mla.v_head_dim = 6;
   m.n_routed_experts = 8;
   m.n_shared_experts = 1;
   m.num_experts_per_tok = 3;
-  m.n_group = 4;
-  m.topk_group = 2;
+  model::deepseek_router_settings(m).n_group = 4;
+  model::deepseek_router_settings(m).topk_group = 2;
   m.first_k_dense_replace = 1;
   m.num_nextn_predict_layers = 1;
   m.init_std = 0.1;
+  return m;
+}
+
+// The Qwen3-MoE layout at tiny sizes: GQA (2 query heads per key/value head) with QK-norm and
+// rotate-half RoPE, softmax top-k routing, no shared experts, one dense layer, no MTP.
+inline config::ModelConfig tiny_qwen3_moe_config() {
+  config::ModelConfig m = tiny_model_config();
+  m.num_attention_heads = 4;
+  m.attention.set_type("gqa");
+  model::GqaSettings& gqa = model::gqa_settings(m);
+  gqa.num_key_value_heads = 2;
+  gqa.head_dim = 8;
+  gqa.qk_norm = true;
+  m.router.set_type("softmax_topk");
+  m.n_shared_experts = 0;
+  m.norm_topk_prob = false;
+  m.rope_interleave = false;
+  m.num_nextn_predict_layers = 0;
   return m;
 }
 

@@ -1,5 +1,7 @@
 // Config → YAML (re-loadable, every field, docs as comments) and → the Markdown key reference.
 #include <fmt/format.h>
+
+#include <map>
 #include <yaml-cpp/yaml.h>
 
 #include <vector>
@@ -94,6 +96,16 @@ class MarkdownWriter final : public FieldVisitor {
     }
     out_ += fmt::format("| `{}{}` | {} | `{}` | {} |\n", prefix_, f.name, field_type_name(f), value_text(f), f.doc);
   }
+  // Every registered type of a layer-type section, each with its own table of keys.
+  bool documents_all_variants() const override { return true; }
+  void variant(std::string_view type, std::string_view doc,
+               const std::function<void(FieldVisitor&)>& describe_fields) override {
+    out_ += fmt::format("\nWith `{}type: {}` — {}:\n\n", prefix_, type, doc);
+    MarkdownWriter inner(out_, prefix_);
+    describe_fields(inner);
+    if (!inner.table_open_) out_ += "(no further keys)\n";
+    table_open_ = false;
+  }
   // Top-level sections are written where they are declared; a section nested in one (e.g.
   // train.batch_ramp) after all of its parent's fields, so no parent key lands under its heading.
   void section(std::string_view name, std::string_view doc,
@@ -150,10 +162,19 @@ std::string config_reference_markdown() {
 }
 
 std::vector<KeyDifference> differing_keys(const Config& from, const Config& to) {
-  const auto a = config_key_values(from), b = config_key_values(to);  // the same schema: the same keys in order
+  // Layer-type sections of different types have different keys: a key only one side has shows
+  // "(absent)" on the other.
+  const auto a = config_key_values(from), b = config_key_values(to);
+  std::map<std::string, std::string> before(a.begin(), a.end());
   std::vector<KeyDifference> out;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].second != b[i].second) out.push_back({a[i].first, a[i].second, b[i].second});
+  for (const auto& [key, value] : b) {
+    const auto it = before.find(key);
+    const std::string old_value = it == before.end() ? "(absent)" : it->second;
+    if (old_value != value) out.push_back({key, old_value, value});
+    if (it != before.end()) before.erase(it);
+  }
+  for (const auto& [key, value] : a) {
+    if (before.count(key)) out.push_back({key, value, "(absent)"});
   }
   return out;
 }

@@ -42,6 +42,21 @@ std::string unprintable(const std::string& s) {
   return "";
 }
 
+// Keys that moved into a layer-type section (config/layer_choice.h): old path -> the section
+// (under the same parent) that now holds the key. Configs and checkpoints written before keep
+// loading; the dump writes the new place.
+const char* moved_to(const std::string& path) {
+  static const std::map<std::string, const char*> moved = {
+      {"model.q_lora_rank", "attention"},     {"model.kv_lora_rank", "attention"},
+      {"model.qk_nope_head_dim", "attention"}, {"model.qk_rope_head_dim", "attention"},
+      {"model.v_head_dim", "attention"},       {"model.n_group", "router"},
+      {"model.topk_group", "router"},         {"model.routed_scaling_factor", "router"},
+      {"model.scoring_func", "router"},
+  };
+  const auto it = moved.find(path);
+  return it == moved.end() ? nullptr : it->second;
+}
+
 bool is_null(const YAML::Node& node) {
   return node.IsNull() || (node.IsScalar() && !is_quoted(node) && (node.Scalar() == "null" || node.Scalar() == "~"));
 }
@@ -57,6 +72,14 @@ class Loader {
                              prefix.empty() ? "<top level>" : prefix.substr(0, prefix.size() - 1), describe_value(map)));
       return;
     }
+    // A layer-type section's `type` decides which of its other keys exist: apply it first.
+    bool type_applied = false;
+    const SchemaLevel before_type = collect_level(describe);
+    if (const FieldInfo* type_field = before_type.find_field("type"); type_field && map["type"]) {
+      assign(*type_field, map["type"], prefix + "type");
+      type_applied = true;
+    }
+    std::vector<std::pair<YAML::Node, YAML::Node>> moved_keys;  // applied after the sections they move into
     const SchemaLevel level = collect_level(describe);
     std::map<std::string, int> first_line;
     for (auto it = map.begin(); it != map.end(); ++it) {
@@ -74,12 +97,33 @@ class Loader {
         continue;
       }
       if (const FieldInfo* f = level.find_field(key)) {
-        assign(*f, it->second, path);
+        if (!(type_applied && key == "type")) assign(*f, it->second, path);
+      } else if (const char* moved = moved_to(path); moved && level.find_section(moved)) {
+        moved_keys.emplace_back(it->first, it->second);
       } else if (const SchemaLevel::Section* s = level.find_section(key)) {
         apply_map(s->describe, it->second, path + ".");
       } else {
         unknown_key(it->first, key, path, level);
       }
+    }
+    // Keys from before the layer registry (checkpoints keep their config.yaml): the same value in
+    // the section that holds it now, once that section's type is known.
+    for (const auto& [key_node, value] : moved_keys) {
+      const std::string key = key_node.Scalar(), section = moved_to(prefix + key);
+      const SchemaLevel::Section* s = level.find_section(section);
+      const SchemaLevel inner = collect_level(s->describe);
+      if (const YAML::Node written = map[section]; written.IsDefined() && written.IsMap() && written[key]) {
+        error(key_node, fmt::format("'{}{}' is given twice: here and as '{}{}.{}'", prefix, key, prefix, section, key));
+        continue;
+      }
+      if (const FieldInfo* f = inner.find_field(key)) {
+        assign(*f, value, prefix + section + "." + key);
+        continue;
+      }
+      std::string type;
+      if (const FieldInfo* t = inner.find_field("type")) type = *std::get<std::string*>(t->ref);
+      error(key_node, fmt::format("'{}{}' (now '{}{}.{}') is not a key of {}{}.type '{}'", prefix, key, prefix, section,
+                                  key, prefix, section, type));
     }
   }
 
@@ -98,6 +142,8 @@ class Loader {
       } else {
         apply_path(s->describe, parts, index + 1, value, path + ".");
       }
+    } else if (const char* moved = moved_to(path); moved && last && level.find_section(moved)) {
+      apply_path(level.find_section(moved)->describe, {key}, 0, value, prefix + moved + ".");
     } else if (f) {
       error(value, fmt::format("'{}' is a value ({}), not a section: '{}' does not exist", path,
                                field_type_name(*f), path + "." + parts[index + 1]));

@@ -101,17 +101,23 @@ void for_each_field(const std::function<void(FieldVisitor&)>& describe_fields,
 }
 
 bool operator==(const Config& a, const Config& b) {
+  // Layer-type sections give the two configs different keys when their types differ.
   Config lhs = a;
   Config rhs = b;
-  std::vector<FieldRef> right_refs;
-  for_each_field(describe_root(rhs), [&](const std::string&, const FieldInfo& f) { right_refs.push_back(f.ref); });
+  std::vector<std::pair<std::string, FieldRef>> right;
+  for_each_field(describe_root(rhs), [&](const std::string& path, const FieldInfo& f) { right.emplace_back(path, f.ref); });
   size_t i = 0;
   bool equal = true;
-  for_each_field(describe_root(lhs), [&](const std::string&, const FieldInfo& f) {
-    std::visit([&](auto* left) { equal = equal && *left == *std::get<decltype(left)>(right_refs[i]); }, f.ref);
+  for_each_field(describe_root(lhs), [&](const std::string& path, const FieldInfo& f) {
+    if (!equal) return;
+    if (i >= right.size() || right[i].first != path || right[i].second.index() != f.ref.index()) {
+      equal = false;
+      return;
+    }
+    std::visit([&](auto* left) { equal = *left == *std::get<decltype(left)>(right[i].second); }, f.ref);
     ++i;
   });
-  return equal;
+  return equal && i == right.size();
 }
 
 }  // namespace latentmoe::config

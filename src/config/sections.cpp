@@ -24,21 +24,15 @@ void ModelConfig::describe(FieldVisitor& v) {
   v.field({"moe_intermediate_size", &moe_intermediate_size,
            "SwiGLU inner width of each routed and shared expert"});
   v.field({"num_hidden_layers", &num_hidden_layers, "Decoder blocks in the main model (MTP not counted)"});
-  v.field({"num_attention_heads", &num_attention_heads, "MLA query heads"});
-  v.field({"q_lora_rank", &q_lora_rank, "Query compression rank; null = plain q projection (V2-Lite)"});
-  v.field({"kv_lora_rank", &kv_lora_rank, "Key/value latent width (what the inference cache stores)"});
-  v.field({"qk_nope_head_dim", &qk_nope_head_dim, "Per-head query/key dims without rotary embedding"});
-  v.field({"qk_rope_head_dim", &qk_rope_head_dim,
-           "Per-head query rotary dims; also the width of the one rotary key shared by all heads"});
-  v.field({"v_head_dim", &v_head_dim, "Per-head value dims"});
+  v.field({"num_attention_heads", &num_attention_heads, "Query heads of the attention layers"});
+  v.section("attention", "Attention layer: `type` picks a registered attention type, whose own keys follow",
+            [this](FieldVisitor& s) { attention.describe(s); });
   v.field({"n_routed_experts", &n_routed_experts, "Routed experts per MoE layer (0 = all layers dense)"});
   v.field({"n_shared_experts", &n_shared_experts, "Always-active shared experts per MoE layer"});
   v.field({"num_experts_per_tok", &num_experts_per_tok, "Routed experts chosen per token (top-k)"});
-  v.field({"n_group", &n_group, "Expert groups for group-limited routing (1 = plain top-k)"});
-  v.field({"topk_group", &topk_group, "Groups kept per token before the expert top-k"});
-  v.field({"routed_scaling_factor", &routed_scaling_factor, "Multiplier on the routed experts' gate weights"});
   v.field({"norm_topk_prob", &norm_topk_prob, "Normalize the chosen experts' gate weights to sum to 1"});
-  v.field({"scoring_func", &scoring_func, "Router affinity function", {"sigmoid", "softmax"}});
+  v.section("router", "MoE router: `type` picks a registered router type, whose own keys follow",
+            [this](FieldVisitor& s) { router.describe(s); });
   v.field({"first_k_dense_replace", &first_k_dense_replace, "Leading layers that use the dense FFN instead of MoE"});
   v.field({"rms_norm_eps", &rms_norm_eps, "RMSNorm epsilon"});
   v.field({"max_position_embeddings", &max_position_embeddings, "Longest sequence the model is built for"});

@@ -40,13 +40,6 @@ void check_model(const ModelConfig& m, Rules& r) {
   r.positive(m.hidden_size, "model.hidden_size");
   r.positive(m.num_hidden_layers, "model.num_hidden_layers");
   r.positive(m.num_attention_heads, "model.num_attention_heads");
-  r.positive(m.kv_lora_rank, "model.kv_lora_rank");
-  r.non_negative(m.qk_nope_head_dim, "model.qk_nope_head_dim");
-  r.positive(m.qk_rope_head_dim, "model.qk_rope_head_dim");
-  r.positive(m.v_head_dim, "model.v_head_dim");
-  r.require(m.qk_rope_head_dim % 2 == 0,
-            fmt::format("model.qk_rope_head_dim must be even (rotary dims come in pairs), got {}", m.qk_rope_head_dim));
-  if (m.q_lora_rank) r.positive(*m.q_lora_rank, "model.q_lora_rank (use null for no query compression)");
   r.positive(m.rms_norm_eps, "model.rms_norm_eps");
   r.positive(m.init_std, "model.init_std");
   r.positive(m.rope_theta, "model.rope_theta");
@@ -64,30 +57,20 @@ void check_model(const ModelConfig& m, Rules& r) {
 
   if (m.n_routed_experts > 0) {
     r.positive(m.moe_intermediate_size, "model.moe_intermediate_size");
-    r.positive(m.routed_scaling_factor, "model.routed_scaling_factor");
-    r.positive(m.n_group, "model.n_group");
-    r.positive(m.topk_group, "model.topk_group");
     r.require(m.num_experts_per_tok >= 1 && m.num_experts_per_tok <= m.n_routed_experts,
               fmt::format("model.num_experts_per_tok ({}) must be in [1, model.n_routed_experts ({})]",
                           m.num_experts_per_tok, m.n_routed_experts));
-    if (m.n_group > 0 && m.topk_group > 0) {
-      r.require(m.n_routed_experts % m.n_group == 0,
-                fmt::format("model.n_routed_experts ({}) must be divisible by model.n_group ({}): "
-                            "group-limited routing splits experts into equal groups",
-                            m.n_routed_experts, m.n_group));
-      r.require(m.topk_group <= m.n_group, fmt::format("model.topk_group ({}) must be <= model.n_group ({})",
-                                                       m.topk_group, m.n_group));
-      const int64_t per_group = m.n_routed_experts / m.n_group;
-      r.require(m.topk_group * per_group >= m.num_experts_per_tok,
-                fmt::format("model.num_experts_per_tok ({}) is unreachable: model.topk_group ({}) groups of "
-                            "model.n_routed_experts/model.n_group ({}/{} = {}) experts keep only {}",
-                            m.num_experts_per_tok, m.topk_group, m.n_routed_experts, m.n_group, per_group,
-                            m.topk_group * per_group));
-      if (m.scoring_func == "sigmoid" && m.n_group > 1) {
-        r.require(per_group >= 2, fmt::format("model.n_routed_experts/model.n_group ({}/{}) must be >= 2 with "
-                                              "model.scoring_func 'sigmoid': a group scores as its top-2 experts",
-                                              m.n_routed_experts, m.n_group));
-      }
+  }
+  // Each layer type's own rules (config/layer_choice.h).
+  for (const LayerChoice* choice : {&m.attention, &m.router}) {
+    const LayerTypeInfo* info = find_layer_type(choice->family(), choice->type());
+    if (!info) {
+      std::string known;
+      for (const auto& n : layer_type_names(choice->family())) known += (known.empty() ? "" : ", ") + n;
+      r.require(false, fmt::format("model.{}.type '{}' is not registered (registered: {})", choice->family(),
+                                   choice->type(), known));
+    } else if (info->validate) {
+      info->validate(m, r.violations);
     }
   }
   const RopeScalingConfig& y = m.rope_scaling;

@@ -10,6 +10,8 @@
 #include <set>
 
 #include "latentmoe/io/hf_config.h"
+#include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/router_settings.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/ops/fp8.h"
@@ -114,30 +116,46 @@ model::DeepSeekV3 import_hf(const std::string& hf_dir, config::ModelConfig* cfg)
     cfg->num_nextn_predict_layers = 0;
   }
   model::DeepSeekV3 m(*cfg);
+  if (hf_config.model.router.type() == "softmax_topk") {
+    // Qwen3Moe has no routing bias; ours starts at zero, where it steers nothing.
+    for (const auto& [name, t] : model_state(*m)) {
+      if (name.size() > 24 && name.compare(name.size() - 24, 24, ".e_score_correction_bias") == 0) {
+        ours.emplace(name, at::zeros_like(t));
+      }
+    }
+  }
   load_model_state(*m, ours, hf_dir);
   return m;
 }
 
-void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::DeepSeekV3Impl& model, bool include_mtp,
-               bool fp8) {
-  if (m.scoring_func != "sigmoid") {
-    throw ConfigError(fmt::format("model.scoring_func '{}' has no equivalent in transformers' DeepseekV3 (sigmoid only)",
-                                  m.scoring_func));
-  }
-  fs::create_directories(out_dir);
-  json rope_scaling = nullptr;
+namespace {
+
+json rope_json(const config::ModelConfig& m, json* rope_scaling) {
+  *rope_scaling = nullptr;
   json rope_parameters = {{"rope_type", "default"}, {"rope_theta", m.rope_theta}};
   if (m.rope_scaling.type == "yarn") {
     const auto& y = m.rope_scaling;
-    rope_scaling = {{"type", "yarn"},        {"rope_type", "yarn"},       {"factor", y.factor},
-                    {"original_max_position_embeddings", y.original_max_position_embeddings},
-                    {"beta_fast", y.beta_fast}, {"beta_slow", y.beta_slow}, {"mscale", y.mscale},
-                    {"mscale_all_dim", y.mscale_all_dim}};
-    rope_parameters = rope_scaling;
+    *rope_scaling = {{"type", "yarn"},        {"rope_type", "yarn"},       {"factor", y.factor},
+                     {"original_max_position_embeddings", y.original_max_position_embeddings},
+                     {"beta_fast", y.beta_fast}, {"beta_slow", y.beta_slow}, {"mscale", y.mscale},
+                     {"mscale_all_dim", y.mscale_all_dim}};
+    rope_parameters = *rope_scaling;
     rope_parameters.erase("type");
     rope_parameters["rope_theta"] = m.rope_theta;
   }
-  json config = {
+  return rope_parameters;
+}
+
+json deepseek_v3_config(const config::ModelConfig& m, bool include_mtp) {
+  const model::DeepSeekRouterSettings& r = model::deepseek_router_settings(m);
+  if (r.scoring_func != "sigmoid") {
+    throw ConfigError(fmt::format(
+        "model.router.scoring_func '{}' has no equivalent in transformers' DeepseekV3 (sigmoid only)", r.scoring_func));
+  }
+  const model::MlaSettings& a = model::mla_settings(m);
+  json rope_scaling;
+  const json rope_parameters = rope_json(m, &rope_scaling);
+  return {
       {"architectures", {"DeepseekV3ForCausalLM"}},
       {"model_type", "deepseek_v3"},
       {"vocab_size", m.vocab_size},
@@ -147,20 +165,20 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
       {"num_hidden_layers", m.num_hidden_layers},
       {"num_attention_heads", m.num_attention_heads},
       {"num_key_value_heads", m.num_attention_heads},
-      {"q_lora_rank", m.q_lora_rank ? json(*m.q_lora_rank) : json(nullptr)},
-      {"kv_lora_rank", m.kv_lora_rank},
-      {"qk_nope_head_dim", m.qk_nope_head_dim},
-      {"qk_rope_head_dim", m.qk_rope_head_dim},
-      {"v_head_dim", m.v_head_dim},
+      {"q_lora_rank", a.q_lora_rank ? json(*a.q_lora_rank) : json(nullptr)},
+      {"kv_lora_rank", a.kv_lora_rank},
+      {"qk_nope_head_dim", a.qk_nope_head_dim},
+      {"qk_rope_head_dim", a.qk_rope_head_dim},
+      {"v_head_dim", a.v_head_dim},
       {"n_routed_experts", m.n_routed_experts},
       {"n_shared_experts", m.n_shared_experts},
       {"num_experts_per_tok", m.num_experts_per_tok},
-      {"n_group", m.n_group},
-      {"topk_group", m.topk_group},
-      {"routed_scaling_factor", m.routed_scaling_factor},
+      {"n_group", r.n_group},
+      {"topk_group", r.topk_group},
+      {"routed_scaling_factor", r.routed_scaling_factor},
       {"norm_topk_prob", m.norm_topk_prob},
       {"first_k_dense_replace", m.first_k_dense_replace},
-      {"scoring_func", m.scoring_func},
+      {"scoring_func", r.scoring_func},
       {"topk_method", "noaux_tc"},
       {"hidden_act", "silu"},
       {"rms_norm_eps", m.rms_norm_eps},
@@ -174,9 +192,76 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
       {"tie_word_embeddings", false},
       {"num_nextn_predict_layers", include_mtp ? m.num_nextn_predict_layers : 0},
       {"initializer_range", m.init_std},
-      {"torch_dtype", fp8 ? "bfloat16" : "float32"},
-      {"dtype", fp8 ? "bfloat16" : "float32"},
   };
+}
+
+json qwen3_moe_config(const config::ModelConfig& m) {
+  const model::GqaSettings& a = model::gqa_settings(m);
+  const auto unsupported = [](const std::string& what) {
+    throw ConfigError(fmt::format("{} has no equivalent in transformers' Qwen3Moe", what));
+  };
+  if (!a.qk_norm) unsupported("model.attention.qk_norm=false");
+  if (m.n_shared_experts != 0) unsupported(fmt::format("model.n_shared_experts={}", m.n_shared_experts));
+  if (m.rope_interleave) unsupported("model.rope_interleave=true (Qwen3 rotates halves)");
+  if (m.rope_scaling.type != "none") unsupported(fmt::format("model.rope_scaling.type '{}'", m.rope_scaling.type));
+  json dense = json::array();
+  for (int64_t i = 0; i < std::min(m.first_k_dense_replace, m.num_hidden_layers); ++i) dense.push_back(i);
+  return {
+      {"architectures", {"Qwen3MoeForCausalLM"}},
+      {"model_type", "qwen3_moe"},
+      {"vocab_size", m.vocab_size},
+      {"hidden_size", m.hidden_size},
+      {"intermediate_size", m.intermediate_size},
+      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"num_hidden_layers", m.num_hidden_layers},
+      {"num_attention_heads", m.num_attention_heads},
+      {"num_key_value_heads", a.num_key_value_heads},
+      {"head_dim", a.head_dim},
+      {"num_experts", m.n_routed_experts},
+      {"num_local_experts", m.n_routed_experts},
+      {"num_experts_per_tok", m.num_experts_per_tok},
+      {"norm_topk_prob", m.norm_topk_prob},
+      {"decoder_sparse_step", 1},
+      {"mlp_only_layers", dense},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", m.rms_norm_eps},
+      {"max_position_embeddings", m.max_position_embeddings},
+      {"rope_theta", m.rope_theta},
+      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", m.rope_theta}}},
+      {"attention_bias", m.attention_bias},
+      {"attention_dropout", 0.0},
+      {"use_sliding_window", false},
+      {"tie_word_embeddings", false},
+      {"initializer_range", m.init_std},
+  };
+}
+
+// The transformers architecture of a layer-type combination; ConfigError for one it lacks.
+enum class HfArchitecture { deepseek_v3, qwen3_moe };
+HfArchitecture hf_architecture(const config::ModelConfig& m) {
+  const std::string& attention = m.attention.type();
+  const std::string& router = m.router.type();
+  if (attention == "mla" && router == "deepseek_v3") return HfArchitecture::deepseek_v3;
+  if (attention == "gqa" && router == "softmax_topk") return HfArchitecture::qwen3_moe;
+  throw ConfigError(fmt::format("model.attention.type '{}' with model.router.type '{}' has no transformers "
+                                "architecture to export to (supported: mla + deepseek_v3 -> DeepseekV3, gqa + "
+                                "softmax_topk -> Qwen3Moe)",
+                                attention, router));
+}
+
+}  // namespace
+
+void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::DeepSeekV3Impl& model, bool include_mtp,
+               bool fp8) {
+  const HfArchitecture architecture = hf_architecture(m);
+  if (architecture == HfArchitecture::qwen3_moe && include_mtp && m.num_nextn_predict_layers > 0) {
+    throw ConfigError(fmt::format("model.num_nextn_predict_layers={}: transformers' Qwen3Moe has no MTP modules "
+                                  "(export with --no-mtp)",
+                                  m.num_nextn_predict_layers));
+  }
+  fs::create_directories(out_dir);
+  json config = architecture == HfArchitecture::deepseek_v3 ? deepseek_v3_config(m, include_mtp) : qwen3_moe_config(m);
+  config["torch_dtype"] = config["dtype"] = fp8 ? "bfloat16" : "float32";
   if (fp8) {
     config["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
                                      {"weight_block_size", {ops::fp8::kTile, ops::fp8::kTile}}};
@@ -187,6 +272,17 @@ void export_hf(const std::string& out_dir, const config::ModelConfig& m, model::
   const auto state = model_state(model);
   const std::regex mtp_key(R"(mtp\.(\d+)\.(.+))");
   for (const auto& [name, t] : state) {
+    if (architecture == HfArchitecture::qwen3_moe && name.size() > 24 &&
+        name.compare(name.size() - 24, 24, ".e_score_correction_bias") == 0) {
+      // Qwen3Moe routes without a balancing bias: exporting one that steers the choice would
+      // change the routing silently.
+      if (t.abs().max().item<double>() != 0.0) {
+        throw ConfigError(fmt::format("{} is non-zero (max |bias| {}): transformers' Qwen3Moe has no routing bias, "
+                                      "so the export would route differently (train with train.bias_update_speed=0)",
+                                      name, t.abs().max().item<double>()));
+      }
+      continue;
+    }
     std::smatch match;
     if (!std::regex_match(name, match, mtp_key)) {
       tensors.emplace_back(name, t);

@@ -2,6 +2,8 @@
 // the HF checkpoint keys.
 #include "latentmoe/model/decoder_block.h"
 
+#include "latentmoe/model/layer_registry.h"
+
 namespace latentmoe::model {
 
 bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index) {
@@ -10,7 +12,7 @@ bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index) {
 
 DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index_) : layer_index(layer_index_) {
   input_layernorm = register_module("input_layernorm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
-  self_attn = register_module("self_attn", MultiHeadLatentAttention(cfg));
+  self_attn = register_module("self_attn", Attention(make_attention(cfg, layer_index)));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
   if (is_moe_layer(cfg, layer_index)) {
@@ -30,7 +32,7 @@ void DecoderBlockImpl::set_recompute(Recompute mode) {
   }
 }
 
-BlockOutput DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache) {
+BlockOutput DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache) {
   if (cache || !recompute_active(recompute_ == Recompute::full, is_training())) return forward_layers(x, positions, cache);
   // The whole block reruns in the backward; the routing returned here is the forward's own.
   const Region block = [this](const torch::autograd::variable_list& in) -> torch::autograd::variable_list {
@@ -46,7 +48,7 @@ BlockOutput DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tenso
 }
 
 BlockOutput DecoderBlockImpl::forward_layers(const torch::Tensor& x, const torch::Tensor& positions,
-                                             LatentKVCache* cache) {
+                                             AttentionCache* cache) {
   torch::Tensor attention;
   if (!cache && recompute_active(recompute_ == Recompute::selective, is_training())) {
     const Region core = [this](const torch::autograd::variable_list& in) -> torch::autograd::variable_list {

@@ -2,7 +2,7 @@
 // the main model's last block output, before the final norm) at positions [0, seq - k).
 #include "latentmoe/model/deepseek_v3.h"
 
-#include <torch/nn/init.h>
+#include "latentmoe/model/init.h"
 
 namespace latentmoe::model {
 
@@ -34,19 +34,15 @@ DeepSeekV3Impl::DeepSeekV3Impl(const config::ModelConfig& cfg_) : cfg(cfg_) {
   reset_parameters(cfg.init_std);
 }
 
-void DeepSeekV3Impl::reset_parameters(double init_std) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : named_parameters()) {
-    const std::string& name = p.key();
-    torch::Tensor& t = p.value();
-    if (t.dim() >= 2) {
-      t.normal_(0.0, init_std);
-    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
-      t.zero_();
-    } else {
-      t.fill_(1.0);  // norm weights
-    }
+void DeepSeekV3Impl::reset_parameters(double init_std) { reset_module_tree(*this, init_std); }
+
+std::vector<std::unique_ptr<AttentionCache>> DeepSeekV3Impl::make_caches(int64_t batch, int64_t capacity,
+                                                                        const torch::TensorOptions& options) {
+  std::vector<std::unique_ptr<AttentionCache>> caches;
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    caches.push_back(model->layers[i]->as<DecoderBlockImpl>()->self_attn->make_cache(batch, capacity, options));
   }
+  return caches;
 }
 
 void DeepSeekV3Impl::set_recompute(Recompute mode) {
@@ -74,13 +70,14 @@ void DeepSeekV3Impl::set_fp8(const ops::fp8::Recipe& recipe) {
   });
 }
 
-ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp, std::vector<LatentKVCache>* caches,
+ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mtp,
+                                    std::vector<std::unique_ptr<AttentionCache>>* caches,
                                     bool compute_logits) {
   TORCH_CHECK(input_ids.dim() == 2, "DeepSeekV3: input_ids must be [batch, seq], got ", input_ids.sizes());
   TORCH_CHECK(!caches || static_cast<int64_t>(caches->size()) == cfg.num_hidden_layers,
               "DeepSeekV3: need one cache per layer (", cfg.num_hidden_layers, "), got ", caches ? caches->size() : 0);
   const int64_t seq = input_ids.size(1);
-  const int64_t start = caches ? (*caches)[0].length : 0;
+  const int64_t start = caches ? (*caches)[0]->length : 0;
   const auto long_options = torch::TensorOptions(torch::kLong).device(input_ids.device());
   const torch::Tensor positions = torch::arange(start, start + seq, long_options);
 
@@ -88,7 +85,7 @@ ModelOutput DeepSeekV3Impl::forward(const torch::Tensor& input_ids, bool with_mt
   const torch::Tensor embedded = model->embed_tokens(input_ids);
   torch::Tensor h = embedded;
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    BlockOutput b = model->layers[i]->as<DecoderBlockImpl>()->forward(h, positions, caches ? &(*caches)[i] : nullptr);
+    BlockOutput b = model->layers[i]->as<DecoderBlockImpl>()->forward(h, positions, caches ? (*caches)[i].get() : nullptr);
     h = b.hidden;
     if (b.routing) out.routing.push_back(std::move(*b.routing));
   }

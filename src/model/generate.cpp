@@ -1,4 +1,5 @@
-// Generation: one prefill over the prompt, then one token per step through the absorbed-MLA cache.
+// Generation: one prefill over the prompt, then one token per step through each attention layer's
+// own cache (AttentionCache: MLA keeps the latent, GQA the keys and values).
 #include "latentmoe/model/generate.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -30,8 +31,7 @@ std::vector<int64_t> generate(DeepSeekV3Impl& model, const std::vector<int64_t>&
   TORCH_CHECK(total <= cfg.max_position_embeddings, "generate: prompt + max tokens = ", total,
               " exceeds model.max_position_embeddings = ", cfg.max_position_embeddings);
   const auto device = model.lm_head->weight.device();
-  std::vector<LatentKVCache> caches(static_cast<size_t>(cfg.num_hidden_layers));
-  for (auto& c : caches) c.allocate(1, total, cfg, model.lm_head->weight.options());
+  std::vector<std::unique_ptr<AttentionCache>> caches = model.make_caches(1, total, model.lm_head->weight.options());
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
 
   std::vector<int64_t> produced;

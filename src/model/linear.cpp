@@ -20,6 +20,12 @@ LinearImpl::LinearImpl(const torch::nn::LinearOptions& options_) : options(optio
   }
 }
 
+void LinearImpl::reset_own_parameters(double init_std) {
+  torch::NoGradGuard no_grad;
+  weight.normal_(0.0, init_std);
+  if (bias.defined()) bias.zero_();
+}
+
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   if (fp8.enabled()) return ops::fp8::linear(x, weight, bias, fp8, fp8_name);
   return ops::linear(x, weight, bias);  // an undefined bias is no bias

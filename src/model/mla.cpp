@@ -2,20 +2,18 @@
 // absorbed form for cached generation (kv_b_proj folded into the query and the output).
 #include "latentmoe/model/mla.h"
 
-#include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/scaled_dot_product_attention.h>
+#include "latentmoe/model/layer_registry.h"
 
 #include <cmath>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-
-#include "latentmoe/ops/linear.h"
+#include <limits>
 
 namespace latentmoe::model {
 
 void LatentKVCache::allocate(int64_t batch, int64_t capacity, const config::ModelConfig& cfg,
                              const torch::TensorOptions& options) {
-  latent = torch::zeros({batch, capacity, cfg.kv_lora_rank}, options);
-  rope_key = torch::zeros({batch, capacity, cfg.qk_rope_head_dim}, options);
+  const MlaSettings& mla = mla_settings(cfg);
+  latent = torch::zeros({batch, capacity, mla.kv_lora_rank}, options);
+  rope_key = torch::zeros({batch, capacity, mla.qk_rope_head_dim}, options);
   length = 0;
 }
 
@@ -24,13 +22,13 @@ int64_t LatentKVCache::bytes_per_token() const {
 }
 
 MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg_)
-    : cfg(cfg_), rotary(cfg_) {
+    : cfg(cfg_), mla(mla_settings(cfg_)), rotary(cfg_) {
   const int64_t heads = cfg.num_attention_heads;
-  const int64_t qk_dim = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+  const int64_t qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim;
   softmax_scale = std::pow(static_cast<double>(qk_dim), -0.5) * rotary.softmax_scale_multiplier();
   const auto linear = [](int64_t in, int64_t out, bool bias) { return torch::nn::LinearOptions(in, out).bias(bias); };
-  if (cfg.q_lora_rank) {
-    const int64_t rank = *cfg.q_lora_rank;
+  if (mla.q_lora_rank) {
+    const int64_t rank = *mla.q_lora_rank;
     q_a_proj = register_module("q_a_proj", Linear(linear(cfg.hidden_size, rank, cfg.attention_bias)));
     q_a_layernorm = register_module("q_a_layernorm", RMSNorm(RMSNormOptions(rank).eps(cfg.rms_norm_eps)));
     q_b_proj = register_module("q_b_proj", Linear(linear(rank, heads * qk_dim, false)));
@@ -39,59 +37,33 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelCo
   }
   kv_a_proj_with_mqa = register_module(
       "kv_a_proj_with_mqa",
-      Linear(linear(cfg.hidden_size, cfg.kv_lora_rank + cfg.qk_rope_head_dim, cfg.attention_bias)));
-  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(RMSNormOptions(cfg.kv_lora_rank).eps(cfg.rms_norm_eps)));
+      Linear(linear(cfg.hidden_size, mla.kv_lora_rank + mla.qk_rope_head_dim, cfg.attention_bias)));
+  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(RMSNormOptions(mla.kv_lora_rank).eps(cfg.rms_norm_eps)));
   kv_b_proj = register_module(
-      "kv_b_proj", Linear(linear(cfg.kv_lora_rank, heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), false)));
-  o_proj = register_module("o_proj", Linear(linear(heads * cfg.v_head_dim, cfg.hidden_size, cfg.attention_bias)));
+      "kv_b_proj", Linear(linear(mla.kv_lora_rank, heads * (mla.qk_nope_head_dim + mla.v_head_dim), false)));
+  o_proj = register_module("o_proj", Linear(linear(heads * mla.v_head_dim, cfg.hidden_size, cfg.attention_bias)));
 }
 
 MultiHeadLatentAttentionImpl::Projected MultiHeadLatentAttentionImpl::project(const torch::Tensor& x,
                                                                               const torch::Tensor& positions) {
   const int64_t batch = x.size(0), seq = x.size(1), heads = cfg.num_attention_heads;
-  const torch::Tensor q = cfg.q_lora_rank ? q_b_proj(q_a_layernorm(q_a_proj(x))) : q_proj(x);
+  const torch::Tensor q = mla.q_lora_rank ? q_b_proj(q_a_layernorm(q_a_proj(x))) : q_proj(x);
   const torch::Tensor q_heads = q.view({batch, seq, heads, -1}).transpose(1, 2);  // [b,h,s,nope+rope]
-  const auto q_parts = q_heads.split({cfg.qk_nope_head_dim, cfg.qk_rope_head_dim}, -1);
-  const auto kv_parts = kv_a_proj_with_mqa(x).split({cfg.kv_lora_rank, cfg.qk_rope_head_dim}, -1);
+  const auto q_parts = q_heads.split({mla.qk_nope_head_dim, mla.qk_rope_head_dim}, -1);
+  const auto kv_parts = kv_a_proj_with_mqa(x).split({mla.kv_lora_rank, mla.qk_rope_head_dim}, -1);
   auto [cos, sin] = rotary.cos_sin(positions);  // [s, rope/2] or [b, s, rope/2]
   return {q_parts[0], rotary.apply(q_parts[1], cos, sin), kv_a_layernorm(kv_parts[0]),
           rotary.apply(kv_parts[1], cos, sin)};
 }
 
-// MLA's value heads are narrower than its query/key heads, which keeps torch's CPU SDPA on its
-// math path (scores materialized, masks built per call). Padding the values lets its fused
-// (flash) CPU kernel run: measured fwd+bwd at seq 512, 8 heads, 96/64 dims, 2 threads,
-// 108 -> 34 ms in bf16 and 99 -> 55 ms in fp32; at seq 128 the padded kernel is slower (3.4 vs
-// 6.7 ms in bf16 at 48/32 dims), so shorter sequences keep the plain call. The zero columns
-// contribute nothing to the kept ones, and their gradient is cut away by the narrow.
-torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               double scale) {
-  const int64_t width = query.size(-1), value_width = value.size(-1);
-  if (!query.device().is_cpu() || value_width >= width || query.size(-2) < kPadValueFromSeq) {
-    return at::scaled_dot_product_attention(query, key, value, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                            /*is_causal=*/true, /*scale=*/scale);
-  }
-  const torch::Tensor padded = at::constant_pad_nd(value, {0, width - value_width});
-  return at::scaled_dot_product_attention(query, key, padded, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                          /*is_causal=*/true, /*scale=*/scale)
-      .narrow(-1, 0, value_width);
-}
-
 torch::Tensor MultiHeadLatentAttentionImpl::attend_expanded(const Projected& p) {
   const int64_t batch = p.latent.size(0), seq = p.latent.size(1), heads = cfg.num_attention_heads;
   const auto kv = kv_b_proj(p.latent).view({batch, seq, heads, -1}).transpose(1, 2).split(
-      {cfg.qk_nope_head_dim, cfg.v_head_dim}, -1);
-  const torch::Tensor k_rope = p.k_rope.unsqueeze(1).expand({batch, heads, seq, cfg.qk_rope_head_dim});
+      {mla.qk_nope_head_dim, mla.v_head_dim}, -1);
+  const torch::Tensor k_rope = p.k_rope.unsqueeze(1).expand({batch, heads, seq, mla.qk_rope_head_dim});
   const torch::Tensor query = torch::cat({p.q_nope, p.q_rope}, -1);
   const torch::Tensor key = torch::cat({kv[0], k_rope}, -1);
-  if (const auto dtype = ops::emulated_autocast_dtype(query.device().type())) {
-    // No native low-precision GEMMs here: attention in fp32 on operands rounded as autocast would.
-    const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
-    return causal_attention(ops::rounded_to(query, *dtype), ops::rounded_to(key, *dtype),
-                            ops::rounded_to(kv[1], *dtype), softmax_scale)
-        .to(*dtype);
-  }
-  return causal_attention(query, key, kv[1], softmax_scale);  // [b,h,s,v]
+  return causal_attention_autocast(query, key, kv[1], softmax_scale);  // [b,h,s,v]
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::attend_absorbed(const Projected& p, LatentKVCache& cache) {
@@ -106,8 +78,8 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_absorbed(const Projected& p, 
   const torch::Tensor rope_key = cache.rope_key.narrow(1, 0, end);  // [b,t,rope]
   // kv_b_proj.weight [h*(nope+v), r] → per head [nope+v, r]: the key half folds into the query,
   // the value half is applied after attention, so keys/values are never expanded per head.
-  const auto w = kv_b_proj->weight.view({heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank})
-                     .split({cfg.qk_nope_head_dim, cfg.v_head_dim}, 1);
+  const auto w = kv_b_proj->weight.view({heads, mla.qk_nope_head_dim + mla.v_head_dim, mla.kv_lora_rank})
+                     .split({mla.qk_nope_head_dim, mla.v_head_dim}, 1);
   const torch::Tensor q_latent = torch::einsum("bhsd,hdr->bhsr", {p.q_nope, w[0]});
   torch::Tensor scores = torch::matmul(q_latent, latent.unsqueeze(1).transpose(-1, -2)) +
                          torch::matmul(p.q_rope, rope_key.unsqueeze(1).transpose(-1, -2));  // [b,h,s,t]
@@ -121,9 +93,18 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_absorbed(const Projected& p, 
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
-                                                   LatentKVCache* cache) {
+                                                   AttentionCache* cache) {
   if (!cache) return output_projection(attention_core(x, positions));
-  return output_projection(attend_absorbed(project(x, positions), *cache));
+  auto* latent_cache = dynamic_cast<LatentKVCache*>(cache);
+  TORCH_CHECK(latent_cache, "MultiHeadLatentAttention: the cache was not made by this layer's make_cache");
+  return output_projection(attend_absorbed(project(x, positions), *latent_cache));
+}
+
+std::unique_ptr<AttentionCache> MultiHeadLatentAttentionImpl::make_cache(int64_t batch, int64_t capacity,
+                                                                         const torch::TensorOptions& options) const {
+  auto cache = std::make_unique<LatentKVCache>();
+  cache->allocate(batch, capacity, cfg, options);
+  return cache;
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::attention_core(const torch::Tensor& x, const torch::Tensor& positions) {
@@ -134,5 +115,12 @@ torch::Tensor MultiHeadLatentAttentionImpl::output_projection(const torch::Tenso
   const int64_t batch = attended.size(0), seq = attended.size(2);
   return o_proj(attended.transpose(1, 2).reshape({batch, seq, -1}));
 }
+
+namespace {
+const bool registered = register_attention(
+    "mla", [](const config::ModelConfig& cfg, int64_t) -> std::shared_ptr<AttentionLayer> {
+      return std::make_shared<MultiHeadLatentAttentionImpl>(cfg);
+    });
+}  // namespace
 
 }  // namespace latentmoe::model

@@ -3,6 +3,8 @@
 // Deterministic: same routing → same summation order.
 #include "latentmoe/model/moe.h"
 
+#include "latentmoe/model/layer_registry.h"
+
 #include <ATen/record_function.h>
 #include <fmt/format.h>
 #include <torch/autograd.h>
@@ -53,7 +55,7 @@ class StackedExpertWeights : public torch::autograd::Function<StackedExpertWeigh
 }  // namespace
 
 MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
-  gate = register_module("gate", Router(cfg));
+  gate = register_module("gate", Router(make_router(cfg)));
   experts = register_module("experts", std::make_shared<torch::nn::Module>("Experts"));
   for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
     local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size))));

@@ -4,31 +4,12 @@
 
 #include <fmt/format.h>
 
+#include "latentmoe/model/checked_count.h"
 #include "latentmoe/util/error.h"
 
 namespace latentmoe::model {
 
 namespace {
-// int64 arithmetic that cannot wrap: an absurd config gets an error naming the model section,
-// not a negative parameter count.
-class Count {
- public:
-  Count(int64_t v = 0) : v_(v) {}  // NOLINT: implicit, so config fields mix in freely
-  int64_t value() const { return v_; }
-  friend Count operator+(Count a, Count b) { return checked(__builtin_add_overflow(a.v_, b.v_, &a.v_), a); }
-  friend Count operator*(Count a, Count b) { return checked(__builtin_mul_overflow(a.v_, b.v_, &a.v_), a); }
-  Count& operator+=(Count b) { return *this = *this + b; }
-
- private:
-  static Count checked(bool overflowed, Count result) {
-    if (overflowed) {
-      throw ConfigError("model: the parameter count overflows 64-bit integers; the model section's sizes "
-                        "(hidden_size, vocab_size, intermediate sizes, experts, layers) are far beyond any real model");
-    }
-    return result;
-  }
-  int64_t v_;
-};
 
 struct BlockCounts {
   Count attention, dense_ffn, routed, routed_activated, shared, router, norms;
@@ -36,33 +17,23 @@ struct BlockCounts {
   Count activated() const { return attention + dense_ffn + routed_activated + shared + router + norms; }
 };
 
-Count attention_parameters(const config::ModelConfig& m) {
-  const Count heads = m.num_attention_heads, qk = Count(m.qk_nope_head_dim) + m.qk_rope_head_dim;
-  const Count hidden = m.hidden_size, bias = m.attention_bias ? 1 : 0;
-  Count n;
-  if (m.q_lora_rank) {
-    const Count r = *m.q_lora_rank;
-    n += hidden * r + bias * r + r + r * heads * qk;  // q_a, its bias, q_a_layernorm, q_b
-  } else {
-    n += hidden * heads * qk;
-  }
-  const Count kv_a = Count(m.kv_lora_rank) + m.qk_rope_head_dim;
-  n += hidden * kv_a + bias * kv_a + m.kv_lora_rank;                                 // kv_a (+bias), kv_a_layernorm
-  n += Count(m.kv_lora_rank) * heads * (Count(m.qk_nope_head_dim) + m.v_head_dim);  // kv_b
-  n += heads * m.v_head_dim * hidden + bias * hidden;                                // o_proj
-  return n;
+// The registered layer type's own counter (config/layer_choice.h).
+config::LayerCounts layer_counts(const config::LayerChoice& choice, const config::ModelConfig& m) {
+  const config::LayerTypeInfo* info = config::find_layer_type(choice.family(), choice.type());
+  if (!info) throw ConfigError(fmt::format("model.{}.type '{}' is not registered", choice.family(), choice.type()));
+  return info->count ? info->count(m) : config::LayerCounts{};
 }
 
 BlockCounts block_counts(const config::ModelConfig& m, int64_t layer_index) {
   BlockCounts b;
-  b.attention = attention_parameters(m);
+  b.attention = layer_counts(m.attention, m).parameters;
   b.norms = Count(2) * m.hidden_size;
   const Count swiglu = Count(3) * m.hidden_size;
   if (m.n_routed_experts > 0 && layer_index >= m.first_k_dense_replace) {
     b.routed = Count(m.n_routed_experts) * swiglu * m.moe_intermediate_size;
     b.routed_activated = Count(m.num_experts_per_tok) * swiglu * m.moe_intermediate_size;
     b.shared = Count(m.n_shared_experts) * swiglu * m.moe_intermediate_size;
-    b.router = Count(m.n_routed_experts) * m.hidden_size;
+    b.router = layer_counts(m.router, m).parameters;
   } else {
     b.dense_ffn = swiglu * m.intermediate_size;
   }
@@ -114,19 +85,16 @@ FlopCounts forward_flops_per_token(const config::ModelConfig& m, int64_t seq_len
   FlopCounts f;
   const ParameterCounts c = count_parameters(m);
   // Norm weights and router biases are not matmul weights; the embedding is a lookup.
-  int64_t norm_like = c.norms;
-  if (m.q_lora_rank) norm_like += m.num_hidden_layers * *m.q_lora_rank;
-  norm_like += m.num_hidden_layers * m.kv_lora_rank;
+  const config::LayerCounts attention = layer_counts(m.attention, m);
+  const int64_t norm_like = c.norms + m.num_hidden_layers * attention.norm_parameters;
   const double matmul_weights = static_cast<double>(c.activated - c.embedding - norm_like);
   f.matmul = 2.0 * matmul_weights;
   const double context = (static_cast<double>(seq_len) + 1.0) / 2.0;
-  const double per_layer_attention =
-      2.0 * m.num_attention_heads * context * static_cast<double>(m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim);
+  const double per_layer_attention = 2.0 * context * static_cast<double>(attention.score_width);
   f.attention = per_layer_attention * static_cast<double>(m.num_hidden_layers);
   f.forward = f.matmul + f.attention;
   if (m.num_nextn_predict_layers > 0) {
-    const int64_t mtp_norm_like = m.num_nextn_predict_layers *
-                                  (5 * m.hidden_size + m.kv_lora_rank + (m.q_lora_rank ? *m.q_lora_rank : 0));
+    const int64_t mtp_norm_like = m.num_nextn_predict_layers * (5 * m.hidden_size + attention.norm_parameters);
     f.mtp_forward = 2.0 * (static_cast<double>(c.mtp_activated - mtp_norm_like) +
                            static_cast<double>(m.num_nextn_predict_layers) * static_cast<double>(c.head)) +
                     per_layer_attention * static_cast<double>(m.num_nextn_predict_layers);

@@ -10,6 +10,11 @@ RMSNormImpl::RMSNormImpl(const RMSNormOptions& options_) : options(options_) {
   weight = register_parameter("weight", torch::ones({options.dim()}));
 }
 
+void RMSNormImpl::reset_own_parameters(double) {
+  torch::NoGradGuard no_grad;
+  weight.fill_(1.0);
+}
+
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return ops::rms_norm(x, weight, options.eps());
 }

@@ -1,38 +1,83 @@
-// Router: the fp32 gate GEMM, then one op for scoring, the biased group-limited top-k (groups
+// Routers: the fp32 gate GEMM, then one op for scoring, the biased (group-limited) top-k (groups
 // outside the kept ones can never be chosen, as the released code's -inf mask), gate weights from
-// the unbiased scores and the per-expert counts.
+// the unbiased scores and the per-expert counts. Registered as `model.router.type` deepseek_v3
+// and softmax_topk; their keys and rules are src/model/router_spec.cpp.
 #include "latentmoe/model/router.h"
 
 #include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include "latentmoe/model/layer_registry.h"
 #include "latentmoe/ops/moe_router.h"
 
 namespace latentmoe::model {
 
-RouterImpl::RouterImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
-  weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));
-  e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({cfg.n_routed_experts}));
-}
-
-RouterOutput RouterImpl::forward(const torch::Tensor& x) {
+namespace {
+// Gate logits in fp32 whatever the autocast (DeepSeek-V3 keeps MoE gating in high precision),
+// then ops::moe_router.
+RouterOutput route(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                   const ops::RouterChoice& options) {
   RECORD_FUNCTION("latentmoe.moe.router", c10::ArrayRef<const c10::IValue>{});
-  // Gating stays in fp32 under bf16 autocast (DeepSeek-V3 keeps MoE gating in high precision).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(
       c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
   RouterOutput out;
   out.logits = torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));
-  const bool sigmoid = cfg.scoring_func == "sigmoid";
-  // Scores, biased group-limited top-k, gate weights and counts in one op (ops/moe_router.h).
-  auto [ids, gates, scores, counts] = ops::moe_router(
-      out.logits, e_score_correction_bias.to(torch::kFloat),
-      {.top_k = cfg.num_experts_per_tok, .n_group = cfg.n_group, .topk_group = cfg.topk_group, .sigmoid = sigmoid,
-       .normalize = cfg.norm_topk_prob, .scaling = cfg.routed_scaling_factor});
+  auto [ids, gates, scores, counts] = ops::moe_router(out.logits, bias.to(torch::kFloat), options);
   out.expert_ids = ids;
   out.expert_counts = counts;
   out.gate_weights = gates;
-  out.token_scores = sigmoid ? scores / scores.sum(-1, /*keepdim=*/true) : scores;
+  out.token_scores = options.sigmoid ? scores / scores.sum(-1, /*keepdim=*/true) : scores;
   return out;
 }
+}  // namespace
+
+RouterLayer::RouterLayer(int64_t n_routed_experts) {
+  e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({n_routed_experts}));
+}
+
+DeepSeekRouterImpl::DeepSeekRouterImpl(const config::ModelConfig& cfg_)
+    : RouterLayer(cfg_.n_routed_experts), cfg(cfg_), settings(deepseek_router_settings(cfg_)) {
+  weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));
+}
+
+void DeepSeekRouterImpl::reset_own_parameters(double init_std) {
+  torch::NoGradGuard no_grad;
+  weight.normal_(0.0, init_std);
+}
+
+RouterOutput DeepSeekRouterImpl::forward(const torch::Tensor& x) {
+  return route(x, weight, e_score_correction_bias,
+               {.top_k = cfg.num_experts_per_tok, .n_group = settings.n_group, .topk_group = settings.topk_group,
+                .sigmoid = settings.scoring_func == "sigmoid", .normalize = cfg.norm_topk_prob,
+                .scaling = settings.routed_scaling_factor});
+}
+
+SoftmaxTopkRouterImpl::SoftmaxTopkRouterImpl(const config::ModelConfig& cfg)
+    : RouterLayer(cfg.n_routed_experts), top_k(cfg.num_experts_per_tok), normalize(cfg.norm_topk_prob) {
+  weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));
+}
+
+void SoftmaxTopkRouterImpl::reset_own_parameters(double init_std) {
+  torch::NoGradGuard no_grad;
+  weight.normal_(0.0, init_std);
+}
+
+RouterOutput SoftmaxTopkRouterImpl::forward(const torch::Tensor& x) {
+  // One group holding every expert: a plain top-k; no scaling.
+  return route(x, weight, e_score_correction_bias,
+               {.top_k = top_k, .n_group = 1, .topk_group = 1, .sigmoid = false, .normalize = normalize,
+                .scaling = 1.0});
+}
+
+namespace {
+const bool registered = register_router("deepseek_v3",
+                                        [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
+                                          return std::make_shared<DeepSeekRouterImpl>(cfg);
+                                        }) &&
+                        register_router("softmax_topk",
+                                        [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
+                                          return std::make_shared<SoftmaxTopkRouterImpl>(cfg);
+                                        });
+}  // namespace
 
 }  // namespace latentmoe::model

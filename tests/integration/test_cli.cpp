@@ -64,7 +64,7 @@ TEST(Cli, DumpV3PrintsTheFullConfigAndReloads) {
 TEST(Cli, ConflictingOverrideNamesBothKeys) {
   const CliRun r = run_cli("config --config " + preset("deepseek-v3") + " --set model.n_routed_experts=255");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.output.find("model.n_routed_experts (255) must be divisible by model.n_group (8)"), std::string::npos)
+  EXPECT_NE(r.output.find("model.n_routed_experts (255) must be divisible by model.router.n_group (8)"), std::string::npos)
       << r.output;
 }
 

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "latentmoe/config/loader.h"
+#include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/router_settings.h"
 #include "latentmoe/io/hf_config.h"
 #include "test_util.h"
 
@@ -24,10 +26,12 @@ TEST(ConfigLoader, ReadsNestedValuesOfEveryType) {
                               "name: demo\n"
                               "model:\n"
                               "  hidden_size: 256\n"
-                              "  q_lora_rank: null\n"
-                              "  routed_scaling_factor: 1\n"
+                              "  attention:\n"
+                              "    q_lora_rank: null\n"
+                              "  router:\n"
+                              "    routed_scaling_factor: 1\n"
+                              "    scoring_func: softmax\n"
                               "  norm_topk_prob: false\n"
-                              "  scoring_func: softmax\n"
                               "  rope_scaling:\n"
                               "    type: yarn\n"
                               "    factor: 40\n"
@@ -39,10 +43,10 @@ TEST(ConfigLoader, ReadsNestedValuesOfEveryType) {
   const cfg::Config c = cfg::load_config_file(path);
   EXPECT_EQ(c.name, "demo");
   EXPECT_EQ(c.model.hidden_size, 256);
-  EXPECT_FALSE(c.model.q_lora_rank.has_value());
-  EXPECT_DOUBLE_EQ(c.model.routed_scaling_factor, 1.0);
+  EXPECT_FALSE(latentmoe::model::mla_settings(c.model).q_lora_rank.has_value());
+  EXPECT_DOUBLE_EQ(latentmoe::model::deepseek_router_settings(c.model).routed_scaling_factor, 1.0);
   EXPECT_FALSE(c.model.norm_topk_prob);
-  EXPECT_EQ(c.model.scoring_func, "softmax");
+  EXPECT_EQ(latentmoe::model::deepseek_router_settings(c.model).scoring_func, "softmax");
   EXPECT_EQ(c.model.rope_scaling.type, "yarn");
   EXPECT_DOUBLE_EQ(c.model.rope_scaling.factor, 40.0);
   EXPECT_EQ(c.schedule.stepdown_at, (std::vector<int64_t>{10, 20}));
@@ -92,8 +96,8 @@ TEST(ConfigLoader, WrongTypeNamesKeyPathValueAndExpectedType) {
 TEST(ConfigLoader, ChoiceFieldsListAllowedValues) {
   TempDir dir;
   expect_error_contains<ConfigError>(
-      [&] { cfg::load_config_file(dir.write("c.yaml", "model:\n  scoring_func: sigmod\n")); },
-      {"'model.scoring_func' must be one of 'sigmoid', 'softmax', got 'sigmod'", "(did you mean 'sigmoid'?)"});
+      [&] { cfg::load_config_file(dir.write("c.yaml", "model:\n  router:\n    scoring_func: sigmod\n")); },
+      {"'model.router.scoring_func' must be one of 'sigmoid', 'softmax', got 'sigmod'", "(did you mean 'sigmoid'?)"});
 }
 
 TEST(ConfigLoader, DuplicateKeysAreRejected) {
@@ -105,14 +109,15 @@ TEST(ConfigLoader, DuplicateKeysAreRejected) {
 
 TEST(ConfigLoader, JsonSharesTheSchemaAndLineNumbers) {
   TempDir dir;
-  const auto ok = dir.write("ok.json", "{\n  \"model\": {\"hidden_size\": 96, \"q_lora_rank\": null},\n  \"seed\": 7\n}\n");
+  const auto ok =
+      dir.write("ok.json", "{\n  \"model\": {\"hidden_size\": 96, \"attention\": {\"q_lora_rank\": null}},\n  \"seed\": 7\n}\n");
   const cfg::Config c = cfg::load_config_file(ok);
   EXPECT_EQ(c.model.hidden_size, 96);
-  EXPECT_FALSE(c.model.q_lora_rank);
+  EXPECT_FALSE(latentmoe::model::mla_settings(c.model).q_lora_rank);
   EXPECT_EQ(c.seed, 7);
-  const auto bad = dir.write("bad.json", "{\n  \"model\": {\n    \"n_group\": \"8\"\n  }\n}\n");
+  const auto bad = dir.write("bad.json", "{\n  \"model\": {\n    \"router\": {\"n_group\": \"8\"}\n  }\n}\n");
   expect_error_contains<ConfigError>([&] { cfg::load_config_file(bad); },
-                                     {"'model.n_group' expects int, got string '8' at " + bad + ":3"});
+                                     {"'model.router.n_group' expects int, got string '8' at " + bad + ":3"});
   const auto dup = dir.write("dup.json", "{\"seed\": 1,\n \"seed\": 2}\n");
   expect_error_contains<ConfigError>([&] { cfg::load_config_file(dup); }, {"duplicate key 'seed'"});
 }
@@ -139,7 +144,7 @@ TEST(ConfigOverride, SetsScalarsListsAndNull) {
   cfg::apply_override(c, "data.paths=[x, y]");
   cfg::apply_override(c, "name=has spaces");
   EXPECT_EQ(c.model.hidden_size, 256);
-  EXPECT_FALSE(c.model.q_lora_rank);
+  EXPECT_FALSE(latentmoe::model::mla_settings(c.model).q_lora_rank);  // the key from before model.attention
   EXPECT_DOUBLE_EQ(c.model.rope_scaling.factor, 4.0);
   EXPECT_EQ(c.data.paths, (std::vector<std::string>{"x", "y"}));
   EXPECT_EQ(c.name, "has spaces");
@@ -204,4 +209,47 @@ TEST(HfConfig, IntegersAreExactAndBlockSizesChecked) {
       [&] { parse_hf_config(base + R"("num_hidden_layers": 2, "quantization_config": {"weight_block_size": [0, 128]}})", "c.json"); },
       {"weight_block_size must be two positive integers, got [0,128]"});
   expect_error_contains<latentmoe::ConfigError>([&] { parse_hf_config("[1, 2]", "c.json"); }, {"c.json: must be a JSON object"});
+}
+
+// model.attention / model.router: the type decides which keys exist, wherever `type` is written;
+// typos get did-you-mean per type; keys from before the sections (checkpoints' config.yaml) load.
+TEST(ConfigLoader, LayerTypeSectionsHaveTheirTypesKeys) {
+  TempDir dir;
+  const auto gqa = dir.write("gqa.yaml", "model:\n  attention:\n    head_dim: 16\n    type: gqa\n    qk_norm: false\n");
+  const cfg::Config c = cfg::load_config_file(gqa);
+  EXPECT_EQ(c.model.attention.type(), "gqa");
+  EXPECT_EQ(latentmoe::model::gqa_settings(c.model).head_dim, 16);
+  EXPECT_FALSE(latentmoe::model::gqa_settings(c.model).qk_norm);
+  const auto mla_key = dir.write("m.yaml", "model:\n  attention:\n    type: gqa\n    kv_lora_rank: 16\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(mla_key); },
+                                     {"unknown key 'model.attention.kv_lora_rank' at " + mla_key + ":4"});
+  const auto typo = dir.write("t.yaml", "model:\n  attention:\n    type: gqa\n    num_key_value_head: 2\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(typo); },
+                                     {"unknown key 'model.attention.num_key_value_head' at " + typo + ":4",
+                                      "(did you mean 'num_key_value_heads'?)"});
+  const auto bad_type = dir.write("b.yaml", "model:\n  router:\n    type: softmax_top_k\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(bad_type); },
+                                     {"'model.router.type' must be one of", "(did you mean 'softmax_topk'?)"});
+
+  const auto legacy = dir.write("old.yaml", "model:\n  kv_lora_rank: 16\n  n_group: 2\n  scoring_func: softmax\n");
+  const cfg::Config old = cfg::load_config_file(legacy);
+  EXPECT_EQ(latentmoe::model::mla_settings(old.model).kv_lora_rank, 16);
+  EXPECT_EQ(latentmoe::model::deepseek_router_settings(old.model).n_group, 2);
+  EXPECT_EQ(latentmoe::model::deepseek_router_settings(old.model).scoring_func, "softmax");
+  EXPECT_NE(cfg::dump_config_yaml(old).find("  attention:"), std::string::npos);
+  EXPECT_EQ(cfg::load_config_text(cfg::dump_config_yaml(old), "dump"), old);
+  const auto legacy_gqa = dir.write("og.yaml", "model:\n  kv_lora_rank: 16\n  attention:\n    type: gqa\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(legacy_gqa); },
+                                     {"'model.kv_lora_rank' (now 'model.attention.kv_lora_rank') is not a key of "
+                                      "model.attention.type 'gqa'"});
+  const auto both = dir.write("two.yaml", "model:\n  kv_lora_rank: 16\n  attention:\n    kv_lora_rank: 8\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(both); }, {"'model.kv_lora_rank' is given twice"});
+
+  cfg::Config set;
+  cfg::apply_override(set, "model.attention.type=gqa");
+  cfg::apply_override(set, "model.attention.num_key_value_heads=4");
+  EXPECT_EQ(latentmoe::model::gqa_settings(set.model).num_key_value_heads, 4);
+  cfg::Config other;
+  EXPECT_FALSE(set == other);
+  EXPECT_FALSE(other == set);
 }

@@ -52,24 +52,32 @@ TEST(ConfigValidate, DebugPresetEqualsTheDefaults) {
 TEST(ConfigValidate, ExpertsMustDivideIntoGroups) {
   const cfg::Config v3 = cfg::load_config("deepseek-v3", {"model.n_routed_experts=255"});
   expect_error_contains<ConfigError>([&] { cfg::validate_config(v3, cfg::kUnknownWorldSize); },
-                                     {"model.n_routed_experts (255) must be divisible by model.n_group (8)"});
+                                     {"model.n_routed_experts (255) must be divisible by model.router.n_group (8)"});
 }
 
 TEST(ConfigValidate, TopKMustBeReachableWithinKeptGroups) {
   expect_violation({"model.num_experts_per_tok=5"},
-                   {"model.num_experts_per_tok (5) is unreachable: model.topk_group (2) groups of "
-                    "model.n_routed_experts/model.n_group (8/4 = 2) experts keep only 4"});
-  expect_violation({"model.topk_group=5"}, {"model.topk_group (5) must be <= model.n_group (4)"});
+                   {"model.num_experts_per_tok (5) is unreachable: model.router.topk_group (2) groups of "
+                    "model.n_routed_experts/model.router.n_group (8/4 = 2) experts keep only 4"});
+  expect_violation({"model.router.topk_group=5"}, {"model.router.topk_group (5) must be <= model.router.n_group (4)"});
   expect_violation({"model.num_experts_per_tok=9"}, {"model.num_experts_per_tok (9) must be in [1, model.n_routed_experts (8)]"});
-  expect_violation({"model.n_group=8", "model.topk_group=4"},
-                   {"model.n_routed_experts/model.n_group (8/8) must be >= 2 with model.scoring_func 'sigmoid'"});
-  EXPECT_EQ(violations_after({"model.n_group=8", "model.topk_group=4", "model.scoring_func=softmax"}), "");
+  expect_violation({"model.router.n_group=8", "model.router.topk_group=4"},
+                   {"model.n_routed_experts/model.router.n_group (8/8) must be >= 2 with model.router.scoring_func "
+                    "'sigmoid'"});
+  EXPECT_EQ(violations_after({"model.router.n_group=8", "model.router.topk_group=4",
+                              "model.router.scoring_func=softmax"}),
+            "");
 }
 
 TEST(ConfigValidate, DimensionsArePositive) {
-  expect_violation({"model.v_head_dim=0"}, {"model.v_head_dim must be > 0, got 0"});
-  expect_violation({"model.qk_rope_head_dim=15"}, {"model.qk_rope_head_dim must be even"});
-  expect_violation({"model.q_lora_rank=0"}, {"model.q_lora_rank (use null for no query compression) must be > 0"});
+  expect_violation({"model.attention.v_head_dim=0"}, {"model.attention.v_head_dim must be > 0, got 0"});
+  expect_violation({"model.attention.qk_rope_head_dim=15"}, {"model.attention.qk_rope_head_dim must be even"});
+  expect_violation({"model.attention.q_lora_rank=0"},
+                   {"model.attention.q_lora_rank must be > 0 (use null for no query compression), got 0"});
+  expect_violation({"model.attention.type=gqa", "model.attention.num_key_value_heads=3"},
+                   {"model.attention.num_key_value_heads (3) must be > 0 and divide model.num_attention_heads (4)"});
+  expect_violation({"model.attention.type=gqa", "model.attention.head_dim=7"},
+                   {"model.attention.head_dim must be > 0 and even"});
   expect_violation({"model.hidden_size=-1"}, {"model.hidden_size must be > 0, got -1"});
   expect_violation({"model.first_k_dense_replace=4"},
                    {"model.first_k_dense_replace (4) must be <= model.num_hidden_layers (3)"});

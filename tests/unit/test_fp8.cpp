@@ -19,6 +19,7 @@
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
 #include "latentmoe/model/deepseek_v3.h"
+#include "latentmoe/model/mla.h"
 #include "latentmoe/ops/fp8.h"
 #include "latentmoe/ops/fp8_linear.h"
 #include "latentmoe/ops/fp8_stats.h"
@@ -431,7 +432,7 @@ TEST(Fp8Model, DecoderProjectionsRunInFp8AndTheHeadEmbeddingAndGatesDoNot) {
   const double diff = relative_frobenius(out.logits, reference);
   EXPECT_GT(diff, 0.0);
   EXPECT_LT(diff, 0.25);
-  EXPECT_TRUE(model->model->layers[0]->as<latentmoe::model::DecoderBlockImpl>()->self_attn->o_proj->weight.grad().defined());
+  EXPECT_TRUE(model->model->layers[0]->as<latentmoe::model::DecoderBlockImpl>()->self_attn->as<latentmoe::model::MultiHeadLatentAttentionImpl>()->o_proj->weight.grad().defined());
 }
 
 TEST(Fp8Export, ReleaseFormatRoundTripsExactlyToTheQuantization) {

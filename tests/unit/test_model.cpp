@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "latentmoe/model/deepseek_v3.h"
+#include "latentmoe/model/init.h"
+#include "latentmoe/model/mla.h"
 #include "model_fixtures.h"
 
 namespace model = latentmoe::model;
@@ -59,28 +61,64 @@ TEST(Model, CachedGenerationEqualsFullForward) {
   cfg.rope_scaling.original_max_position_embeddings = 8;
   cfg.rope_scaling.mscale_all_dim = 0.707;
   for (bool q_lora : {true, false}) {
-    if (!q_lora) cfg.q_lora_rank.reset();
+    if (!q_lora) model::mla_settings(cfg).q_lora_rank.reset();
     model::DeepSeekV3 m(cfg);
     torch::NoGradGuard no_grad;
     const int64_t batch = 2, seq = 11;
     const torch::Tensor ids = torch::randint(cfg.vocab_size, {batch, seq});
     const torch::Tensor full = m(ids, /*with_mtp=*/false).logits;
-    std::vector<model::LatentKVCache> caches(static_cast<size_t>(cfg.num_hidden_layers));
-    for (auto& c : caches) c.allocate(batch, seq, cfg, torch::TensorOptions(torch::kFloat));
+    auto caches = m->make_caches(batch, seq, torch::TensorOptions(torch::kFloat));
     // A 4-token prompt, then one token at a time.
     std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, 4), false, &caches).logits};
     for (int64_t t = 4; t < seq; ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
     const torch::Tensor cached = torch::cat(pieces, 1);
     EXPECT_LE((cached - full).abs().max().item<double>(), 1e-4) << "q_lora " << q_lora;
-    EXPECT_EQ(caches[0].length, seq);
-    EXPECT_EQ(caches[0].bytes_per_token(), (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4);
+    EXPECT_EQ(caches[0]->length, seq);
+    EXPECT_EQ(caches[0]->bytes_per_token(),
+              (model::mla_settings(cfg).kv_lora_rank + model::mla_settings(cfg).qk_rope_head_dim) * 4);
+  }
+}
+
+// The same through GQA's key/value cache, with more query heads than key/value heads.
+TEST(Model, GqaCachedGenerationMatchesFullForward) {
+  torch::manual_seed(3);
+  const auto cfg = latentmoe::testing::tiny_qwen3_moe_config();
+  model::DeepSeekV3 m(cfg);
+  torch::NoGradGuard no_grad;
+  const int64_t batch = 2, seq = 9;
+  const torch::Tensor ids = torch::randint(cfg.vocab_size, {batch, seq});
+  const torch::Tensor full = m(ids, /*with_mtp=*/false).logits;
+  auto caches = m->make_caches(batch, seq, torch::TensorOptions(torch::kFloat));
+  std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, 3), false, &caches).logits};
+  for (int64_t t = 3; t < seq; ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
+  EXPECT_LE((torch::cat(pieces, 1) - full).abs().max().item<double>(), 1e-4);
+  EXPECT_EQ(caches[0]->length, seq);
+  EXPECT_EQ(caches[0]->bytes_per_token(), 2 * 2 * 8 * 4) << "keys and values of 2 heads x 8 dims in fp32";
+  EXPECT_TRUE(m->named_parameters().contains("model.layers.0.self_attn.q_norm.weight"));
+  EXPECT_TRUE(m->named_parameters().contains("model.layers.1.mlp.gate.weight"));
+  EXPECT_FALSE(m->named_parameters().contains("model.layers.1.mlp.shared_experts.up_proj.weight"));
+}
+
+// A module whose parameters no one initializes is an error naming it, not a silent 1.0.
+TEST(Model, ResetFailsOnAModuleThatDoesNotInitializeItsParameters) {
+  struct Unowned : torch::nn::Module {
+    Unowned() { register_parameter("scale", torch::zeros({3})); }
+  };
+  torch::nn::Module root;
+  root.register_module("odd", std::make_shared<Unowned>());
+  try {
+    model::reset_module_tree(root, 0.02);
+    FAIL() << "expected an error";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("module 'odd'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model::ParameterInit"), std::string::npos) << e.what();
   }
 }
 
 TEST(Model, CacheBytesPerTokenForV3Shapes) {
   latentmoe::config::ModelConfig v3;
-  v3.kv_lora_rank = 512;
-  v3.qk_rope_head_dim = 64;
+  model::mla_settings(v3).kv_lora_rank = 512;
+  model::mla_settings(v3).qk_rope_head_dim = 64;
   model::LatentKVCache cache;
   cache.allocate(1, 2, v3, torch::TensorOptions(torch::kBFloat16));
   EXPECT_EQ(cache.bytes_per_token(), 576 * 2);

@@ -67,8 +67,8 @@ TEST(MoE, EqualsPerTokenLoopForwardAndBackward) {
 
 TEST(MoE, ExpertWithNoTokensGetsNoGradient) {
   auto cfg = latentmoe::testing::tiny_model_config();
-  cfg.n_group = 1;
-  cfg.topk_group = 1;
+  model::deepseek_router_settings(cfg).n_group = 1;
+  model::deepseek_router_settings(cfg).topk_group = 1;
   cfg.num_experts_per_tok = 1;
   model::MoE moe(cfg);
   {

@@ -29,13 +29,18 @@ void expect_counts_match_modules(const cfg::ModelConfig& mc) {
 TEST(ParamCount, MatchesTheBuiltModel) {
   cfg::ModelConfig mc = latentmoe::testing::tiny_model_config();
   expect_counts_match_modules(mc);
-  mc.q_lora_rank.reset();
+  latentmoe::model::mla_settings(mc).q_lora_rank.reset();
   mc.attention_bias = true;
   mc.num_nextn_predict_layers = 2;
   expect_counts_match_modules(mc);
   mc.n_routed_experts = 0;  // all dense
   expect_counts_match_modules(mc);
   expect_counts_match_modules(cfg::Config{}.model);
+  cfg::ModelConfig qwen = latentmoe::testing::tiny_qwen3_moe_config();
+  expect_counts_match_modules(qwen);
+  qwen.attention_bias = true;
+  latentmoe::model::gqa_settings(qwen).qk_norm = false;
+  expect_counts_match_modules(qwen);
 }
 
 TEST(ParamCount, PresetsGiveThePublicNumbers) {

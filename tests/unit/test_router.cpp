@@ -11,19 +11,20 @@ namespace model = latentmoe::model;
 
 namespace {
 // A router over 4 one-hot hidden dims whose logits equal the given per-expert values.
-model::Router router_with_logits(const std::vector<float>& logits, int64_t n_group, int64_t topk_group, int64_t top_k,
+model::DeepSeekRouter router_with_logits(const std::vector<float>& logits, int64_t n_group, int64_t topk_group, int64_t top_k,
                                  bool normalize, double scaling, const std::string& scoring = "sigmoid") {
   latentmoe::config::ModelConfig cfg;
   const int64_t experts = static_cast<int64_t>(logits.size());
   cfg.hidden_size = 1;
   cfg.n_routed_experts = experts;
-  cfg.n_group = n_group;
-  cfg.topk_group = topk_group;
+  auto& settings = model::deepseek_router_settings(cfg);
+  settings.n_group = n_group;
+  settings.topk_group = topk_group;
   cfg.num_experts_per_tok = top_k;
   cfg.norm_topk_prob = normalize;
-  cfg.routed_scaling_factor = scaling;
-  cfg.scoring_func = scoring;
-  model::Router r(cfg);
+  settings.routed_scaling_factor = scaling;
+  settings.scoring_func = scoring;
+  model::DeepSeekRouter r(cfg);
   torch::NoGradGuard no_grad;
   r->weight.copy_(torch::tensor(logits).view({experts, 1}));
   return r;
@@ -94,4 +95,34 @@ TEST(Router, BiasReceivesNoGradientAndIsABuffer) {
   EXPECT_FALSE(r->e_score_correction_bias.requires_grad());
   EXPECT_EQ(r->named_parameters().size(), 1u);
   EXPECT_EQ(r->named_buffers().size(), 1u);
+}
+
+// softmax_topk (Qwen3-MoE): softmax over all experts, plain top-k, the chosen probabilities as gate
+// weights (renormalized only with norm_topk_prob); the bias moves the choice, not the weights.
+TEST(Router, SoftmaxTopkIsAPlainTopKOfTheProbabilities) {
+  latentmoe::config::ModelConfig cfg;
+  cfg.hidden_size = 1;
+  cfg.n_routed_experts = 4;
+  cfg.num_experts_per_tok = 2;
+  cfg.router.set_type("softmax_topk");
+  const std::vector<float> logits{0.5f, 2.0f, -1.0f, 1.0f};
+  const torch::Tensor probs = torch::softmax(torch::tensor(logits), 0);
+  for (bool normalize : {false, true}) {
+    cfg.norm_topk_prob = normalize;
+    model::SoftmaxTopkRouter r(cfg);
+    torch::NoGradGuard no_grad;
+    r->weight.copy_(torch::tensor(logits).view({4, 1}));
+    const model::RouterOutput out = r(kOneToken);
+    EXPECT_EQ(ids_of(out), (std::set<int64_t>{1, 3}));
+    const double p1 = probs[1].item<double>(), p3 = probs[3].item<double>();
+    const double sum = normalize ? p1 + p3 : 1.0;
+    EXPECT_NEAR(out.gate_weights[0][0].item<double>(), p1 / sum, 1e-6);
+    EXPECT_NEAR(out.gate_weights[0][1].item<double>(), p3 / sum, 1e-6);
+    EXPECT_TRUE(torch::allclose(out.token_scores[0], probs));
+    r->e_score_correction_bias.copy_(torch::tensor({1.0f, 0.0f, 0.0f, 0.0f}));
+    const model::RouterOutput biased = r(kOneToken);
+    EXPECT_EQ(ids_of(biased), (std::set<int64_t>{0, 1})) << "the bias steers the choice";
+    const double p0 = probs[0].item<double>();  // chosen first: its biased score is the highest
+    EXPECT_NEAR(biased.gate_weights[0][0].item<double>(), p0 / (normalize ? p0 + p1 : 1.0), 1e-6);
+  }
 }

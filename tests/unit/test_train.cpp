@@ -517,7 +517,8 @@ TEST(Trainer, InitFromStartsTheNextStageFromTheFinalWeights) {
 
   // Every attention layer rotates with the stage's YaRN frequencies, at a position past stage 1's 16.
   const auto& m = next_cfg.model;
-  const std::vector<double> expected = yarn_inv_freq(m.qk_rope_head_dim, m.rope_theta, 4.0, 16, 32.0, 1.0);
+  const auto& mla = latentmoe::model::mla_settings(m);
+  const std::vector<double> expected = yarn_inv_freq(mla.qk_rope_head_dim, m.rope_theta, 4.0, 16, 32.0, 1.0);
   int layers = 0;
   for (const auto& module : next.model()->modules(false)) {
     const auto attention = std::dynamic_pointer_cast<latentmoe::model::MultiHeadLatentAttentionImpl>(module);
@@ -527,7 +528,7 @@ TEST(Trainer, InitFromStartsTheNextStageFromTheFinalWeights) {
     for (size_t i = 0; i < expected.size(); ++i) {
       EXPECT_NEAR(cos[0][static_cast<int64_t>(i)].item<double>(), std::cos(40.0 * expected[i]), 1e-5) << "dim " << i;
     }
-    EXPECT_GT(attention->softmax_scale, std::pow(m.qk_nope_head_dim + m.qk_rope_head_dim, -0.5));  // mscale^2 > 1
+    EXPECT_GT(attention->softmax_scale, std::pow(mla.qk_nope_head_dim + mla.qk_rope_head_dim, -0.5));  // mscale^2 > 1
   }
   EXPECT_GT(layers, 0);
 

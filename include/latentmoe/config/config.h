@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "latentmoe/config/layer_choice.h"
 #include "latentmoe/config/schema.h"
 
 namespace latentmoe::config {
@@ -30,19 +31,14 @@ struct ModelConfig {
   int64_t moe_intermediate_size = 64;
   int64_t num_hidden_layers = 3;
   int64_t num_attention_heads = 4;
-  std::optional<int64_t> q_lora_rank = 64;
-  int64_t kv_lora_rank = 32;
-  int64_t qk_nope_head_dim = 32;
-  int64_t qk_rope_head_dim = 16;
-  int64_t v_head_dim = 32;
+  // The attention type and its keys (model/attention_settings.h for the built-in ones).
+  LayerChoice attention{"attention", "mla"};
   int64_t n_routed_experts = 8;
   int64_t n_shared_experts = 1;
   int64_t num_experts_per_tok = 2;
-  int64_t n_group = 4;
-  int64_t topk_group = 2;
-  double routed_scaling_factor = 2.5;
   bool norm_topk_prob = true;
-  std::string scoring_func = "sigmoid";  // sigmoid | softmax
+  // The router type and its keys (model/router_settings.h for the built-in ones).
+  LayerChoice router{"router", "deepseek_v3"};
   int64_t first_k_dense_replace = 1;
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 4096;

@@ -31,6 +31,13 @@ class FieldVisitor {
   // A nested section; describe_fields declares its fields on the visitor it is given.
   virtual void section(std::string_view name, std::string_view doc,
                        const std::function<void(FieldVisitor&)>& describe_fields) = 0;
+  // Sections that select a layer type (config/layer_choice.h) declare only the chosen type's keys,
+  // except to visitors that document the schema: those get one variant() per registered type.
+  virtual bool documents_all_variants() const { return false; }
+  virtual void variant(std::string_view type, std::string_view doc,
+                       const std::function<void(FieldVisitor&)>& describe_fields) {
+    (void)type, (void)doc, (void)describe_fields;
+  }
 };
 
 // Human-readable type of a field, as used in error messages and docs ("int", "list of float", ...).

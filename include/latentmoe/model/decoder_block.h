@@ -1,5 +1,6 @@
-// Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)); the FFN is dense SwiGLU for the
-// first first_k_dense_replace layers and DeepSeekMoE after (when experts are configured).
+// Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)); the attention is the registered
+// model.attention.type, the FFN is dense SwiGLU for the first first_k_dense_replace layers and
+// DeepSeekMoE after (when experts are configured).
 #pragma once
 
 #include <optional>
@@ -8,7 +9,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
-#include "latentmoe/model/mla.h"
+#include "latentmoe/model/attention.h"
 #include "latentmoe/model/mlp.h"
 #include "latentmoe/model/moe.h"
 #include "latentmoe/model/recompute.h"
@@ -27,19 +28,19 @@ bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index);
 class DecoderBlockImpl : public torch::nn::Module {
  public:
   DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index);
-  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache = nullptr);
   // train.recompute for this block and its modules (none: everything kept for the backward).
   void set_recompute(Recompute mode);
 
   int64_t layer_index;
   RMSNorm input_layernorm{nullptr};
-  MultiHeadLatentAttention self_attn{nullptr};
+  Attention self_attn{nullptr};  // the model.attention.type layer
   RMSNorm post_attention_layernorm{nullptr};
   MLP dense_mlp{nullptr};  // registered as "mlp" when dense
   MoE moe{nullptr};        // registered as "mlp" when MoE
 
  private:
-  BlockOutput forward_layers(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache);
+  BlockOutput forward_layers(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache);
   Recompute recompute_ = Recompute::none;
 };
 TORCH_MODULE(DecoderBlock);

@@ -62,9 +62,13 @@ class DeepSeekV3Impl : public torch::nn::Module {
   // block for cached generation (positions continue from caches[0].length); MTP is skipped then.
   // compute_logits false: head_input/mtp_head_inputs/head_weight instead of the logits.
   ModelOutput forward(const torch::Tensor& input_ids, bool with_mtp = true,
-                      std::vector<LatentKVCache>* caches = nullptr, bool compute_logits = true);
+                      std::vector<std::unique_ptr<AttentionCache>>* caches = nullptr, bool compute_logits = true);
+  // One empty generation cache per main block (each made by its attention layer).
+  std::vector<std::unique_ptr<AttentionCache>> make_caches(int64_t batch, int64_t capacity,
+                                                          const torch::TensorOptions& options);
 
-  // Normal(0, init_std) for every weight matrix and the embedding; norms 1; biases 0.
+  // Every module initializes its own parameters (model/init.h): Normal(0, init_std) for weight
+  // matrices and the embedding, norms 1, biases 0.
   void reset_parameters(double init_std);
   // Activation recomputation of every block, main and MTP (train.recompute; model/recompute.h).
   void set_recompute(Recompute mode);

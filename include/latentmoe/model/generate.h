@@ -1,4 +1,4 @@
-// Autoregressive generation over the latent KV cache: greedy, or temperature + top-p sampling
+// Autoregressive generation over each attention layer's cache (model/attention.h): greedy, or temperature + top-p sampling
 // with a seeded generator (same seed → same tokens).
 #pragma once
 

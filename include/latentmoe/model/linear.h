@@ -9,13 +9,16 @@
 
 #include <string>
 
+#include "latentmoe/model/init.h"
 #include "latentmoe/ops/fp8.h"
 
 namespace latentmoe::model {
 
-class LinearImpl : public torch::nn::Module {
+class LinearImpl : public torch::nn::Module, public ParameterInit {
  public:
   explicit LinearImpl(const torch::nn::LinearOptions& options);
+  // Weight Normal(0, init_std), bias 0.
+  void reset_own_parameters(double init_std) override;
   // x [..., in] -> [..., out]
   torch::Tensor forward(const torch::Tensor& x);
 

@@ -9,6 +9,8 @@
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/attention.h"
+#include "latentmoe/model/attention_settings.h"
 #include "latentmoe/model/linear.h"
 #include "latentmoe/model/rms_norm.h"
 #include "latentmoe/model/rotary.h"
@@ -16,28 +18,29 @@
 namespace latentmoe::model {
 
 // Per-layer generation cache: (kv_lora_rank + qk_rope_head_dim) values per token.
-struct LatentKVCache {
+struct LatentKVCache : AttentionCache {
   torch::Tensor latent;    // [batch, capacity, kv_lora_rank], normalized latent
   torch::Tensor rope_key;  // [batch, capacity, qk_rope_head_dim], already rotated
-  int64_t length = 0;      // tokens stored
 
   void allocate(int64_t batch, int64_t capacity, const config::ModelConfig& cfg, const torch::TensorOptions& options);
-  int64_t bytes_per_token() const;
+  int64_t capacity() const override { return latent.defined() ? latent.size(1) : 0; }
+  int64_t bytes_per_token() const override;
 };
 
-class MultiHeadLatentAttentionImpl : public torch::nn::Module {
+class MultiHeadLatentAttentionImpl : public AttentionLayer {
  public:
   explicit MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg);
 
-  // x [batch, seq, hidden]; positions [seq] or [batch, seq]. Without a cache: causal attention
-  // over x. With a cache: appends x's latents and attends over everything cached (absorbed form).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, LatentKVCache* cache = nullptr);
-  // forward without a cache, in two parts (the first is what selective recomputation reruns):
-  // attention before o_proj -> [batch, heads, seq, v_head_dim], then o_proj -> [batch, seq, hidden].
-  torch::Tensor attention_core(const torch::Tensor& x, const torch::Tensor& positions);
-  torch::Tensor output_projection(const torch::Tensor& attended);
+  // The absorbed form runs over a LatentKVCache (make_cache); other caches are rejected.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
+                        AttentionCache* cache = nullptr) override;
+  torch::Tensor attention_core(const torch::Tensor& x, const torch::Tensor& positions) override;
+  torch::Tensor output_projection(const torch::Tensor& attended) override;
+  std::unique_ptr<AttentionCache> make_cache(int64_t batch, int64_t capacity,
+                                             const torch::TensorOptions& options) const override;
 
   config::ModelConfig cfg;
+  MlaSettings mla;  // model.attention's keys
   RotaryEmbedding rotary;
   double softmax_scale;
   Linear q_proj{nullptr};             // [heads*(nope+rope), hidden] when q_lora_rank is null
@@ -59,12 +62,5 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Module {
   torch::Tensor attend_absorbed(const Projected& p, LatentKVCache& cache);
 };
 TORCH_MODULE(MultiHeadLatentAttention);
-
-// Causal scaled-dot-product attention, [b,h,s,d] query/key and [b,h,s,dv] value (dv <= d). On the
-// CPU from kPadValueFromSeq query positions the value heads are zero-padded to d so that torch's
-// fused CPU kernel applies (MLA's dv < d keeps it on the slower math path), then cut back.
-inline constexpr int64_t kPadValueFromSeq = 256;
-torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               double scale);
 
 }  // namespace latentmoe::model

@@ -3,6 +3,8 @@
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+
+#include "latentmoe/model/init.h"
 #include <torch/types.h>
 
 namespace latentmoe::model {
@@ -13,9 +15,11 @@ struct RMSNormOptions {
   TORCH_ARG(double, eps) = 1e-6;
 };
 
-class RMSNormImpl : public torch::nn::Module {
+class RMSNormImpl : public torch::nn::Module, public ParameterInit {
  public:
   explicit RMSNormImpl(const RMSNormOptions& options);
+  // Weight 1.
+  void reset_own_parameters(double) override;
   torch::Tensor forward(const torch::Tensor& x);
 
   RMSNormOptions options;

@@ -1,6 +1,7 @@
-// Rotary position embedding on the MLA rope slices, with YaRN context extension: frequency
-// interpolation blended over the beta_fast/beta_slow correction range, an attention factor on
-// cos/sin, and the mscale^2 multiplier on the softmax scale. Matches HF transformers' "yarn".
+// Rotary position embedding over the attention type's rotary dims (model/attention_settings.h),
+// with YaRN context extension: frequency interpolation blended over the beta_fast/beta_slow
+// correction range, an attention factor on cos/sin, and the mscale^2 multiplier on the softmax
+// scale. Matches HF transformers' "yarn".
 #pragma once
 
 #include <torch/types.h>

@@ -1,13 +1,15 @@
-// DeepSeekMoE router: sigmoid (V3) or softmax (V2) affinities in fp32; group-limited top-k where
-// the SELECTION uses score + correction bias and the GATE WEIGHTS use the unbiased score
-// (normalized if norm_topk_prob, times routed_scaling_factor). The bias is a persistent buffer
-// updated by the trainer's balancing rule, never by gradients.
+// The router seam (`model.router.type`; layer_registry.h makes one) and the built-in routers.
+// Every router holds the per-expert balancing bias as a persistent buffer, updated by the
+// trainer's auxiliary-loss-free rule (train.bias_update_speed), never by gradients; it steers the
+// SELECTION only.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/init.h"
+#include "latentmoe/model/router_settings.h"
 
 namespace latentmoe::model {
 
@@ -20,16 +22,43 @@ struct RouterOutput {
   torch::Tensor logits;         // [tokens, n_routed_experts] fp32, for the router z-loss
 };
 
-class RouterImpl : public torch::nn::Module {
+class RouterLayer : public torch::nn::Module {
  public:
-  explicit RouterImpl(const config::ModelConfig& cfg);
+  explicit RouterLayer(int64_t n_routed_experts);
   // x [tokens, hidden]
-  RouterOutput forward(const torch::Tensor& x);
+  virtual RouterOutput forward(const torch::Tensor& x) = 0;
 
-  config::ModelConfig cfg;
-  torch::Tensor weight;                   // [n_routed_experts, hidden]
   torch::Tensor e_score_correction_bias;  // [n_routed_experts] fp32 buffer
 };
-TORCH_MODULE(Router);
+TORCH_MODULE_IMPL(Router, RouterLayer);
+
+// `deepseek_v3`: sigmoid (V3) or softmax (V2) affinities in fp32; group-limited top-k where the
+// SELECTION uses score + correction bias and the GATE WEIGHTS use the unbiased score (normalized
+// if norm_topk_prob, times routed_scaling_factor).
+class DeepSeekRouterImpl : public RouterLayer, public ParameterInit {
+ public:
+  explicit DeepSeekRouterImpl(const config::ModelConfig& cfg);
+  RouterOutput forward(const torch::Tensor& x) override;
+  void reset_own_parameters(double init_std) override;
+
+  config::ModelConfig cfg;
+  DeepSeekRouterSettings settings;  // model.router's keys
+  torch::Tensor weight;             // [n_routed_experts, hidden]
+};
+TORCH_MODULE(DeepSeekRouter);
+
+// `softmax_topk`: softmax over all experts, top-k of the (bias-corrected) probabilities, gate
+// weights = the chosen probabilities, renormalized if norm_topk_prob. Qwen3-MoE, Mixtral.
+class SoftmaxTopkRouterImpl : public RouterLayer, public ParameterInit {
+ public:
+  explicit SoftmaxTopkRouterImpl(const config::ModelConfig& cfg);
+  RouterOutput forward(const torch::Tensor& x) override;
+  void reset_own_parameters(double init_std) override;
+
+  int64_t top_k;
+  bool normalize;
+  torch::Tensor weight;  // [n_routed_experts, hidden]
+};
+TORCH_MODULE(SoftmaxTopkRouter);
 
 }  // namespace latentmoe::model
