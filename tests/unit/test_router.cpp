@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "latentmoe/model/layer_registry.h"
 #include "latentmoe/model/router.h"
 #include "model_fixtures.h"
 
@@ -125,4 +126,40 @@ TEST(Router, SoftmaxTopkIsAPlainTopKOfTheProbabilities) {
     const double p0 = probs[0].item<double>();  // chosen first: its biased score is the highest
     EXPECT_NEAR(biased.gate_weights[0][0].item<double>(), p0 / (normalize ? p0 + p1 : 1.0), 1e-6);
   }
+}
+
+// sinkhorn (the research example): when training, a gate that sends every token to the same
+// experts is balanced to a near-equal load; evaluation picks the plain top-k; gate weights are the
+// softmax probabilities either way, and the router weight gets gradients through them.
+TEST(Router, SinkhornBalancesTheLoadOnlyWhenTraining) {
+  latentmoe::config::ModelConfig cfg;
+  cfg.hidden_size = 8;
+  cfg.n_routed_experts = 4;
+  cfg.num_experts_per_tok = 1;
+  cfg.norm_topk_prob = false;
+  cfg.router.set_type("sinkhorn");
+  cfg.router.settings_base();  // defaults: 20 sweeps
+  torch::manual_seed(5);
+  model::Router r(model::make_router(cfg));
+  auto* weight = r->named_parameters().find("weight");
+  ASSERT_NE(weight, nullptr);
+  {
+    torch::NoGradGuard no_grad;
+    weight->normal_(0.0, 0.3);
+    (*weight)[0].add_(1.0);  // expert 0 is every token's favourite
+  }
+  const torch::Tensor x = torch::randn({64, 8}).abs();
+  r->eval();
+  const model::RouterOutput plain = r(x);
+  EXPECT_GT(plain.expert_counts[0].item<int64_t>(), 48) << plain.expert_counts;
+  r->train();
+  const model::RouterOutput balanced = r(x);
+  // The balanced matrix is fractional; its per-token top-1 lands near, not at, 16 per expert.
+  EXPECT_LE(balanced.expert_counts.max().item<int64_t>(), 24) << balanced.expert_counts;
+  EXPECT_EQ(balanced.expert_counts.sum().item<int64_t>(), 64);
+  const torch::Tensor probs = torch::softmax(torch::linear(x, *weight), -1);
+  EXPECT_TRUE(torch::allclose(balanced.gate_weights, probs.gather(1, balanced.expert_ids)));
+  balanced.gate_weights.sum().backward();
+  EXPECT_TRUE(weight->grad().defined());
+  EXPECT_GT(weight->grad().abs().sum().item<double>(), 0.0);
 }

@@ -1,0 +1,89 @@
+// `model.router.type: sinkhorn` (docs/extending.md walks through this file). Training: the
+// affinities exp(logits) of a micro-batch's tokens are scaled by Sinkhorn-Knopp so that every
+// token has mass 1/tokens and every expert 1/experts, and each token takes the top-k of its
+// balanced row: a near-equal load per expert with no auxiliary loss and no bias (the S-BASE idea,
+// arXiv 2202.01169, and Megatron-Core's `sinkhorn` load balancing). The balancing only chooses;
+// the gate weights are the plain softmax probabilities of the chosen experts, so gradients reach
+// the router as in softmax top-k. Evaluation and generation (no batch to balance) pick the plain
+// top-k. The balancing bias buffer, when trained, shifts the selection in the log domain.
+#include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include "latentmoe/model/init.h"
+#include "latentmoe/model/layer_registry.h"
+#include "latentmoe/model/router.h"
+#include "sinkhorn_router_settings.h"
+
+namespace latentmoe::model {
+
+namespace {
+
+// log of the per-expert scaling d1 of Sinkhorn-Knopp on exp(logits) [tokens, experts]: the
+// balanced matrix is d0_i * exp(logit_ij) * d1_j, and a token's ranking of its row is that of
+// logit_ij + log d1_j (d0_i is the same along the row). Log domain, so large logits cannot overflow.
+torch::Tensor sinkhorn_expert_log_scaling(const torch::Tensor& logits, int64_t iterations, double tolerance) {
+  const int64_t tokens = logits.size(0), experts = logits.size(1);
+  const double log_token_mass = -std::log(static_cast<double>(tokens));
+  const double log_expert_mass = -std::log(static_cast<double>(experts));
+  torch::Tensor log_d0 = torch::zeros({tokens, 1}, logits.options());
+  torch::Tensor log_d1 = torch::zeros({1, experts}, logits.options());
+  for (int64_t i = 0; i < iterations; ++i) {
+    log_d0 = log_token_mass - torch::logsumexp(logits + log_d1, 1, /*keepdim=*/true);
+    const torch::Tensor next = log_expert_mass - torch::logsumexp(logits + log_d0, 0, /*keepdim=*/true);
+    const double change = (next - log_d1).exp().sub(1).abs().mean().item<double>();
+    log_d1 = next;
+    if (change < tolerance) break;
+  }
+  return log_d1.squeeze(0);
+}
+
+class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
+ public:
+  explicit SinkhornRouterImpl(const config::ModelConfig& cfg)
+      : RouterLayer(cfg.n_routed_experts),
+        settings_(sinkhorn_router_settings(cfg)),
+        top_k_(cfg.num_experts_per_tok),
+        normalize_(cfg.norm_topk_prob) {
+    weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));  // [E, hidden]
+  }
+
+  void reset_own_parameters(double init_std) override {
+    torch::NoGradGuard no_grad;
+    weight.normal_(0.0, init_std);
+  }
+
+  RouterOutput forward(const torch::Tensor& x) override {
+    RECORD_FUNCTION("latentmoe.moe.router", c10::ArrayRef<const c10::IValue>{});
+    const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+        c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
+    RouterOutput out;
+    out.logits = torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));  // [tokens, E]
+    const torch::Tensor probs = torch::softmax(out.logits, -1);
+    torch::Tensor selection = out.logits.detach() + e_score_correction_bias.to(torch::kFloat);
+    if (is_training() && out.logits.size(0) > 0) {
+      selection = selection + sinkhorn_expert_log_scaling(out.logits.detach(), settings_.iterations,
+                                                          settings_.tolerance);
+    }
+    out.expert_ids = std::get<1>(selection.topk(top_k_, /*dim=*/-1));  // best first
+    out.gate_weights = probs.gather(1, out.expert_ids);
+    if (normalize_) out.gate_weights = out.gate_weights / out.gate_weights.sum(-1, /*keepdim=*/true);
+    out.expert_counts = torch::bincount(out.expert_ids.flatten(), /*weights=*/{}, probs.size(1));
+    out.token_scores = probs;
+    return out;
+  }
+
+  torch::Tensor weight;  // [n_routed_experts, hidden]
+
+ private:
+  SinkhornRouterSettings settings_;
+  int64_t top_k_;
+  bool normalize_;
+};
+
+const bool registered = register_router("sinkhorn", [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
+  return std::make_shared<SinkhornRouterImpl>(cfg);
+});
+
+}  // namespace
+
+}  // namespace latentmoe::model
