@@ -20,7 +20,7 @@ GroupedQueryAttentionOptions GroupedQueryAttentionOptions::from_config(const con
       .qk_norm(gqa.qk_norm)
       .bias(cfg.attention_bias)
       .norm_eps(cfg.rms_norm_eps)
-      .rotary(RotaryEmbedding(cfg));
+      .rotary(RotaryEmbedding(cfg, gqa.head_dim));
 }
 
 int64_t KVCache::bytes_per_token() const {

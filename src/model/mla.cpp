@@ -9,44 +9,54 @@
 
 namespace latentmoe::model {
 
-void LatentKVCache::allocate(int64_t batch, int64_t capacity, const config::ModelConfig& cfg,
+void LatentKVCache::allocate(int64_t batch, int64_t capacity, int64_t kv_lora_rank, int64_t rope_dim,
                              const torch::TensorOptions& options) {
-  const MlaSettings& mla = mla_settings(cfg);
-  latent = torch::zeros({batch, capacity, mla.kv_lora_rank}, options);
-  rope_key = torch::zeros({batch, capacity, mla.qk_rope_head_dim}, options);
+  latent = torch::zeros({batch, capacity, kv_lora_rank}, options);
+  rope_key = torch::zeros({batch, capacity, rope_dim}, options);
   length = 0;
+}
+
+MultiHeadLatentAttentionOptions MultiHeadLatentAttentionOptions::from_config(const config::ModelConfig& cfg) {
+  const MlaSettings& mla = mla_settings(cfg);
+  return MultiHeadLatentAttentionOptions()
+      .hidden_size(cfg.hidden_size)
+      .heads(cfg.num_attention_heads)
+      .mla(mla)
+      .bias(cfg.attention_bias)
+      .norm_eps(cfg.rms_norm_eps)
+      .rotary(RotaryEmbedding(cfg, mla.qk_rope_head_dim));
 }
 
 int64_t LatentKVCache::bytes_per_token() const {
   return (latent.size(-1) + rope_key.size(-1)) * static_cast<int64_t>(latent.element_size());
 }
 
-MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg_)
-    : cfg(cfg_), mla(mla_settings(cfg_)), rotary(cfg_) {
-  const int64_t heads = cfg.num_attention_heads;
+MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(const MultiHeadLatentAttentionOptions& options_)
+    : options(options_), mla(options.mla()), rotary(options.rotary()) {
+  const int64_t heads = options.heads();
   const int64_t qk_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim;
   softmax_scale = std::pow(static_cast<double>(qk_dim), -0.5) * rotary.softmax_scale_multiplier();
   const auto linear = [](int64_t in, int64_t out, bool bias) { return torch::nn::LinearOptions(in, out).bias(bias); };
   if (mla.q_lora_rank) {
     const int64_t rank = *mla.q_lora_rank;
-    q_a_proj = register_module("q_a_proj", Linear(linear(cfg.hidden_size, rank, cfg.attention_bias)));
-    q_a_layernorm = register_module("q_a_layernorm", RMSNorm(RMSNormOptions(rank).eps(cfg.rms_norm_eps)));
+    q_a_proj = register_module("q_a_proj", Linear(linear(options.hidden_size(), rank, options.bias())));
+    q_a_layernorm = register_module("q_a_layernorm", RMSNorm(RMSNormOptions(rank).eps(options.norm_eps())));
     q_b_proj = register_module("q_b_proj", Linear(linear(rank, heads * qk_dim, false)));
   } else {
-    q_proj = register_module("q_proj", Linear(linear(cfg.hidden_size, heads * qk_dim, false)));
+    q_proj = register_module("q_proj", Linear(linear(options.hidden_size(), heads * qk_dim, false)));
   }
   kv_a_proj_with_mqa = register_module(
       "kv_a_proj_with_mqa",
-      Linear(linear(cfg.hidden_size, mla.kv_lora_rank + mla.qk_rope_head_dim, cfg.attention_bias)));
-  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(RMSNormOptions(mla.kv_lora_rank).eps(cfg.rms_norm_eps)));
+      Linear(linear(options.hidden_size(), mla.kv_lora_rank + mla.qk_rope_head_dim, options.bias())));
+  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(RMSNormOptions(mla.kv_lora_rank).eps(options.norm_eps())));
   kv_b_proj = register_module(
       "kv_b_proj", Linear(linear(mla.kv_lora_rank, heads * (mla.qk_nope_head_dim + mla.v_head_dim), false)));
-  o_proj = register_module("o_proj", Linear(linear(heads * mla.v_head_dim, cfg.hidden_size, cfg.attention_bias)));
+  o_proj = register_module("o_proj", Linear(linear(heads * mla.v_head_dim, options.hidden_size(), options.bias())));
 }
 
 MultiHeadLatentAttentionImpl::Projected MultiHeadLatentAttentionImpl::project(const torch::Tensor& x,
                                                                               const torch::Tensor& positions) {
-  const int64_t batch = x.size(0), seq = x.size(1), heads = cfg.num_attention_heads;
+  const int64_t batch = x.size(0), seq = x.size(1), heads = options.heads();
   const torch::Tensor q = mla.q_lora_rank ? q_b_proj(q_a_layernorm(q_a_proj(x))) : q_proj(x);
   const torch::Tensor q_heads = q.view({batch, seq, heads, -1}).transpose(1, 2);  // [b,h,s,nope+rope]
   const auto q_parts = q_heads.split({mla.qk_nope_head_dim, mla.qk_rope_head_dim}, -1);
@@ -57,7 +67,7 @@ MultiHeadLatentAttentionImpl::Projected MultiHeadLatentAttentionImpl::project(co
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::attend_expanded(const Projected& p) {
-  const int64_t batch = p.latent.size(0), seq = p.latent.size(1), heads = cfg.num_attention_heads;
+  const int64_t batch = p.latent.size(0), seq = p.latent.size(1), heads = options.heads();
   const auto kv = kv_b_proj(p.latent).view({batch, seq, heads, -1}).transpose(1, 2).split(
       {mla.qk_nope_head_dim, mla.v_head_dim}, -1);
   const torch::Tensor k_rope = p.k_rope.unsqueeze(1).expand({batch, heads, seq, mla.qk_rope_head_dim});
@@ -67,7 +77,7 @@ torch::Tensor MultiHeadLatentAttentionImpl::attend_expanded(const Projected& p) 
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::attend_absorbed(const Projected& p, LatentKVCache& cache) {
-  const int64_t seq = p.latent.size(1), heads = cfg.num_attention_heads;
+  const int64_t seq = p.latent.size(1), heads = options.heads();
   const int64_t start = cache.length, end = start + seq;
   TORCH_CHECK(end <= cache.latent.size(1), "LatentKVCache: ", end, " tokens exceed the cache capacity ",
               cache.latent.size(1));
@@ -100,10 +110,10 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x, cons
   return output_projection(attend_absorbed(project(x, positions), *latent_cache));
 }
 
-std::unique_ptr<AttentionCache> MultiHeadLatentAttentionImpl::make_cache(int64_t batch, int64_t capacity,
-                                                                         const torch::TensorOptions& options) const {
+std::unique_ptr<AttentionCache> MultiHeadLatentAttentionImpl::make_cache(
+    int64_t batch, int64_t capacity, const torch::TensorOptions& tensor_options) const {
   auto cache = std::make_unique<LatentKVCache>();
-  cache->allocate(batch, capacity, cfg, options);
+  cache->allocate(batch, capacity, mla.kv_lora_rank, mla.qk_rope_head_dim, tensor_options);
   return cache;
 }
 
@@ -119,7 +129,7 @@ torch::Tensor MultiHeadLatentAttentionImpl::output_projection(const torch::Tenso
 namespace {
 const bool registered = register_attention(
     "mla", [](const config::ModelConfig& cfg, int64_t) -> std::shared_ptr<AttentionLayer> {
-      return std::make_shared<MultiHeadLatentAttentionImpl>(cfg);
+      return std::make_shared<MultiHeadLatentAttentionImpl>(MultiHeadLatentAttentionOptions::from_config(cfg));
     });
 }  // namespace
 

@@ -72,10 +72,4 @@ const bool registered = [] {
 
 }  // namespace
 
-int64_t rotary_dim(const config::ModelConfig& m) {
-  if (m.attention.type() == "mla") return mla_settings(m).qk_rope_head_dim;
-  if (m.attention.type() == "gqa") return gqa_settings(m).head_dim;
-  return 0;
-}
-
 }  // namespace latentmoe::model

@@ -4,7 +4,6 @@
 
 #include <ATen/record_function.h>
 
-#include "latentmoe/model/attention_settings.h"
 #include "latentmoe/ops/rotary.h"
 
 #include <cmath>
@@ -20,8 +19,7 @@ double correction_dim(double rotations, int64_t dim, double base, int64_t max_po
 }
 }  // namespace
 
-RotaryEmbedding::RotaryEmbedding(const config::ModelConfig& cfg) : interleaved_(cfg.rope_interleave) {
-  const int64_t dim = rotary_dim(cfg);
+RotaryEmbedding::RotaryEmbedding(const config::ModelConfig& cfg, int64_t dim) : interleaved_(cfg.rope_interleave) {
   const double base = cfg.rope_theta;
   const torch::Tensor exponents = torch::arange(0, dim, 2, torch::kFloat) / static_cast<float>(dim);
   const torch::Tensor pos_freqs = torch::pow(torch::tensor(static_cast<float>(base)), exponents);

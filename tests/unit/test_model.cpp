@@ -120,7 +120,8 @@ TEST(Model, CacheBytesPerTokenForV3Shapes) {
   model::mla_settings(v3).kv_lora_rank = 512;
   model::mla_settings(v3).qk_rope_head_dim = 64;
   model::LatentKVCache cache;
-  cache.allocate(1, 2, v3, torch::TensorOptions(torch::kBFloat16));
+  cache.allocate(1, 2, model::mla_settings(v3).kv_lora_rank, model::mla_settings(v3).qk_rope_head_dim,
+                 torch::TensorOptions(torch::kBFloat16));
   EXPECT_EQ(cache.bytes_per_token(), 576 * 2);
 }
 

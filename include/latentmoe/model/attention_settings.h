@@ -34,7 +34,4 @@ inline MlaSettings& mla_settings(config::ModelConfig& m) { return m.attention.se
 inline const GqaSettings& gqa_settings(const config::ModelConfig& m) { return m.attention.settings<GqaSettings>(); }
 inline GqaSettings& gqa_settings(config::ModelConfig& m) { return m.attention.settings<GqaSettings>(); }
 
-// The rotary width of the attention type in use (MLA: qk_rope_head_dim; GQA: head_dim).
-int64_t rotary_dim(const config::ModelConfig& m);
-
 }  // namespace latentmoe::model

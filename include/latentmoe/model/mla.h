@@ -18,18 +18,31 @@
 namespace latentmoe::model {
 
 // Per-layer generation cache: (kv_lora_rank + qk_rope_head_dim) values per token.
+struct MultiHeadLatentAttentionOptions {
+  // From the model section: hidden_size, num_attention_heads, attention_bias, rms_norm_eps, the
+  // rotary keys, and model.attention's MLA keys.
+  static MultiHeadLatentAttentionOptions from_config(const config::ModelConfig& cfg);
+  TORCH_ARG(int64_t, hidden_size) = 0;
+  TORCH_ARG(int64_t, heads) = 0;
+  TORCH_ARG(MlaSettings, mla);
+  TORCH_ARG(bool, bias) = false;
+  TORCH_ARG(double, norm_eps) = 1e-6;
+  TORCH_ARG(RotaryEmbedding, rotary);
+};
+
 struct LatentKVCache : AttentionCache {
   torch::Tensor latent;    // [batch, capacity, kv_lora_rank], normalized latent
   torch::Tensor rope_key;  // [batch, capacity, qk_rope_head_dim], already rotated
 
-  void allocate(int64_t batch, int64_t capacity, const config::ModelConfig& cfg, const torch::TensorOptions& options);
+  void allocate(int64_t batch, int64_t capacity, int64_t kv_lora_rank, int64_t rope_dim,
+                const torch::TensorOptions& options);
   int64_t capacity() const override { return latent.defined() ? latent.size(1) : 0; }
   int64_t bytes_per_token() const override;
 };
 
 class MultiHeadLatentAttentionImpl : public AttentionLayer {
  public:
-  explicit MultiHeadLatentAttentionImpl(const config::ModelConfig& cfg);
+  explicit MultiHeadLatentAttentionImpl(const MultiHeadLatentAttentionOptions& options);
 
   // The absorbed form runs over a LatentKVCache (make_cache); other caches are rejected.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
@@ -39,9 +52,9 @@ class MultiHeadLatentAttentionImpl : public AttentionLayer {
   std::unique_ptr<AttentionCache> make_cache(int64_t batch, int64_t capacity,
                                              const torch::TensorOptions& options) const override;
 
-  config::ModelConfig cfg;
-  MlaSettings mla;  // model.attention's keys
-  RotaryEmbedding rotary;
+  MultiHeadLatentAttentionOptions options;
+  const MlaSettings& mla;  // options.mla()
+  const RotaryEmbedding& rotary;  // options.rotary()
   double softmax_scale;
   Linear q_proj{nullptr};             // [heads*(nope+rope), hidden] when q_lora_rank is null
   Linear q_a_proj{nullptr};           // [q_lora_rank, hidden]

@@ -1,4 +1,4 @@
-// Rotary position embedding over the attention type's rotary dims (model/attention_settings.h),
+// Rotary position embedding over the rotary dims an attention type asks for,
 // with YaRN context extension: frequency interpolation blended over the beta_fast/beta_slow
 // correction range, an attention factor on cos/sin, and the mscale^2 multiplier on the softmax
 // scale. Matches HF transformers' "yarn".
@@ -13,7 +13,9 @@ namespace latentmoe::model {
 class RotaryEmbedding {
  public:
   RotaryEmbedding() = default;
-  explicit RotaryEmbedding(const config::ModelConfig& cfg);
+  // dim: the rotated width of a head (the attention type says which; MLA: qk_rope_head_dim), with
+  // the model section's rope_theta, rope_interleave and rope_scaling.
+  RotaryEmbedding(const config::ModelConfig& cfg, int64_t dim);
 
   // cos/sin for positions [...]: each [..., rope_dim / 2], fp32, on positions' device.
   std::pair<torch::Tensor, torch::Tensor> cos_sin(const torch::Tensor& positions) const;
