@@ -31,13 +31,25 @@ RouterOutput route(const torch::Tensor& x, const torch::Tensor& weight, const to
 }
 }  // namespace
 
+RouterOptions RouterOptions::from_config(const config::ModelConfig& cfg) {
+  return RouterOptions()
+      .hidden_size(cfg.hidden_size)
+      .experts(cfg.n_routed_experts)
+      .top_k(cfg.num_experts_per_tok)
+      .normalize(cfg.norm_topk_prob);
+}
+
+DeepSeekRouterOptions DeepSeekRouterOptions::from_config(const config::ModelConfig& cfg) {
+  return DeepSeekRouterOptions().router(RouterOptions::from_config(cfg)).settings(deepseek_router_settings(cfg));
+}
+
 RouterLayer::RouterLayer(int64_t n_routed_experts) {
   e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({n_routed_experts}));
 }
 
-DeepSeekRouterImpl::DeepSeekRouterImpl(const config::ModelConfig& cfg_)
-    : RouterLayer(cfg_.n_routed_experts), cfg(cfg_), settings(deepseek_router_settings(cfg_)) {
-  weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));
+DeepSeekRouterImpl::DeepSeekRouterImpl(const DeepSeekRouterOptions& options_)
+    : RouterLayer(options_.router().experts()), options(options_) {
+  weight = register_parameter("weight", torch::empty({options.router().experts(), options.router().hidden_size()}));
 }
 
 void DeepSeekRouterImpl::reset_own_parameters(double init_std) {
@@ -46,15 +58,16 @@ void DeepSeekRouterImpl::reset_own_parameters(double init_std) {
 }
 
 RouterOutput DeepSeekRouterImpl::forward(const torch::Tensor& x) {
+  const DeepSeekRouterSettings& s = options.settings();
   return route(x, weight, e_score_correction_bias,
-               {.top_k = cfg.num_experts_per_tok, .n_group = settings.n_group, .topk_group = settings.topk_group,
-                .sigmoid = settings.scoring_func == "sigmoid", .normalize = cfg.norm_topk_prob,
-                .scaling = settings.routed_scaling_factor});
+               {.top_k = options.router().top_k(), .n_group = s.n_group, .topk_group = s.topk_group,
+                .sigmoid = s.scoring_func == "sigmoid", .normalize = options.router().normalize(),
+                .scaling = s.routed_scaling_factor});
 }
 
-SoftmaxTopkRouterImpl::SoftmaxTopkRouterImpl(const config::ModelConfig& cfg)
-    : RouterLayer(cfg.n_routed_experts), top_k(cfg.num_experts_per_tok), normalize(cfg.norm_topk_prob) {
-  weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));
+SoftmaxTopkRouterImpl::SoftmaxTopkRouterImpl(const RouterOptions& options_)
+    : RouterLayer(options_.experts()), options(options_) {
+  weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));
 }
 
 void SoftmaxTopkRouterImpl::reset_own_parameters(double init_std) {
@@ -65,18 +78,21 @@ void SoftmaxTopkRouterImpl::reset_own_parameters(double init_std) {
 RouterOutput SoftmaxTopkRouterImpl::forward(const torch::Tensor& x) {
   // One group holding every expert: a plain top-k; no scaling.
   return route(x, weight, e_score_correction_bias,
-               {.top_k = top_k, .n_group = 1, .topk_group = 1, .sigmoid = false, .normalize = normalize,
+               {.top_k = options.top_k(), .n_group = 1, .topk_group = 1, .sigmoid = false,
+                .normalize = options.normalize(),
                 .scaling = 1.0});
 }
 
 namespace {
 const bool registered = register_router("deepseek_v3",
                                         [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
-                                          return std::make_shared<DeepSeekRouterImpl>(cfg);
+                                          return std::make_shared<DeepSeekRouterImpl>(
+                                              DeepSeekRouterOptions::from_config(cfg));
                                         }) &&
                         register_router("softmax_topk",
                                         [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
-                                          return std::make_shared<SoftmaxTopkRouterImpl>(cfg);
+                                          return std::make_shared<SoftmaxTopkRouterImpl>(
+                                              RouterOptions::from_config(cfg));
                                         });
 }  // namespace
 

@@ -39,12 +39,9 @@ torch::Tensor sinkhorn_expert_log_scaling(const torch::Tensor& logits, int64_t i
 
 class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
  public:
-  explicit SinkhornRouterImpl(const config::ModelConfig& cfg)
-      : RouterLayer(cfg.n_routed_experts),
-        settings_(sinkhorn_router_settings(cfg)),
-        top_k_(cfg.num_experts_per_tok),
-        normalize_(cfg.norm_topk_prob) {
-    weight = register_parameter("weight", torch::empty({cfg.n_routed_experts, cfg.hidden_size}));  // [E, hidden]
+  SinkhornRouterImpl(const RouterOptions& options, const SinkhornRouterSettings& settings)
+      : RouterLayer(options.experts()), options_(options), settings_(settings) {
+    weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));  // [E, hidden]
   }
 
   void reset_own_parameters(double init_std) override {
@@ -64,9 +61,9 @@ class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
       selection = selection + sinkhorn_expert_log_scaling(out.logits.detach(), settings_.iterations,
                                                           settings_.tolerance);
     }
-    out.expert_ids = std::get<1>(selection.topk(top_k_, /*dim=*/-1));  // best first
+    out.expert_ids = std::get<1>(selection.topk(options_.top_k(), /*dim=*/-1));  // best first
     out.gate_weights = probs.gather(1, out.expert_ids);
-    if (normalize_) out.gate_weights = out.gate_weights / out.gate_weights.sum(-1, /*keepdim=*/true);
+    if (options_.normalize()) out.gate_weights = out.gate_weights / out.gate_weights.sum(-1, /*keepdim=*/true);
     out.expert_counts = torch::bincount(out.expert_ids.flatten(), /*weights=*/{}, probs.size(1));
     out.token_scores = probs;
     return out;
@@ -75,13 +72,12 @@ class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
   torch::Tensor weight;  // [n_routed_experts, hidden]
 
  private:
+  RouterOptions options_;
   SinkhornRouterSettings settings_;
-  int64_t top_k_;
-  bool normalize_;
 };
 
 const bool registered = register_router("sinkhorn", [](const config::ModelConfig& cfg) -> std::shared_ptr<RouterLayer> {
-  return std::make_shared<SinkhornRouterImpl>(cfg);
+  return std::make_shared<SinkhornRouterImpl>(RouterOptions::from_config(cfg), sinkhorn_router_settings(cfg));
 });
 
 }  // namespace

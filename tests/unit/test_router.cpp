@@ -25,7 +25,7 @@ model::DeepSeekRouter router_with_logits(const std::vector<float>& logits, int64
   cfg.norm_topk_prob = normalize;
   settings.routed_scaling_factor = scaling;
   settings.scoring_func = scoring;
-  model::DeepSeekRouter r(cfg);
+  model::DeepSeekRouter r(model::DeepSeekRouterOptions::from_config(cfg));
   torch::NoGradGuard no_grad;
   r->weight.copy_(torch::tensor(logits).view({experts, 1}));
   return r;
@@ -110,7 +110,7 @@ TEST(Router, SoftmaxTopkIsAPlainTopKOfTheProbabilities) {
   const torch::Tensor probs = torch::softmax(torch::tensor(logits), 0);
   for (bool normalize : {false, true}) {
     cfg.norm_topk_prob = normalize;
-    model::SoftmaxTopkRouter r(cfg);
+    model::SoftmaxTopkRouter r(model::RouterOptions::from_config(cfg));
     torch::NoGradGuard no_grad;
     r->weight.copy_(torch::tensor(logits).view({4, 1}));
     const model::RouterOutput out = r(kOneToken);

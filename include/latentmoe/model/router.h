@@ -22,6 +22,16 @@ struct RouterOutput {
   torch::Tensor logits;         // [tokens, n_routed_experts] fp32, for the router z-loss
 };
 
+// What every router type gets from the model section.
+struct RouterOptions {
+  // model.hidden_size, n_routed_experts, num_experts_per_tok, norm_topk_prob.
+  static RouterOptions from_config(const config::ModelConfig& cfg);
+  TORCH_ARG(int64_t, hidden_size) = 0;
+  TORCH_ARG(int64_t, experts) = 0;
+  TORCH_ARG(int64_t, top_k) = 1;
+  TORCH_ARG(bool, normalize) = true;  // renormalize the chosen gate weights to sum to 1
+};
+
 class RouterLayer : public torch::nn::Module {
  public:
   explicit RouterLayer(int64_t n_routed_experts);
@@ -35,15 +45,20 @@ TORCH_MODULE_IMPL(Router, RouterLayer);
 // `deepseek_v3`: sigmoid (V3) or softmax (V2) affinities in fp32; group-limited top-k where the
 // SELECTION uses score + correction bias and the GATE WEIGHTS use the unbiased score (normalized
 // if norm_topk_prob, times routed_scaling_factor).
+struct DeepSeekRouterOptions {
+  static DeepSeekRouterOptions from_config(const config::ModelConfig& cfg);
+  TORCH_ARG(RouterOptions, router);
+  TORCH_ARG(DeepSeekRouterSettings, settings);  // model.router's keys
+};
+
 class DeepSeekRouterImpl : public RouterLayer, public ParameterInit {
  public:
-  explicit DeepSeekRouterImpl(const config::ModelConfig& cfg);
+  explicit DeepSeekRouterImpl(const DeepSeekRouterOptions& options);
   RouterOutput forward(const torch::Tensor& x) override;
   void reset_own_parameters(double init_std) override;
 
-  config::ModelConfig cfg;
-  DeepSeekRouterSettings settings;  // model.router's keys
-  torch::Tensor weight;             // [n_routed_experts, hidden]
+  DeepSeekRouterOptions options;
+  torch::Tensor weight;  // [n_routed_experts, hidden]
 };
 TORCH_MODULE(DeepSeekRouter);
 
@@ -51,12 +66,11 @@ TORCH_MODULE(DeepSeekRouter);
 // weights = the chosen probabilities, renormalized if norm_topk_prob. Qwen3-MoE, Mixtral.
 class SoftmaxTopkRouterImpl : public RouterLayer, public ParameterInit {
  public:
-  explicit SoftmaxTopkRouterImpl(const config::ModelConfig& cfg);
+  explicit SoftmaxTopkRouterImpl(const RouterOptions& options);
   RouterOutput forward(const torch::Tensor& x) override;
   void reset_own_parameters(double init_std) override;
 
-  int64_t top_k;
-  bool normalize;
+  RouterOptions options;
   torch::Tensor weight;  // [n_routed_experts, hidden]
 };
 TORCH_MODULE(SoftmaxTopkRouter);
