@@ -103,7 +103,8 @@ class MarkdownWriter final : public FieldVisitor {
     out_ += fmt::format("\nWith `{}type: {}` — {}:\n\n", prefix_, type, doc);
     MarkdownWriter inner(out_, prefix_);
     describe_fields(inner);
-    if (!inner.table_open_) out_ += "(no further keys)\n";
+    if (!inner.table_open_ && inner.deferred_.empty()) out_ += "(no further keys)\n";
+    for (const Deferred& d : inner.deferred_) inner.write_section(d.name, d.doc, d.describe);
     table_open_ = false;
   }
   // Top-level sections are written where they are declared; a section nested in one (e.g.

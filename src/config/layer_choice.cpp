@@ -45,6 +45,15 @@ std::vector<std::string> layer_type_names(std::string_view family) {
   return names;
 }
 
+std::vector<std::string> layer_types_with_key(std::string_view family, std::string_view key) {
+  std::vector<std::string> out;
+  for (const auto& name : layer_type_names(family)) {
+    const std::unique_ptr<LayerSettings> settings = find_layer_type(family, name)->make_settings();
+    if (collect_level([&settings](FieldVisitor& v) { settings->describe(v); }).find_field(key)) out.push_back(name);
+  }
+  return out;
+}
+
 LayerChoice::LayerChoice(std::string family, std::string type) : family_(std::move(family)), type_(std::move(type)) {}
 
 LayerChoice::LayerChoice(const LayerChoice& other)

@@ -76,7 +76,9 @@ class Loader {
     bool type_applied = false;
     const SchemaLevel before_type = collect_level(describe);
     if (const FieldInfo* type_field = before_type.find_field("type"); type_field && map["type"]) {
+      const size_t errors_before = errors_.size();
       assign(*type_field, map["type"], prefix + "type");
+      if (errors_.size() > errors_before) return;  // the other keys depend on a type we do not have
       type_applied = true;
     }
     std::vector<std::pair<YAML::Node, YAML::Node>> moved_keys;  // applied after the sections they move into
@@ -120,11 +122,16 @@ class Loader {
         assign(*f, value, prefix + section + "." + key);
         continue;
       }
-      std::string type;
-      if (const FieldInfo* t = inner.find_field("type")) type = *std::get<std::string*>(t->ref);
-      error(key_node, fmt::format("'{}{}' (now '{}{}.{}') is not a key of {}{}.type '{}'", prefix, key, prefix, section,
-                                  key, prefix, section, type));
+      moved_key_error(key_node, prefix, key, section, inner);
     }
+  }
+
+  void moved_key_error(const YAML::Node& at, const std::string& prefix, const std::string& key,
+                       const std::string& section, const SchemaLevel& inner) {
+    std::string type;
+    if (const FieldInfo* t = inner.find_field("type")) type = *std::get<std::string*>(t->ref);
+    error(at, fmt::format("'{}{}' (now '{}{}.{}') is not a key of {}{}.type '{}'", prefix, key, prefix, section, key,
+                          prefix, section, type));
   }
 
   // Applies `value` at a dotted path (for --set).
@@ -143,7 +150,12 @@ class Loader {
         apply_path(s->describe, parts, index + 1, value, path + ".");
       }
     } else if (const char* moved = moved_to(path); moved && last && level.find_section(moved)) {
-      apply_path(level.find_section(moved)->describe, {key}, 0, value, prefix + moved + ".");
+      const SchemaLevel inner = collect_level(level.find_section(moved)->describe);
+      if (const FieldInfo* moved_field = inner.find_field(key)) {
+        assign(*moved_field, value, prefix + moved + "." + key);
+      } else {
+        moved_key_error(value, prefix, key, moved, inner);
+      }
     } else if (f) {
       error(value, fmt::format("'{}' is a value ({}), not a section: '{}' does not exist", path,
                                field_type_name(*f), path + "." + parts[index + 1]));
@@ -167,15 +179,35 @@ class Loader {
 
   void unknown_key(const YAML::Node& at, const std::string& key, const std::string& path, const SchemaLevel& level) {
     std::string hint;
+    const std::string section = path.substr(0, path.size() - key.size());
+    if (const std::string other = other_layer_types_with(level, section, key); !other.empty()) {
+      error(at, fmt::format("unknown key '{}'", path), other);
+      return;
+    }
     if (std::string near = closest_match(key, level.names()); !near.empty()) {
       hint = fmt::format(" (did you mean '{}'?)", near);
     }
-    const std::string section = path.substr(0, path.size() - key.size());
     if (hint.empty()) {
       hint = fmt::format("; allowed keys in '{}': see docs/configuration.md",
                          section.empty() ? "<top level>" : section.substr(0, section.size() - 1));
     }
     error(at, fmt::format("unknown key '{}'", path), hint);
+  }
+
+  // In a layer-type section (a `type` field; the section's name is its family), "; it is a key of
+  // model.attention.type 'gqa' (this section's type is 'mla')" when other types have the key.
+  static std::string other_layer_types_with(const SchemaLevel& level, const std::string& section,
+                                            const std::string& key) {
+    const FieldInfo* type = level.find_field("type");
+    if (!type || section.size() < 2 || !std::holds_alternative<std::string*>(type->ref)) return "";
+    const std::string path = section.substr(0, section.size() - 1);  // "model.attention"
+    const std::string family = path.substr(path.rfind('.') + 1);
+    const std::vector<std::string> types = layer_types_with_key(family, key);
+    if (types.empty()) return "";
+    std::string names;
+    for (const auto& t : types) names += (names.empty() ? "'" : ", '") + t + "'";
+    return fmt::format("; it is a key of {}.type {} (this section's type is '{}': set {}.type first)", path, names,
+                       *std::get<std::string*>(type->ref), path);
   }
 
   void type_error(const YAML::Node& node, const std::string& path, const FieldInfo& f) {

@@ -136,8 +136,10 @@ config::ModelConfig qwen3_moe_from_hf_json(const json& j, const std::string& fil
   a.head_dim = get_or<int64_t>(j, "head_dim", m.num_attention_heads > 0 ? m.hidden_size / m.num_attention_heads : 0, file);
   a.qk_norm = true;
   m.router.set_type("softmax_topk");
-  // v5 names the expert count num_local_experts, v4 num_experts.
-  m.n_routed_experts = get_or<int64_t>(j, "num_local_experts", get_or<int64_t>(j, "num_experts", 0, file), file);
+  // v5 names the expert count num_local_experts, v4 num_experts; transformers' defaults otherwise.
+  m.n_routed_experts = get_or<int64_t>(j, "num_local_experts", get_or<int64_t>(j, "num_experts", 128, file), file);
+  m.num_experts_per_tok = get_or<int64_t>(j, "num_experts_per_tok", 8, file);
+  m.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 32768, file);
   m.n_shared_experts = 0;
   m.norm_topk_prob = get_or<bool>(j, "norm_topk_prob", false, file);
   m.rope_interleave = false;

@@ -222,7 +222,18 @@ TEST(ConfigLoader, LayerTypeSectionsHaveTheirTypesKeys) {
   EXPECT_FALSE(latentmoe::model::gqa_settings(c.model).qk_norm);
   const auto mla_key = dir.write("m.yaml", "model:\n  attention:\n    type: gqa\n    kv_lora_rank: 16\n");
   expect_error_contains<ConfigError>([&] { cfg::load_config_file(mla_key); },
-                                     {"unknown key 'model.attention.kv_lora_rank' at " + mla_key + ":4"});
+                                     {"unknown key 'model.attention.kv_lora_rank' at " + mla_key + ":4",
+                                      "it is a key of model.attention.type 'mla' (this section's type is 'gqa'"});
+  cfg::Config untyped;
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(untyped, "model.attention.head_dim=16"); },
+                                     {"unknown key 'model.attention.head_dim'",
+                                      "it is a key of model.attention.type 'gqa' (this section's type is 'mla': set "
+                                      "model.attention.type first)"});
+  cfg::Config gqa_set;
+  cfg::apply_override(gqa_set, "model.attention.type=gqa");
+  expect_error_contains<ConfigError>([&] { cfg::apply_override(gqa_set, "model.kv_lora_rank=16"); },
+                                     {"'model.kv_lora_rank' (now 'model.attention.kv_lora_rank') is not a key of "
+                                      "model.attention.type 'gqa'"});
   const auto typo = dir.write("t.yaml", "model:\n  attention:\n    type: gqa\n    num_key_value_head: 2\n");
   expect_error_contains<ConfigError>([&] { cfg::load_config_file(typo); },
                                      {"unknown key 'model.attention.num_key_value_head' at " + typo + ":4",
@@ -230,6 +241,13 @@ TEST(ConfigLoader, LayerTypeSectionsHaveTheirTypesKeys) {
   const auto bad_type = dir.write("b.yaml", "model:\n  router:\n    type: softmax_top_k\n");
   expect_error_contains<ConfigError>([&] { cfg::load_config_file(bad_type); },
                                      {"'model.router.type' must be one of", "(did you mean 'softmax_topk'?)"});
+  const auto bad_type_keys = dir.write("bk.yaml", "model:\n  router:\n    type: nope\n    n_group: 2\n");
+  try {
+    cfg::load_config_file(bad_type_keys);
+    FAIL() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).find("n_group"), std::string::npos) << "no cascade after a bad type: " << e.what();
+  }
 
   const auto legacy = dir.write("old.yaml", "model:\n  kv_lora_rank: 16\n  n_group: 2\n  scoring_func: softmax\n");
   const cfg::Config old = cfg::load_config_file(legacy);

@@ -59,6 +59,8 @@ void register_layer_type(LayerTypeInfo info);
 const LayerTypeInfo* find_layer_type(std::string_view family, std::string_view name);
 // Registered names of a family, sorted.
 std::vector<std::string> layer_type_names(std::string_view family);
+// The family's types that declare `key` (for "it is a key of type 'gqa'" hints).
+std::vector<std::string> layer_types_with_key(std::string_view family, std::string_view key);
 
 // One config section that selects a layer type: the `type` key plus that type's settings.
 class LayerChoice {

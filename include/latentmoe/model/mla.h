@@ -43,6 +43,9 @@ struct LatentKVCache : AttentionCache {
 class MultiHeadLatentAttentionImpl : public AttentionLayer {
  public:
   explicit MultiHeadLatentAttentionImpl(const MultiHeadLatentAttentionOptions& options);
+  // mla and rotary refer into this object's own options.
+  MultiHeadLatentAttentionImpl(const MultiHeadLatentAttentionImpl&) = delete;
+  MultiHeadLatentAttentionImpl& operator=(const MultiHeadLatentAttentionImpl&) = delete;
 
   // The absorbed form runs over a LatentKVCache (make_cache); other caches are rejected.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
