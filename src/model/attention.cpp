@@ -18,28 +18,28 @@ namespace latentmoe::model {
 // 6.7 ms in bf16 at 48/32 dims), so shorter sequences keep the plain call. The zero columns
 // contribute nothing to the kept ones, and their gradient is cut away by the narrow.
 torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               double scale) {
+                               double scale, bool grouped) {
   const int64_t width = query.size(-1), value_width = value.size(-1);
   if (!query.device().is_cpu() || value_width >= width || query.size(-2) < kPadValueFromSeq) {
     return at::scaled_dot_product_attention(query, key, value, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                            /*is_causal=*/true, /*scale=*/scale);
+                                            /*is_causal=*/true, /*scale=*/scale, /*enable_gqa=*/grouped);
   }
   const torch::Tensor padded = at::constant_pad_nd(value, {0, width - value_width});
   return at::scaled_dot_product_attention(query, key, padded, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                          /*is_causal=*/true, /*scale=*/scale)
+                                          /*is_causal=*/true, /*scale=*/scale, /*enable_gqa=*/grouped)
       .narrow(-1, 0, value_width);
 }
 
 torch::Tensor causal_attention_autocast(const torch::Tensor& query, const torch::Tensor& key,
-                                        const torch::Tensor& value, double scale) {
+                                        const torch::Tensor& value, double scale, bool grouped) {
   if (const auto dtype = ops::emulated_autocast_dtype(query.device().type())) {
     // No native low-precision GEMMs here: attention in fp32 on operands rounded as autocast would.
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
     return causal_attention(ops::rounded_to(query, *dtype), ops::rounded_to(key, *dtype),
-                            ops::rounded_to(value, *dtype), scale)
+                            ops::rounded_to(value, *dtype), scale, grouped)
         .to(*dtype);
   }
-  return causal_attention(query, key, value, scale);
+  return causal_attention(query, key, value, scale, grouped);
 }
 
 torch::Tensor cached_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,

@@ -68,7 +68,9 @@ torch::Tensor GroupedQueryAttentionImpl::expand_groups(const torch::Tensor& kv) 
 torch::Tensor GroupedQueryAttentionImpl::attention_core(const torch::Tensor& x, const torch::Tensor& positions) {
   const Projected p = project(x, positions);
   const double scale = 1.0 / std::sqrt(static_cast<double>(options.head_dim()));
-  return causal_attention_autocast(p.query, expand_groups(p.key), expand_groups(p.value), scale);  // [b,h,s,d]
+  // SDPA serves each key/value head to its query group itself (measured fwd+bwd at b4 h8 kv2 s512
+  // d64 on 2 threads: 32 ms against 35-43 ms with the heads copied out first).
+  return causal_attention_autocast(p.query, p.key, p.value, scale, /*grouped=*/options.kv_heads() != options.heads());
 }
 
 torch::Tensor GroupedQueryAttentionImpl::output_projection(const torch::Tensor& attended) {

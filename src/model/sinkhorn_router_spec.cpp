@@ -10,7 +10,8 @@ void SinkhornRouterSettings::describe(config::FieldVisitor& v) {
   v.field({"iterations", &iterations,
            "Most Sinkhorn-Knopp sweeps per micro-batch when training (the balanced assignment's accuracy)"});
   v.field({"tolerance", &tolerance,
-           "Sweeps stop early once the per-expert scaling changes by less than this (mean relative change)"});
+           "Sweeps stop early once a sweep changes the per-expert scaling by less than this (mean relative "
+           "change; tested every 4 sweeps)"});
 }
 
 namespace {

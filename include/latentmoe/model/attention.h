@@ -38,14 +38,16 @@ TORCH_MODULE_IMPL(Attention, AttentionLayer);
 // Causal scaled-dot-product attention, [b,h,s,d] query/key and [b,h,s,dv] value (dv <= d). On the
 // CPU from kPadValueFromSeq query positions the value heads are zero-padded to d so that torch's
 // fused CPU kernel applies (MLA's dv < d keeps it on the slower math path), then cut back.
+// grouped: key and value have fewer heads than the query, each serving a group of query heads
+// (SDPA's enable_gqa; no copies of the key/value heads).
 inline constexpr int64_t kPadValueFromSeq = 256;
 torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               double scale);
+                               double scale, bool grouped = false);
 
 // causal_attention under the CPU low-precision policy (ops/linear.h): where bf16 GEMMs are
 // emulated, attention runs in fp32 on operands rounded as autocast would, and the result is cast.
 torch::Tensor causal_attention_autocast(const torch::Tensor& query, const torch::Tensor& key,
-                                        const torch::Tensor& value, double scale);
+                                        const torch::Tensor& value, double scale, bool grouped = false);
 
 // Attention of `query` [b,h,s,d] at positions [start, start + s) over cached key [b,h,t,d] and
 // value [b,h,t,dv] (t >= start + s): each query sees keys up to its own position. fp32 softmax.
