@@ -146,6 +146,28 @@ json rope_json(const config::ModelConfig& m, json* rope_scaling) {
   return rope_parameters;
 }
 
+// The keys both exported architectures share, with the same meaning.
+json common_decoder_config(const config::ModelConfig& m) {
+  return {
+      {"vocab_size", m.vocab_size},
+      {"hidden_size", m.hidden_size},
+      {"intermediate_size", m.intermediate_size},
+      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"num_hidden_layers", m.num_hidden_layers},
+      {"num_attention_heads", m.num_attention_heads},
+      {"num_experts_per_tok", m.num_experts_per_tok},
+      {"norm_topk_prob", m.norm_topk_prob},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", m.rms_norm_eps},
+      {"max_position_embeddings", m.max_position_embeddings},
+      {"rope_theta", m.rope_theta},
+      {"attention_bias", m.attention_bias},
+      {"attention_dropout", 0.0},
+      {"tie_word_embeddings", false},
+      {"initializer_range", m.init_std},
+  };
+}
+
 json deepseek_v3_config(const config::ModelConfig& m, bool include_mtp) {
   const model::DeepSeekRouterSettings& r = model::deepseek_router_settings(m);
   if (r.scoring_func != "sigmoid") {
@@ -155,15 +177,10 @@ json deepseek_v3_config(const config::ModelConfig& m, bool include_mtp) {
   const model::MlaSettings& a = model::mla_settings(m);
   json rope_scaling;
   const json rope_parameters = rope_json(m, &rope_scaling);
-  return {
+  json config = common_decoder_config(m);
+  config.update(json{
       {"architectures", {"DeepseekV3ForCausalLM"}},
       {"model_type", "deepseek_v3"},
-      {"vocab_size", m.vocab_size},
-      {"hidden_size", m.hidden_size},
-      {"intermediate_size", m.intermediate_size},
-      {"moe_intermediate_size", m.moe_intermediate_size},
-      {"num_hidden_layers", m.num_hidden_layers},
-      {"num_attention_heads", m.num_attention_heads},
       {"num_key_value_heads", m.num_attention_heads},
       {"q_lora_rank", a.q_lora_rank ? json(*a.q_lora_rank) : json(nullptr)},
       {"kv_lora_rank", a.kv_lora_rank},
@@ -172,27 +189,18 @@ json deepseek_v3_config(const config::ModelConfig& m, bool include_mtp) {
       {"v_head_dim", a.v_head_dim},
       {"n_routed_experts", m.n_routed_experts},
       {"n_shared_experts", m.n_shared_experts},
-      {"num_experts_per_tok", m.num_experts_per_tok},
       {"n_group", r.n_group},
       {"topk_group", r.topk_group},
       {"routed_scaling_factor", r.routed_scaling_factor},
-      {"norm_topk_prob", m.norm_topk_prob},
       {"first_k_dense_replace", m.first_k_dense_replace},
       {"scoring_func", r.scoring_func},
       {"topk_method", "noaux_tc"},
-      {"hidden_act", "silu"},
-      {"rms_norm_eps", m.rms_norm_eps},
-      {"max_position_embeddings", m.max_position_embeddings},
-      {"rope_theta", m.rope_theta},
       {"rope_scaling", rope_scaling},
       {"rope_parameters", rope_parameters},
       {"rope_interleave", m.rope_interleave},
-      {"attention_bias", m.attention_bias},
-      {"attention_dropout", 0.0},
-      {"tie_word_embeddings", false},
       {"num_nextn_predict_layers", include_mtp ? m.num_nextn_predict_layers : 0},
-      {"initializer_range", m.init_std},
-  };
+  });
+  return config;
 }
 
 json qwen3_moe_config(const config::ModelConfig& m) {
@@ -206,34 +214,20 @@ json qwen3_moe_config(const config::ModelConfig& m) {
   if (m.rope_scaling.type != "none") unsupported(fmt::format("model.rope_scaling.type '{}'", m.rope_scaling.type));
   json dense = json::array();
   for (int64_t i = 0; i < std::min(m.first_k_dense_replace, m.num_hidden_layers); ++i) dense.push_back(i);
-  return {
+  json config = common_decoder_config(m);
+  config.update(json{
       {"architectures", {"Qwen3MoeForCausalLM"}},
       {"model_type", "qwen3_moe"},
-      {"vocab_size", m.vocab_size},
-      {"hidden_size", m.hidden_size},
-      {"intermediate_size", m.intermediate_size},
-      {"moe_intermediate_size", m.moe_intermediate_size},
-      {"num_hidden_layers", m.num_hidden_layers},
-      {"num_attention_heads", m.num_attention_heads},
       {"num_key_value_heads", a.num_key_value_heads},
       {"head_dim", a.head_dim},
       {"num_experts", m.n_routed_experts},
       {"num_local_experts", m.n_routed_experts},
-      {"num_experts_per_tok", m.num_experts_per_tok},
-      {"norm_topk_prob", m.norm_topk_prob},
       {"decoder_sparse_step", 1},
       {"mlp_only_layers", dense},
-      {"hidden_act", "silu"},
-      {"rms_norm_eps", m.rms_norm_eps},
-      {"max_position_embeddings", m.max_position_embeddings},
-      {"rope_theta", m.rope_theta},
       {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", m.rope_theta}}},
-      {"attention_bias", m.attention_bias},
-      {"attention_dropout", 0.0},
       {"use_sliding_window", false},
-      {"tie_word_embeddings", false},
-      {"initializer_range", m.init_std},
-  };
+  });
+  return config;
 }
 
 // The transformers architecture of a layer-type combination; ConfigError for one it lacks.

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+from hf_parity_util import IDS, assert_gradients_match, hf_forward_with_routing, hf_lm_loss, latentmoe_forward, to_latentmoe
+
 torch.set_num_threads(2)
 
 BASE = dict(
@@ -22,7 +24,6 @@ CASES = {
     "normalized_topk_dense_first": dict(norm_topk_prob=True, mlp_only_layers=[0]),
     "mha_attention_bias": dict(num_key_value_heads=4, attention_bias=True, head_dim=8),
 }
-IDS = [[5, 17, 3, 88, 41, 0, 9, 62, 33, 21, 70, 2], [11, 96, 4, 4, 50, 13, 27, 8, 64, 19, 35, 90]]
 
 
 def make_hf_model(case: str) -> Qwen3MoeForCausalLM:
@@ -41,40 +42,11 @@ def make_hf_model(case: str) -> Qwen3MoeForCausalLM:
     return model
 
 
-def hf_forward_with_routing(model, ids):
-    routing = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: routing.append(out[2].sort(-1).values))
-             for m in model.modules() if m.__class__.__name__ == "Qwen3MoeTopKRouter"]
-    try:
-        logits = model(torch.tensor(ids)).logits
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits, routing
-
-
-def to_latentmoe(run_cli, tmp_path, model):
-    hf_dir, ours = tmp_path / "hf", tmp_path / "ours"
-    model.save_pretrained(hf_dir)
-    result = run_cli("convert", "--from-hf", str(hf_dir), "--out", str(ours))
-    assert result.returncode == 0, result.stderr
-    return ours
-
-
-def latentmoe_forward(run_cli, checkpoint, tmp_path, grads=False):
-    out = tmp_path / "forward.safetensors"
-    ids = ";".join(",".join(map(str, row)) for row in IDS)
-    args = ["forward", "--checkpoint", str(checkpoint), "--ids", ids, "--out", str(out)] + (["--grads"] if grads else [])
-    result = run_cli(*args)
-    assert result.returncode == 0, result.stderr
-    return load_file(out)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_and_routing_match_hf(case, run_cli, tmp_path):
     model = make_hf_model(case).eval()
     with torch.no_grad():
-        hf_logits, hf_routing = hf_forward_with_routing(model, IDS)
+        hf_logits, hf_routing = hf_forward_with_routing(model, IDS, "Qwen3MoeTopKRouter")
     ours_dir = to_latentmoe(run_cli, tmp_path, model)
     config = (ours_dir / "config.yaml").read_text()
     assert "type: gqa" in config and "type: softmax_topk" in config
@@ -87,41 +59,10 @@ def test_logits_and_routing_match_hf(case, run_cli, tmp_path):
 
 def test_gradients_match_hf(run_cli, tmp_path):
     model = make_hf_model("normalized_topk_dense_first").train()
-    ids = torch.tensor(IDS)
-    logits = model(ids).logits
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
-    loss.backward()
+    loss = hf_lm_loss(model)
     ours = latentmoe_forward(run_cli, to_latentmoe(run_cli, tmp_path, model), tmp_path, grads=True)
     assert abs(ours["loss"].item() - loss.item()) <= 1e-5
-    inter = model.config.moe_intermediate_size
-
-    def scaled_error(got, want):
-        return (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
-
-    checked = 0
-
-    def check(ours_name, hf_grad):
-        nonlocal checked
-        if f"grad.{ours_name}" not in ours:  # an expert no token chose: no gradient here, zeros in HF
-            assert hf_grad.abs().max().item() == 0.0, ours_name
-            return
-        assert scaled_error(ours[f"grad.{ours_name}"], hf_grad) <= 1e-4, ours_name
-        checked += 1
-
-    for name, param in model.named_parameters():
-        if name.endswith("experts.gate_up_proj"):  # transformers v5 fuses experts in memory
-            prefix = name[: -len("gate_up_proj")]
-            for e in range(param.shape[0]):
-                check(f"{prefix}{e}.gate_proj.weight", param.grad[e, :inter])
-                check(f"{prefix}{e}.up_proj.weight", param.grad[e, inter:])
-        elif name.endswith("experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            for e in range(param.shape[0]):
-                check(f"{prefix}{e}.down_proj.weight", param.grad[e])
-        else:
-            check(name, param.grad)
-    assert checked > 0
-    assert checked == len([k for k in ours if k.startswith("grad.")])
+    assert_gradients_match(model, ours)
 
 
 def test_greedy_generation_matches_hf(run_cli, tmp_path):
