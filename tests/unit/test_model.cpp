@@ -53,6 +53,14 @@ TEST(Model, MtpSharesEmbeddingAndHead) {
   EXPECT_TRUE(torch::allclose(both, main_only + mtp_only, 1e-5, 1e-7));
 }
 
+// Logits of a cached decode: the prompt in one call, then one token per call.
+static torch::Tensor logits_prompt_then_one_at_a_time(model::DeepSeekV3& m, const torch::Tensor& ids, int64_t prompt_length,
+                                                      std::vector<std::unique_ptr<model::AttentionCache>>& caches) {
+  std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, prompt_length), false, &caches).logits};
+  for (int64_t t = prompt_length; t < ids.size(1); ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
+  return torch::cat(pieces, 1);
+}
+
 TEST(Model, CachedGenerationEqualsFullForward) {
   torch::manual_seed(2);
   auto cfg = latentmoe::testing::tiny_model_config();
@@ -68,10 +76,7 @@ TEST(Model, CachedGenerationEqualsFullForward) {
     const torch::Tensor ids = torch::randint(cfg.vocab_size, {batch, seq});
     const torch::Tensor full = m(ids, /*with_mtp=*/false).logits;
     auto caches = m->make_caches(batch, seq, torch::TensorOptions(torch::kFloat));
-    // A 4-token prompt, then one token at a time.
-    std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, 4), false, &caches).logits};
-    for (int64_t t = 4; t < seq; ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
-    const torch::Tensor cached = torch::cat(pieces, 1);
+    const torch::Tensor cached = logits_prompt_then_one_at_a_time(m, ids, /*prompt_length=*/4, caches);
     EXPECT_LE((cached - full).abs().max().item<double>(), 1e-4) << "q_lora " << q_lora;
     EXPECT_EQ(caches[0]->length, seq);
     EXPECT_EQ(caches[0]->bytes_per_token(),
@@ -89,9 +94,8 @@ TEST(Model, GqaCachedGenerationMatchesFullForward) {
   const torch::Tensor ids = torch::randint(cfg.vocab_size, {batch, seq});
   const torch::Tensor full = m(ids, /*with_mtp=*/false).logits;
   auto caches = m->make_caches(batch, seq, torch::TensorOptions(torch::kFloat));
-  std::vector<torch::Tensor> pieces{m(ids.narrow(1, 0, 3), false, &caches).logits};
-  for (int64_t t = 3; t < seq; ++t) pieces.push_back(m(ids.narrow(1, t, 1), false, &caches).logits);
-  EXPECT_LE((torch::cat(pieces, 1) - full).abs().max().item<double>(), 1e-4);
+  const torch::Tensor cached = logits_prompt_then_one_at_a_time(m, ids, /*prompt_length=*/3, caches);
+  EXPECT_LE((cached - full).abs().max().item<double>(), 1e-4);
   EXPECT_EQ(caches[0]->length, seq);
   EXPECT_EQ(caches[0]->bytes_per_token(), 2 * 2 * 8 * 4) << "keys and values of 2 heads x 8 dims in fp32";
   EXPECT_TRUE(m->named_parameters().contains("model.layers.0.self_attn.q_norm.weight"));
