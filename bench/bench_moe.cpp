@@ -4,13 +4,14 @@
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
+#include "latentmoe/model/layer_registry.h"
 #include "latentmoe/model/moe.h"
 
 namespace {
 latentmoe::config::ModelConfig shape(int64_t hidden, int64_t inter, int64_t experts, int64_t top_k) {
   latentmoe::config::ModelConfig m;
   m.hidden_size = hidden;
-  m.moe_intermediate_size = inter;
+  latentmoe::model::deepseek_moe_settings(m).moe_intermediate_size = inter;
   m.n_routed_experts = experts;
   m.num_experts_per_tok = top_k;
   latentmoe::model::deepseek_router_settings(m).n_group = 4;
@@ -19,9 +20,9 @@ latentmoe::config::ModelConfig shape(int64_t hidden, int64_t inter, int64_t expe
 }
 
 // HF transformers' expert loop: one mask over all (token, slot) pairs per expert.
-torch::Tensor masked_loop(latentmoe::model::MoE& moe, const torch::Tensor& x, const latentmoe::model::RouterOutput& r) {
+torch::Tensor masked_loop(latentmoe::model::DeepSeekMoE& moe, const torch::Tensor& x, const latentmoe::model::RouterOutput& r) {
   torch::Tensor out = torch::zeros_like(x);
-  for (int64_t e = 0; e < moe->cfg.n_routed_experts; ++e) {
+  for (int64_t e = 0; e < moe->options.experts(); ++e) {
     const auto hit = torch::where(r.expert_ids == e);
     if (hit[0].numel() == 0) continue;
     const torch::Tensor y = moe->expert(e).forward(x.index_select(0, hit[0]));
@@ -35,7 +36,8 @@ void run(benchmark::State& state) {
   const auto cfg = state.range(0) == 0 ? shape(128, 64, 8, 2) : shape(512, 384, 16, 2);
   const int64_t tokens = state.range(1);
   torch::manual_seed(0);
-  latentmoe::model::MoE moe(cfg);
+  namespace model = latentmoe::model;
+  model::DeepSeekMoE moe(model::DeepSeekMoEOptions::from_config(cfg), model::Router(model::make_router(cfg)));
   for (auto& p : moe->parameters()) {
     torch::NoGradGuard g;
     p.normal_(0, 0.02);

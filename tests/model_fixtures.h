@@ -3,6 +3,7 @@
 
 #include "latentmoe/config/config.h"
 #include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/moe_settings.h"
 #include "latentmoe/model/router_settings.h"
 
 namespace latentmoe::testing {
@@ -12,7 +13,7 @@ inline config::ModelConfig tiny_model_config() {
   m.vocab_size = 61;
   m.hidden_size = 32;
   m.intermediate_size = 48;
-  m.moe_intermediate_size = 16;
+  model::deepseek_moe_settings(m).moe_intermediate_size = 16;
   m.num_hidden_layers = 3;
   m.num_attention_heads = 2;
   model::MlaSettings& mla = model::mla_settings(m);
@@ -22,7 +23,7 @@ inline config::ModelConfig tiny_model_config() {
   mla.qk_rope_head_dim = 4;
   mla.v_head_dim = 6;
   m.n_routed_experts = 8;
-  m.n_shared_experts = 1;
+  model::deepseek_moe_settings(m).n_shared_experts = 1;
   m.num_experts_per_tok = 3;
   model::deepseek_router_settings(m).n_group = 4;
   model::deepseek_router_settings(m).topk_group = 2;
@@ -43,7 +44,7 @@ inline config::ModelConfig tiny_qwen3_moe_config() {
   gqa.head_dim = 8;
   gqa.qk_norm = true;
   m.router.set_type("softmax_topk");
-  m.n_shared_experts = 0;
+  model::deepseek_moe_settings(m).n_shared_experts = 0;
   m.norm_topk_prob = false;
   m.rope_interleave = false;
   m.num_nextn_predict_layers = 0;

@@ -51,7 +51,8 @@ const char* moved_to(const std::string& path) {
       {"model.qk_nope_head_dim", "attention"}, {"model.qk_rope_head_dim", "attention"},
       {"model.v_head_dim", "attention"},       {"model.n_group", "router"},
       {"model.topk_group", "router"},         {"model.routed_scaling_factor", "router"},
-      {"model.scoring_func", "router"},
+      {"model.scoring_func", "router"},       {"model.moe_intermediate_size", "ffn"},
+      {"model.n_shared_experts", "ffn"},
   };
   const auto it = moved.find(path);
   return it == moved.end() ? nullptr : it->second;

@@ -21,18 +21,17 @@ void ModelConfig::describe(FieldVisitor& v) {
   v.field({"vocab_size", &vocab_size, "Number of token ids (embedding rows and head outputs)"});
   v.field({"hidden_size", &hidden_size, "Residual stream width"});
   v.field({"intermediate_size", &intermediate_size, "SwiGLU inner width of the dense FFN layers"});
-  v.field({"moe_intermediate_size", &moe_intermediate_size,
-           "SwiGLU inner width of each routed and shared expert"});
   v.field({"num_hidden_layers", &num_hidden_layers, "Decoder blocks in the main model (MTP not counted)"});
   v.field({"num_attention_heads", &num_attention_heads, "Query heads of the attention layers"});
   v.section("attention", "Attention layer: `type` picks a registered attention type, whose own keys follow",
             [this](FieldVisitor& s) { attention.describe(s); });
   v.field({"n_routed_experts", &n_routed_experts, "Routed experts per MoE layer (0 = all layers dense)"});
-  v.field({"n_shared_experts", &n_shared_experts, "Always-active shared experts per MoE layer"});
   v.field({"num_experts_per_tok", &num_experts_per_tok, "Routed experts chosen per token (top-k)"});
   v.field({"norm_topk_prob", &norm_topk_prob, "Normalize the chosen experts' gate weights to sum to 1"});
   v.section("router", "MoE router: `type` picks a registered router type, whose own keys follow",
             [this](FieldVisitor& s) { router.describe(s); });
+  v.section("ffn", "FFN of the MoE layers: `type` picks a registered MoE layer type, whose own keys follow",
+            [this](FieldVisitor& s) { ffn.describe(s); });
   v.field({"first_k_dense_replace", &first_k_dense_replace, "Leading layers that use the dense FFN instead of MoE"});
   v.field({"rms_norm_eps", &rms_norm_eps, "RMSNorm epsilon"});
   v.field({"max_position_embeddings", &max_position_embeddings, "Longest sequence the model is built for"});

@@ -47,7 +47,6 @@ void check_model(const ModelConfig& m, Rules& r) {
   r.non_negative(m.num_nextn_predict_layers, "model.num_nextn_predict_layers");
   r.non_negative(m.first_k_dense_replace, "model.first_k_dense_replace");
   r.non_negative(m.n_routed_experts, "model.n_routed_experts");
-  r.non_negative(m.n_shared_experts, "model.n_shared_experts");
 
   const bool has_dense = m.first_k_dense_replace > 0 || m.n_routed_experts == 0;
   if (has_dense) r.positive(m.intermediate_size, "model.intermediate_size (dense FFN layers exist)");
@@ -56,13 +55,12 @@ void check_model(const ModelConfig& m, Rules& r) {
                         m.first_k_dense_replace, m.num_hidden_layers));
 
   if (m.n_routed_experts > 0) {
-    r.positive(m.moe_intermediate_size, "model.moe_intermediate_size");
     r.require(m.num_experts_per_tok >= 1 && m.num_experts_per_tok <= m.n_routed_experts,
               fmt::format("model.num_experts_per_tok ({}) must be in [1, model.n_routed_experts ({})]",
                           m.num_experts_per_tok, m.n_routed_experts));
   }
   // Each layer type's own rules (config/layer_choice.h).
-  for (const LayerChoice* choice : {&m.attention, &m.router}) {
+  for (const LayerChoice* choice : {&m.attention, &m.router, &m.ffn}) {
     const LayerTypeInfo* info = find_layer_type(choice->family(), choice->type());
     if (!info) {
       std::string known;

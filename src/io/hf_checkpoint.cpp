@@ -11,6 +11,7 @@
 
 #include "latentmoe/io/hf_config.h"
 #include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/moe_settings.h"
 #include "latentmoe/model/router_settings.h"
 #include "latentmoe/io/model_io.h"
 #include "latentmoe/io/safetensors.h"
@@ -152,7 +153,7 @@ json common_decoder_config(const config::ModelConfig& m) {
       {"vocab_size", m.vocab_size},
       {"hidden_size", m.hidden_size},
       {"intermediate_size", m.intermediate_size},
-      {"moe_intermediate_size", m.moe_intermediate_size},
+      {"moe_intermediate_size", model::deepseek_moe_settings(m).moe_intermediate_size},
       {"num_hidden_layers", m.num_hidden_layers},
       {"num_attention_heads", m.num_attention_heads},
       {"num_experts_per_tok", m.num_experts_per_tok},
@@ -188,7 +189,7 @@ json deepseek_v3_config(const config::ModelConfig& m, bool include_mtp) {
       {"qk_rope_head_dim", a.qk_rope_head_dim},
       {"v_head_dim", a.v_head_dim},
       {"n_routed_experts", m.n_routed_experts},
-      {"n_shared_experts", m.n_shared_experts},
+      {"n_shared_experts", model::deepseek_moe_settings(m).n_shared_experts},
       {"n_group", r.n_group},
       {"topk_group", r.topk_group},
       {"routed_scaling_factor", r.routed_scaling_factor},
@@ -209,7 +210,9 @@ json qwen3_moe_config(const config::ModelConfig& m) {
     throw ConfigError(fmt::format("{} has no equivalent in transformers' Qwen3Moe", what));
   };
   if (!a.qk_norm) unsupported("model.attention.qk_norm=false");
-  if (m.n_shared_experts != 0) unsupported(fmt::format("model.n_shared_experts={}", m.n_shared_experts));
+  if (const int64_t shared = model::deepseek_moe_settings(m).n_shared_experts; shared != 0) {
+    unsupported(fmt::format("model.ffn.n_shared_experts={}", shared));
+  }
   if (m.rope_interleave) unsupported("model.rope_interleave=true (Qwen3 rotates halves)");
   if (m.rope_scaling.type != "none") unsupported(fmt::format("model.rope_scaling.type '{}'", m.rope_scaling.type));
   json dense = json::array();
@@ -235,6 +238,11 @@ enum class HfArchitecture { deepseek_v3, qwen3_moe };
 HfArchitecture hf_architecture(const config::ModelConfig& m) {
   const std::string& attention = m.attention.type();
   const std::string& router = m.router.type();
+  if (m.ffn.type() != "deepseek_moe") {
+    throw ConfigError(fmt::format("model.ffn.type '{}' has no transformers architecture to export to (both exported "
+                                  "architectures use 'deepseek_moe' experts)",
+                                  m.ffn.type()));
+  }
   if (attention == "mla" && router == "deepseek_v3") return HfArchitecture::deepseek_v3;
   if (attention == "gqa" && router == "softmax_topk") return HfArchitecture::qwen3_moe;
   throw ConfigError(fmt::format("model.attention.type '{}' with model.router.type '{}' has no transformers "

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/moe_settings.h"
 #include "latentmoe/model/router_settings.h"
 #include "latentmoe/util/error.h"
 #include "latentmoe/util/atomic_file.h"
@@ -78,7 +79,8 @@ void read_common(const json& j, const std::string& file, config::ModelConfig& m)
   m.vocab_size = require<int64_t>(j, "vocab_size", file);
   m.hidden_size = require<int64_t>(j, "hidden_size", file);
   m.intermediate_size = require<int64_t>(j, "intermediate_size", file);
-  m.moe_intermediate_size = require<int64_t>(j, "moe_intermediate_size", file);
+  m.ffn.set_type("deepseek_moe");
+  model::deepseek_moe_settings(m).moe_intermediate_size = require<int64_t>(j, "moe_intermediate_size", file);
   m.num_hidden_layers = require<int64_t>(j, "num_hidden_layers", file);
   m.num_attention_heads = require<int64_t>(j, "num_attention_heads", file);
   m.num_experts_per_tok = get_or<int64_t>(j, "num_experts_per_tok", 1, file);
@@ -112,7 +114,7 @@ config::ModelConfig deepseek_from_hf_json(const json& j, const std::string& file
   a.qk_rope_head_dim = require<int64_t>(j, "qk_rope_head_dim", file);
   a.v_head_dim = require<int64_t>(j, "v_head_dim", file);
   m.n_routed_experts = get_or<int64_t>(j, "n_routed_experts", 0, file);
-  m.n_shared_experts = get_or<int64_t>(j, "n_shared_experts", 0, file);
+  model::deepseek_moe_settings(m).n_shared_experts = get_or<int64_t>(j, "n_shared_experts", 0, file);
   m.router.set_type("deepseek_v3");
   model::DeepSeekRouterSettings& r = model::deepseek_router_settings(m);
   r.n_group = get_or<int64_t>(j, "n_group", 1, file);
@@ -140,7 +142,7 @@ config::ModelConfig qwen3_moe_from_hf_json(const json& j, const std::string& fil
   m.n_routed_experts = get_or<int64_t>(j, "num_local_experts", get_or<int64_t>(j, "num_experts", 128, file), file);
   m.num_experts_per_tok = get_or<int64_t>(j, "num_experts_per_tok", 8, file);
   m.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 32768, file);
-  m.n_shared_experts = 0;
+  model::deepseek_moe_settings(m).n_shared_experts = 0;
   m.norm_topk_prob = get_or<bool>(j, "norm_topk_prob", false, file);
   m.rope_interleave = false;
   m.num_nextn_predict_layers = 0;

@@ -16,7 +16,7 @@ DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
   if (is_moe_layer(cfg, layer_index)) {
-    moe = register_module("mlp", MoE(cfg));
+    moe = register_module("mlp", MoE(make_ffn(cfg, layer_index)));
   } else {
     dense_mlp = register_module("mlp", MLP(MLPOptions(cfg.hidden_size, cfg.intermediate_size)));
   }
@@ -26,10 +26,7 @@ void DecoderBlockImpl::set_recompute(Recompute mode) {
   recompute_ = mode;
   const bool selective = mode == Recompute::selective;
   if (dense_mlp) dense_mlp->recompute_activation = selective;
-  if (moe) {
-    moe->recompute_activation = selective;
-    if (moe->shared_experts) moe->shared_experts->recompute_activation = selective;
-  }
+  if (moe) moe->set_selective_recompute(selective);
 }
 
 BlockOutput DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache) {

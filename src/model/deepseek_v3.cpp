@@ -63,7 +63,7 @@ void DeepSeekV3Impl::set_fp8(const ops::fp8::Recipe& recipe) {
     if (auto* linear = dynamic_cast<LinearImpl*>(&module)) {
       linear->fp8 = recipe;
       linear->fp8_name = name;
-    } else if (auto* moe = dynamic_cast<MoEImpl*>(&module)) {
+    } else if (auto* moe = dynamic_cast<DeepSeekMoEImpl*>(&module)) {
       moe->fp8 = recipe;
       moe->fp8_name = name;
     }

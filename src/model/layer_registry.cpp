@@ -43,12 +43,18 @@ bool register_attention(const std::string& type, AttentionFactory factory) {
 
 bool register_router(const std::string& type, RouterFactory factory) { return add("router", type, std::move(factory)); }
 
+bool register_ffn(const std::string& type, FfnFactory factory) { return add("ffn", type, std::move(factory)); }
+
 std::shared_ptr<AttentionLayer> make_attention(const config::ModelConfig& cfg, int64_t layer_index) {
   return find<AttentionFactory>("attention", cfg.attention.type())(cfg, layer_index);
 }
 
 std::shared_ptr<RouterLayer> make_router(const config::ModelConfig& cfg) {
   return find<RouterFactory>("router", cfg.router.type())(cfg);
+}
+
+std::shared_ptr<MoELayer> make_ffn(const config::ModelConfig& cfg, int64_t layer_index) {
+  return find<FfnFactory>("ffn", cfg.ffn.type())(cfg, layer_index);
 }
 
 }  // namespace latentmoe::model

@@ -54,38 +54,54 @@ class StackedExpertWeights : public torch::autograd::Function<StackedExpertWeigh
 };
 }  // namespace
 
-MoEImpl::MoEImpl(const config::ModelConfig& cfg_) : cfg(cfg_) {
-  gate = register_module("gate", Router(make_router(cfg)));
+DeepSeekMoEOptions DeepSeekMoEOptions::from_config(const config::ModelConfig& cfg) {
+  return DeepSeekMoEOptions().hidden_size(cfg.hidden_size).experts(cfg.n_routed_experts).settings(
+      deepseek_moe_settings(cfg));
+}
+
+DeepSeekMoEImpl::DeepSeekMoEImpl(const DeepSeekMoEOptions& options_, Router gate_) : options(options_) {
+  const int64_t hidden = options.hidden_size(), width = options.settings().moe_intermediate_size;
+  gate = register_module("gate", std::move(gate_));
   experts = register_module("experts", std::make_shared<torch::nn::Module>("Experts"));
-  for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
-    local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size))));
+  for (int64_t e = 0; e < options.experts(); ++e) {
+    local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(hidden, width))));
   }
-  if (cfg.n_shared_experts > 0) {
-    shared_experts = register_module(
-        "shared_experts", MLP(MLPOptions(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)));
+  if (const int64_t shared = options.settings().n_shared_experts; shared > 0) {
+    shared_experts = register_module("shared_experts", MLP(MLPOptions(hidden, width * shared)));
   }
   stack_expert_weights();
 }
 
-std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> MoEImpl::stacked_views(int64_t i, const torch::Tensor& gate_up,
+void DeepSeekMoEImpl::set_selective_recompute(bool on) {
+  recompute_activation = on;
+  if (shared_experts) shared_experts->recompute_activation = on;
+}
+
+namespace {
+const bool registered = register_ffn("deepseek_moe", [](const config::ModelConfig& cfg, int64_t) {
+  return std::make_shared<DeepSeekMoEImpl>(DeepSeekMoEOptions::from_config(cfg), Router(make_router(cfg)));
+});
+}  // namespace
+
+std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> DeepSeekMoEImpl::stacked_views(int64_t i, const torch::Tensor& gate_up,
                                                                              const torch::Tensor& down) const {
-  const int64_t width = cfg.moe_intermediate_size;
+  const int64_t width = options.settings().moe_intermediate_size;
   MLPImpl& mlp = *local_experts_[static_cast<size_t>(i)].ptr();
   return {{{&mlp.gate_proj->weight, gate_up[i].narrow(0, 0, width)},
            {&mlp.up_proj->weight, gate_up[i].narrow(0, width, width)},
            {&mlp.down_proj->weight, down[i]}}};
 }
 
-void MoEImpl::stack_expert_weights() {
+void DeepSeekMoEImpl::stack_expert_weights() {
   torch::NoGradGuard no_grad;
-  const int64_t n = local_expert_count(), width = cfg.moe_intermediate_size;
+  const int64_t n = local_expert_count(), width = options.settings().moe_intermediate_size;
   if (n == 0) {
     experts_gate_up = experts_down = torch::Tensor();
     return;
   }
   const torch::TensorOptions like = local_experts_[0]->gate_proj->weight.options();
-  torch::Tensor gate_up = torch::empty({n, 2 * width, cfg.hidden_size}, like);
-  torch::Tensor down = torch::empty({n, cfg.hidden_size, width}, like);
+  torch::Tensor gate_up = torch::empty({n, 2 * width, options.hidden_size()}, like);
+  torch::Tensor down = torch::empty({n, options.hidden_size(), width}, like);
   for (int64_t i = 0; i < n; ++i) {
     for (const auto& [param, view] : stacked_views(i, gate_up, down)) {
       view.copy_(*param);
@@ -96,7 +112,7 @@ void MoEImpl::stack_expert_weights() {
   experts_down = down;
 }
 
-bool MoEImpl::expert_weights_stacked() const {
+bool DeepSeekMoEImpl::expert_weights_stacked() const {
   const int64_t n = local_expert_count();
   if (n == 0) return true;
   if (!experts_gate_up.defined() || experts_gate_up.size(0) != n) return false;
@@ -111,7 +127,7 @@ bool MoEImpl::expert_weights_stacked() const {
   return true;
 }
 
-torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts) {
+torch::Tensor DeepSeekMoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts) {
   const int64_t n = static_cast<int64_t>(counts.size());
   if (first < first_local_ || first + n > first_local_ + local_expert_count()) {
     throw std::out_of_range(fmt::format("MoE: experts [{}, {}) are not all held here (this module holds [{}, {}))",
@@ -145,7 +161,7 @@ torch::Tensor MoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, c
   return grouped(act, stacked[1], counts, ".down");
 }
 
-MLPImpl& MoEImpl::expert(int64_t e) {
+MLPImpl& DeepSeekMoEImpl::expert(int64_t e) {
   if (e < first_local_ || e >= first_local_ + local_expert_count()) {
     throw std::out_of_range(fmt::format("MoE: expert {} is not held here (this module holds experts [{}, {}))", e,
                                         first_local_, first_local_ + local_expert_count()));
@@ -153,7 +169,7 @@ MLPImpl& MoEImpl::expert(int64_t e) {
   return *local_experts_[static_cast<size_t>(e - first_local_)];
 }
 
-void MoEImpl::retain_experts(int64_t first, int64_t count) {
+void DeepSeekMoEImpl::retain_experts(int64_t first, int64_t count) {
   if (first < first_local_ || count < 0 || first + count > first_local_ + local_expert_count()) {
     throw std::out_of_range(fmt::format("MoE: cannot retain experts [{}, {}) from the held range [{}, {})", first,
                                         first + count, first_local_, first_local_ + local_expert_count()));
@@ -169,7 +185,7 @@ void MoEImpl::retain_experts(int64_t first, int64_t count) {
   stack_expert_weights();  // frees the dropped experts' share of the old stack
 }
 
-torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
+torch::Tensor DeepSeekMoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {
   if (dispatcher) return dispatcher->routed_experts(*this, tokens, routing);
   if (tokens.size(0) == 0) return torch::zeros_like(tokens);
   const int64_t top_k = routing.expert_ids.size(1);
@@ -188,8 +204,8 @@ torch::Tensor MoEImpl::routed_experts(const torch::Tensor& tokens, const RouterO
   return ops::moe_unpermute(expert_out, positions, routing.gate_weights).to(tokens.scalar_type());
 }
 
-MoEOutput MoEImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor tokens = x.reshape({-1, cfg.hidden_size});
+MoEOutput DeepSeekMoEImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor tokens = x.reshape({-1, options.hidden_size()});
   MoEOutput out;
   out.routing = gate(tokens);
   torch::Tensor hidden = routed_experts(tokens, out.routing);

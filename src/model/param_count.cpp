@@ -28,14 +28,16 @@ BlockCounts block_counts(const config::ModelConfig& m, int64_t layer_index) {
   BlockCounts b;
   b.attention = layer_counts(m.attention, m).parameters;
   b.norms = Count(2) * m.hidden_size;
-  const Count swiglu = Count(3) * m.hidden_size;
   if (m.n_routed_experts > 0 && layer_index >= m.first_k_dense_replace) {
-    b.routed = Count(m.n_routed_experts) * swiglu * m.moe_intermediate_size;
-    b.routed_activated = Count(m.num_experts_per_tok) * swiglu * m.moe_intermediate_size;
-    b.shared = Count(m.n_shared_experts) * swiglu * m.moe_intermediate_size;
+    const config::LayerCounts ffn = layer_counts(m.ffn, m);
+    const int64_t activated = ffn.activated_parameters.value_or(ffn.parameters);
+    // What a token does not run through is routed; what every token runs is shared.
+    b.routed = ffn.routed_parameters;
+    b.shared = ffn.parameters - ffn.routed_parameters;
+    b.routed_activated = activated - b.shared.value();
     b.router = layer_counts(m.router, m).parameters;
   } else {
-    b.dense_ffn = swiglu * m.intermediate_size;
+    b.dense_ffn = Count(3) * m.hidden_size * m.intermediate_size;
   }
   return b;
 }

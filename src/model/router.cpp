@@ -1,4 +1,4 @@
-// Routers: the fp32 gate GEMM, then one op for scoring, the biased (group-limited) top-k (groups
+// Routers: the fp32 gate GEMM (LinearGateRouter), then one op for scoring, the biased (group-limited) top-k (groups
 // outside the kept ones can never be chosen, as the released code's -inf mask), gate weights from
 // the unbiased scores and the per-expert counts. Registered as `model.router.type` deepseek_v3
 // and softmax_topk; their keys and rules are src/model/router_spec.cpp.
@@ -13,16 +13,16 @@
 namespace latentmoe::model {
 
 namespace {
-// Gate logits in fp32 whatever the autocast (DeepSeek-V3 keeps MoE gating in high precision),
-// then ops::moe_router.
-RouterOutput route(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                   const ops::RouterChoice& options) {
+const c10::DispatchKeySet kAutocastKeys({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA});
+
+// ops::moe_router on the fp32 gate logits, all of it outside autocast.
+RouterOutput route(const LinearGateRouter& router, const torch::Tensor& x, const ops::RouterChoice& options) {
   RECORD_FUNCTION("latentmoe.moe.router", c10::ArrayRef<const c10::IValue>{});
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
-      c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
   RouterOutput out;
-  out.logits = torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));
-  auto [ids, gates, scores, counts] = ops::moe_router(out.logits, bias.to(torch::kFloat), options);
+  out.logits = router.gate_logits(x);
+  auto [ids, gates, scores, counts] =
+      ops::moe_router(out.logits, router.e_score_correction_bias.to(torch::kFloat), options);
   out.expert_ids = ids;
   out.expert_counts = counts;
   out.gate_weights = gates;
@@ -47,40 +47,39 @@ RouterLayer::RouterLayer(int64_t n_routed_experts) {
   e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({n_routed_experts}));
 }
 
-DeepSeekRouterImpl::DeepSeekRouterImpl(const DeepSeekRouterOptions& options_)
-    : RouterLayer(options_.router().experts()), options(options_) {
-  weight = register_parameter("weight", torch::empty({options.router().experts(), options.router().hidden_size()}));
+LinearGateRouter::LinearGateRouter(const RouterOptions& options) : RouterLayer(options.experts()) {
+  weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));
 }
 
-void DeepSeekRouterImpl::reset_own_parameters(double init_std) {
+void LinearGateRouter::reset_own_parameters(double init_std) {
   torch::NoGradGuard no_grad;
   weight.normal_(0.0, init_std);
 }
 
+torch::Tensor LinearGateRouter::gate_logits(const torch::Tensor& x) const {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKeys);
+  return torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));
+}
+
+DeepSeekRouterImpl::DeepSeekRouterImpl(const DeepSeekRouterOptions& options_)
+    : LinearGateRouter(options_.router()), options(options_) {}
+
 RouterOutput DeepSeekRouterImpl::forward(const torch::Tensor& x) {
   const DeepSeekRouterSettings& s = options.settings();
-  return route(x, weight, e_score_correction_bias,
+  return route(*this, x,
                {.top_k = options.router().top_k(), .n_group = s.n_group, .topk_group = s.topk_group,
                 .sigmoid = s.scoring_func == "sigmoid", .normalize = options.router().normalize(),
                 .scaling = s.routed_scaling_factor});
 }
 
 SoftmaxTopkRouterImpl::SoftmaxTopkRouterImpl(const RouterOptions& options_)
-    : RouterLayer(options_.experts()), options(options_) {
-  weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));
-}
-
-void SoftmaxTopkRouterImpl::reset_own_parameters(double init_std) {
-  torch::NoGradGuard no_grad;
-  weight.normal_(0.0, init_std);
-}
+    : LinearGateRouter(options_), options(options_) {}
 
 RouterOutput SoftmaxTopkRouterImpl::forward(const torch::Tensor& x) {
   // One group holding every expert: a plain top-k; no scaling.
-  return route(x, weight, e_score_correction_bias,
+  return route(*this, x,
                {.top_k = options.top_k(), .n_group = 1, .topk_group = 1, .sigmoid = false,
-                .normalize = options.normalize(),
-                .scaling = 1.0});
+                .normalize = options.normalize(), .scaling = 1.0});
 }
 
 namespace {

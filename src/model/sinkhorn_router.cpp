@@ -9,7 +9,6 @@
 #include <ATen/record_function.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
-#include "latentmoe/model/init.h"
 #include "latentmoe/model/layer_registry.h"
 #include "latentmoe/model/router.h"
 #include "sinkhorn_router_settings.h"
@@ -40,24 +39,18 @@ torch::Tensor sinkhorn_expert_log_scaling(const torch::Tensor& logits, int64_t i
   return log_d1.squeeze(0);
 }
 
-class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
+// The gate weight, its init and the fp32 logits come from LinearGateRouter (router.h).
+class SinkhornRouterImpl : public LinearGateRouter {
  public:
   SinkhornRouterImpl(const RouterOptions& options, const SinkhornRouterSettings& settings)
-      : RouterLayer(options.experts()), options_(options), settings_(settings) {
-    weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));  // [E, hidden]
-  }
-
-  void reset_own_parameters(double init_std) override {
-    torch::NoGradGuard no_grad;
-    weight.normal_(0.0, init_std);
-  }
+      : LinearGateRouter(options), options_(options), settings_(settings) {}
 
   RouterOutput forward(const torch::Tensor& x) override {
     RECORD_FUNCTION("latentmoe.moe.router", c10::ArrayRef<const c10::IValue>{});
     const c10::impl::ExcludeDispatchKeyGuard no_autocast(
         c10::DispatchKeySet({c10::DispatchKey::AutocastCPU, c10::DispatchKey::AutocastCUDA}));
     RouterOutput out;
-    out.logits = torch::linear(x.to(torch::kFloat), weight.to(torch::kFloat));  // [tokens, E]
+    out.logits = gate_logits(x);  // [tokens, E] fp32
     const torch::Tensor probs = torch::softmax(out.logits, -1);
     torch::Tensor selection = out.logits.detach() + e_score_correction_bias.to(torch::kFloat);
     if (is_training() && out.logits.size(0) > 0) {
@@ -71,8 +64,6 @@ class SinkhornRouterImpl : public RouterLayer, public ParameterInit {
     out.token_scores = probs;
     return out;
   }
-
-  torch::Tensor weight;  // [n_routed_experts, hidden]
 
  private:
   RouterOptions options_;

@@ -49,7 +49,7 @@ torch::Tensor all_to_all_rows(Communicator& comm, const torch::Tensor& input, co
 ExpertParallelDispatcher::ExpertParallelDispatcher(Communicator& comm, int64_t n_experts)
     : comm_(comm), n_experts_(n_experts), local_experts_(n_experts / comm.world_size()) {}
 
-torch::Tensor ExpertParallelDispatcher::routed_experts(model::MoEImpl& moe, const torch::Tensor& tokens,
+torch::Tensor ExpertParallelDispatcher::routed_experts(model::DeepSeekMoEImpl& moe, const torch::Tensor& tokens,
                                                        const model::RouterOutput& routing) {
   const int world = comm_.world_size(), rank = comm_.rank();
   const int64_t top_k = routing.expert_ids.size(1);

@@ -144,10 +144,17 @@ GoldenTolerance default_golden_tolerance(const std::string& compute_dtype) {
   // leave a margin of about 2x or more early and late (the LM loss bound, 2e-6, is what catches
   // a wrong change within 2 steps: balancing sign, rope base, learning rate); bf16 gets 10x looser
   // early bounds for CPUs whose bf16 kernels round differently.
-  const double early_scale = compute_dtype == "bf16" ? 10.0 : 1.0;
-  return {.early_steps = 10,
+  //
+  // bf16 across CPU kinds (the debug-bf16 golden run, recorded on an AVX-512 Xeon, checked on an
+  // AMD EPYC; fp32 GEMMs on bf16-rounded operands on both): steps 1-6 agree to <= 3.5e-6 in the
+  // losses, 1.8e-5 in the balance loss, 2.1e-4 in the gradient norm and 0.004 in an expert's
+  // share, but at steps 7-9 a near-tied router choice flips (balance loss 2.9e-3, gradient norm
+  // 6.3e-3, an expert's share 0.49): bf16 compares 6 steps one by one, its gradient norm within 1e-3.
+  const bool bf16 = compute_dtype == "bf16";
+  const double early_scale = bf16 ? 10.0 : 1.0;
+  return {.early_steps = bf16 ? 6 : 10,
           .early = {.loss_rtol = 2e-6 * early_scale, .aux_loss_rtol = 2e-4 * early_scale,
-                    .grad_norm_rtol = 3e-5 * early_scale, .load_atol = 0.01 * early_scale},
+                    .grad_norm_rtol = bf16 ? 1e-3 : 3e-5, .load_atol = 0.01 * early_scale},
           .window = 10,
           .late = {.loss_rtol = 2e-2, .aux_loss_rtol = 0.1, .grad_norm_rtol = 0.6, .load_atol = 0.45}};
 }
@@ -422,13 +429,23 @@ GoldenReport compare_golden(const GoldenRecord& golden, const GoldenRecord& run,
       int64_t tokens = 0;
       for (int64_t v : expected) tokens += v;
       const GoldenBounds* b = units[u].bounds;
+      // After the early steps the runs drift apart like two seeds, and which expert a near-tied
+      // router starves is as arbitrary as between seeds: the windows compare the load
+      // distributions (busiest expert with busiest, and so on), which the code determines.
+      const bool by_rank = b && units[u].first != units[u].last;
+      if (by_rank) {
+        std::sort(expected.begin(), expected.end(), std::greater<>());
+        std::sort(actual.begin(), actual.end(), std::greater<>());
+      }
       for (size_t e = 0; e < expected.size(); ++e) {
         const double share = tokens > 0 ? static_cast<double>(std::abs(actual[e] - expected[e])) / static_cast<double>(tokens) : 0.0;
         check.worst = std::max(check.worst, share);
         if (b ? !(share <= b->load_atol) : actual[e] != expected[e]) {
           check.fail(units[u].first, units[u].label(),
-                     fmt::format("expert {} received {} tokens vs golden {} (a difference of {:.4f} of the layer's {} "
-                                 "routed tokens{})", e, actual[e], expected[e], share, tokens,
+                     fmt::format("{} received {} tokens vs golden {} (a difference of {:.4f} of the layer's {} "
+                                 "routed tokens{})",
+                                 by_rank ? fmt::format("the expert ranked {} by load", e + 1) : fmt::format("expert {}", e),
+                                 actual[e], expected[e], share, tokens,
                                  b ? fmt::format(" > tolerance {}", b->load_atol) : ", not bit-identical"));
           break;
         }

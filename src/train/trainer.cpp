@@ -162,9 +162,13 @@ void Trainer::setup_parallel() {
   expert_dp_comm_ = comm_->subgroup(fmt::format("edp.{}", layout_->ep_rank()), layout_->edp_group_ranks());
   expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*ep_comm_, cfg_.model.n_routed_experts);
   for (const auto& module : model_->modules(/*include_self=*/false)) {
-    if (auto moe = std::dynamic_pointer_cast<model::MoEImpl>(module)) {
+    if (auto moe = std::dynamic_pointer_cast<model::DeepSeekMoEImpl>(module)) {
       moe->retain_experts(layout_->first_local_expert(), layout_->local_experts());
       moe->dispatcher = expert_dispatcher_.get();
+    } else if (std::dynamic_pointer_cast<model::MoELayer>(module)) {
+      throw ConfigError(fmt::format("parallel.ep={} places routed experts of model.ffn.type 'deepseek_moe' only; "
+                                    "model.ffn.type '{}' runs with parallel.ep=1",
+                                    cfg_.parallel.ep, cfg_.model.ffn.type()));
     }
   }
   LMOE_INFO("expert parallel: EP group {} (ranks {}), expert-data-parallel group {} (ranks {}), experts [{}, {}) here",

@@ -27,7 +27,8 @@ def test_dump_is_yaml_and_json_twin_loads_identically(preset, run_cli, tmp_path)
 def test_preset_values_match_the_public_deepseek_v3_config(preset, run_cli):
     cfg = yaml.safe_load(run_cli("config", "--config", preset, "--dump").stdout)["model"]
     assert cfg["attention"]["type"] == "mla" and cfg["router"]["type"] == "deepseek_v3"
-    cfg = {**cfg, **cfg.pop("attention"), **cfg.pop("router")}  # HF's config.json is flat
+    assert cfg["ffn"]["type"] == "deepseek_moe"
+    cfg = {**cfg, **cfg.pop("attention"), **cfg.pop("router"), **cfg.pop("ffn")}  # HF's config.json is flat
     expected = {
         "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
         "num_hidden_layers": 61, "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 
-SMALL = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.moe_intermediate_size=16",
+SMALL = ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64", "--set", "model.ffn.moe_intermediate_size=16",
          "--set", "model.num_hidden_layers=2", "--set", "model.num_attention_heads=2", "--set", "model.attention.q_lora_rank=16",
          "--set", "model.attention.kv_lora_rank=16", "--set", "model.attention.qk_nope_head_dim=8", "--set", "model.attention.qk_rope_head_dim=4",
          "--set", "model.attention.v_head_dim=8", "--set", "train.seq_len=32", "--set", "train.global_batch_size=4",

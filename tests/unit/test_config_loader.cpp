@@ -3,6 +3,7 @@
 
 #include "latentmoe/config/loader.h"
 #include "latentmoe/model/attention_settings.h"
+#include "latentmoe/model/moe_settings.h"
 #include "latentmoe/model/router_settings.h"
 #include "latentmoe/io/hf_config.h"
 #include "test_util.h"
@@ -211,7 +212,7 @@ TEST(HfConfig, IntegersAreExactAndBlockSizesChecked) {
   expect_error_contains<latentmoe::ConfigError>([&] { parse_hf_config("[1, 2]", "c.json"); }, {"c.json: must be a JSON object"});
 }
 
-// model.attention / model.router: the type decides which keys exist, wherever `type` is written;
+// model.attention / model.router / model.ffn: the type decides which keys exist, wherever `type` is written;
 // typos get did-you-mean per type; keys from before the sections (checkpoints' config.yaml) load.
 TEST(ConfigLoader, LayerTypeSectionsHaveTheirTypesKeys) {
   TempDir dir;
@@ -249,8 +250,22 @@ TEST(ConfigLoader, LayerTypeSectionsHaveTheirTypesKeys) {
     EXPECT_EQ(std::string(e.what()).find("n_group"), std::string::npos) << "no cascade after a bad type: " << e.what();
   }
 
-  const auto legacy = dir.write("old.yaml", "model:\n  kv_lora_rank: 16\n  n_group: 2\n  scoring_func: softmax\n");
+  const auto ffn_typo = dir.write("f.yaml", "model:\n  ffn:\n    type: deepseek_moe\n    moe_intermediat_size: 8\n");
+  expect_error_contains<ConfigError>([&] { cfg::load_config_file(ffn_typo); },
+                                     {"unknown key 'model.ffn.moe_intermediat_size' at " + ffn_typo + ":4",
+                                      "(did you mean 'moe_intermediate_size'?)"});
+  const auto ffn_keys = dir.write("fk.yaml", "model:\n  ffn:\n    n_shared_experts: 2\n    moe_intermediate_size: 24\n");
+  const cfg::Config with_ffn = cfg::load_config_file(ffn_keys);
+  EXPECT_EQ(with_ffn.model.ffn.type(), "deepseek_moe");
+  EXPECT_EQ(latentmoe::model::deepseek_moe_settings(with_ffn.model).n_shared_experts, 2);
+  EXPECT_EQ(latentmoe::model::deepseek_moe_settings(with_ffn.model).moe_intermediate_size, 24);
+
+  const auto legacy = dir.write("old.yaml", "model:\n  kv_lora_rank: 16\n  n_group: 2\n  scoring_func: softmax\n"
+                                            "  moe_intermediate_size: 40\n  n_shared_experts: 3\n");
   const cfg::Config old = cfg::load_config_file(legacy);
+  EXPECT_EQ(latentmoe::model::deepseek_moe_settings(old.model).moe_intermediate_size, 40);
+  EXPECT_EQ(latentmoe::model::deepseek_moe_settings(old.model).n_shared_experts, 3);
+  EXPECT_NE(cfg::dump_config_yaml(old).find("  ffn:"), std::string::npos);
   EXPECT_EQ(latentmoe::model::mla_settings(old.model).kv_lora_rank, 16);
   EXPECT_EQ(latentmoe::model::deepseek_router_settings(old.model).n_group, 2);
   EXPECT_EQ(latentmoe::model::deepseek_router_settings(old.model).scoring_func, "softmax");

@@ -79,6 +79,8 @@ TEST(ConfigValidate, DimensionsArePositive) {
   expect_violation({"model.attention.type=gqa", "model.attention.head_dim=7"},
                    {"model.attention.head_dim must be > 0 and even"});
   expect_violation({"model.hidden_size=-1"}, {"model.hidden_size must be > 0, got -1"});
+  expect_violation({"model.ffn.moe_intermediate_size=0"}, {"model.ffn.moe_intermediate_size must be > 0, got 0"});
+  expect_violation({"model.ffn.n_shared_experts=-1"}, {"model.ffn.n_shared_experts must be >= 0, got -1"});
   expect_violation({"model.first_k_dense_replace=4"},
                    {"model.first_k_dense_replace (4) must be <= model.num_hidden_layers (3)"});
   EXPECT_EQ(violations_after({"model.q_lora_rank=null"}), "");

@@ -1,7 +1,12 @@
 // The permuted MoE equals a per-token loop over its chosen experts, forward and backward.
 #include <gtest/gtest.h>
 
+#include "latentmoe/config/loader.h"
+#include "latentmoe/model/deepseek_v3.h"
+#include "latentmoe/model/layer_registry.h"
 #include "latentmoe/model/moe.h"
+#include "latentmoe/model/param_count.h"
+#include "latentmoe/util/error.h"
 #include "model_fixtures.h"
 
 namespace model = latentmoe::model;
@@ -15,7 +20,12 @@ namespace {
   return ::testing::AssertionFailure() << "max |diff| " << diff << " at scale " << scale;
 }
 
-torch::Tensor loop_reference(model::MoE& moe, const torch::Tensor& tokens, const model::RouterOutput& routing) {
+// The model.ffn.type 'deepseek_moe' layer of cfg, with cfg's router.
+model::DeepSeekMoE deepseek_moe(const latentmoe::config::ModelConfig& cfg) {
+  return model::DeepSeekMoE(model::DeepSeekMoEOptions::from_config(cfg), model::Router(model::make_router(cfg)));
+}
+
+torch::Tensor loop_reference(model::DeepSeekMoE& moe, const torch::Tensor& tokens, const model::RouterOutput& routing) {
   std::vector<torch::Tensor> rows;
   for (int64_t t = 0; t < tokens.size(0); ++t) {
     const torch::Tensor x = tokens[t].unsqueeze(0);
@@ -33,7 +43,7 @@ torch::Tensor loop_reference(model::MoE& moe, const torch::Tensor& tokens, const
 TEST(MoE, EqualsPerTokenLoopForwardAndBackward) {
   torch::manual_seed(11);
   auto cfg = latentmoe::testing::tiny_model_config();
-  model::MoE moe(cfg);
+  model::DeepSeekMoE moe = deepseek_moe(cfg);
   for (auto& p : moe->parameters()) {
     torch::NoGradGuard g;
     p.normal_(0, 0.3);
@@ -70,7 +80,7 @@ TEST(MoE, ExpertWithNoTokensGetsNoGradient) {
   model::deepseek_router_settings(cfg).n_group = 1;
   model::deepseek_router_settings(cfg).topk_group = 1;
   cfg.num_experts_per_tok = 1;
-  model::MoE moe(cfg);
+  model::DeepSeekMoE moe = deepseek_moe(cfg);
   {
     torch::NoGradGuard g;
     for (auto& p : moe->parameters()) p.normal_(0, 0.3);
@@ -94,8 +104,8 @@ TEST(MoE, ExpertWithNoTokensGetsNoGradient) {
 TEST(MoE, ExpertParametersAreViewsOfTheStackedWeights) {
   torch::manual_seed(6);
   auto cfg = latentmoe::testing::tiny_model_config();
-  model::MoE moe(cfg);
-  const int64_t width = cfg.moe_intermediate_size;
+  model::DeepSeekMoE moe = deepseek_moe(cfg);
+  const int64_t width = model::deepseek_moe_settings(cfg).moe_intermediate_size;
   for (int64_t e = 0; e < cfg.n_routed_experts; ++e) {
     EXPECT_EQ(moe->expert(e).gate_proj->weight.data_ptr(), moe->experts_gate_up[e].data_ptr()) << e;
     EXPECT_EQ(moe->expert(e).up_proj->weight.data_ptr(), moe->experts_gate_up[e][width].data_ptr()) << e;
@@ -125,7 +135,7 @@ TEST(MoE, ExpertParametersAreViewsOfTheStackedWeights) {
 TEST(MoE, RetainExpertsKeepsGlobalNamesAndWeights) {
   torch::manual_seed(5);
   auto cfg = latentmoe::testing::tiny_model_config();
-  model::MoE full(cfg), part(cfg);
+  model::DeepSeekMoE full = deepseek_moe(cfg), part = deepseek_moe(cfg);
   {
     torch::NoGradGuard g;
     for (auto& p : part->named_parameters()) p.value().copy_(full->named_parameters()[p.key()]);
@@ -147,4 +157,74 @@ TEST(MoE, RetainExpertsKeepsGlobalNamesAndWeights) {
   EXPECT_THROW(part->retain_experts(0, 1), std::out_of_range);
   const torch::Tensor x = torch::randn({3, cfg.hidden_size});
   EXPECT_TRUE(torch::equal(part->expert(n - 1).forward(x), full->expert(n - 1).forward(x)));
+}
+
+// model.ffn.type is a registry family: a type registered here (both halves, as a new source file
+// would) is built by the decoder blocks, counted exactly, initialized and trained through, and
+// its keys are checked like any other section's. The test type runs one SwiGLU of `width` per
+// token beside its router (a stand-in for a research MoE design).
+namespace {
+struct SwigluTestSettings : latentmoe::config::LayerSettingsOf<SwigluTestSettings> {
+  int64_t width = 12;
+  void describe(latentmoe::config::FieldVisitor& v) override { v.field({"width", &width, "SwiGLU width"}); }
+};
+
+class SwigluTestFfnImpl : public model::MoELayer {
+ public:
+  SwigluTestFfnImpl(int64_t hidden, int64_t width, model::Router router) {
+    gate = register_module("gate", std::move(router));
+    mlp = register_module("ffn", model::MLP(model::MLPOptions(hidden, width)));
+  }
+  model::MoEOutput forward(const torch::Tensor& x) override {
+    const torch::Tensor tokens = x.reshape({-1, x.size(-1)});
+    return {mlp(tokens).view(x.sizes()), gate(tokens)};
+  }
+  void set_selective_recompute(bool on) override { mlp->recompute_activation = on; }
+  model::Router gate{nullptr};
+  model::MLP mlp{nullptr};
+};
+
+const bool swiglu_test_registered = [] {
+  latentmoe::config::register_layer_type(
+      {.family = "ffn",
+       .name = "swiglu_test",
+       .doc = "test type",
+       .make_settings = [] { return std::make_unique<SwigluTestSettings>(); },
+       .count = [](const latentmoe::config::ModelConfig& m) -> latentmoe::config::LayerCounts {
+         return {.parameters = 3 * m.hidden_size * m.ffn.settings<SwigluTestSettings>().width};
+       },
+       .validate = nullptr});
+  return model::register_ffn("swiglu_test", [](const latentmoe::config::ModelConfig& cfg, int64_t) {
+    return std::make_shared<SwigluTestFfnImpl>(cfg.hidden_size, cfg.ffn.settings<SwigluTestSettings>().width,
+                                               model::Router(model::make_router(cfg)));
+  });
+}();
+}  // namespace
+
+TEST(MoE, AnFfnTypeRegisteredOutsideTheModelIsBuiltCountedAndTrained) {
+  ASSERT_TRUE(swiglu_test_registered);
+  latentmoe::config::Config c;
+  c.model = latentmoe::testing::tiny_model_config();
+  latentmoe::config::apply_override(c, "model.ffn.type=swiglu_test");
+  latentmoe::config::apply_override(c, "model.ffn.width=20");
+  EXPECT_THROW(latentmoe::config::apply_override(c, "model.ffn.moe_intermediate_size=8"), latentmoe::ConfigError);
+  torch::manual_seed(3);
+  model::DeepSeekV3 m(c.model);
+  const auto params = m->named_parameters();
+  EXPECT_TRUE(params.contains("model.layers.1.mlp.ffn.up_proj.weight"));
+  EXPECT_EQ(params["model.layers.1.mlp.ffn.up_proj.weight"].size(0), 20);
+  EXPECT_FALSE(params.contains("model.layers.1.mlp.experts.0.up_proj.weight"));
+  EXPECT_TRUE(params.contains("model.layers.0.mlp.up_proj.weight")) << "the dense leading block is unchanged";
+  int64_t built = 0;
+  for (const auto& p : params) {
+    if (p.key().rfind("mtp.", 0) != 0) built += p.value().numel();
+  }
+  EXPECT_EQ(model::count_parameters(c.model).total, built);
+  EXPECT_GT(params["model.layers.1.mlp.ffn.up_proj.weight"].abs().sum().item<double>(), 0) << "initialized";
+
+  const torch::Tensor ids = torch::randint(0, c.model.vocab_size, {2, 5});
+  const model::ModelOutput out = m->forward(ids, /*with_mtp=*/false);
+  ASSERT_EQ(out.routing.size(), static_cast<size_t>(c.model.num_hidden_layers - c.model.first_k_dense_replace));
+  out.logits.sum().backward();
+  EXPECT_TRUE(params["model.layers.1.mlp.ffn.down_proj.weight"].grad().defined());
 }

@@ -135,7 +135,7 @@ TEST(ModelIo, ModelDirectoryRoundTrip) {
   latentmoe::model::DeepSeekV3 m(cfg.model);
   {
     at::NoGradGuard g;
-    m->model->layers[1]->as<latentmoe::model::DecoderBlockImpl>()->moe->gate->e_score_correction_bias.fill_(0.25);
+    m->model->layers[1]->as<latentmoe::model::DecoderBlockImpl>()->moe->as<latentmoe::model::DeepSeekMoEImpl>()->gate->e_score_correction_bias.fill_(0.25);
   }
   io::save_model_dir(dir.path().string(), cfg, *m);
   latentmoe::config::Config back_cfg;

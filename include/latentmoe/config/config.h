@@ -28,17 +28,17 @@ struct ModelConfig {
   int64_t vocab_size = 8192;
   int64_t hidden_size = 128;
   int64_t intermediate_size = 384;
-  int64_t moe_intermediate_size = 64;
   int64_t num_hidden_layers = 3;
   int64_t num_attention_heads = 4;
   // The attention type and its keys (model/attention_settings.h for the built-in ones).
   LayerChoice attention{"attention", "mla"};
   int64_t n_routed_experts = 8;
-  int64_t n_shared_experts = 1;
   int64_t num_experts_per_tok = 2;
   bool norm_topk_prob = true;
   // The router type and its keys (model/router_settings.h for the built-in ones).
   LayerChoice router{"router", "deepseek_v3"};
+  // The MoE layers' FFN type and its keys (model/moe_settings.h for the built-in one).
+  LayerChoice ffn{"ffn", "deepseek_moe"};
   int64_t first_k_dense_replace = 1;
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 4096;

@@ -1,4 +1,5 @@
-// Interchangeable model layers chosen by config: `model.attention.type`, `model.router.type`.
+// Interchangeable model layers chosen by config: `model.attention.type`, `model.router.type`,
+// `model.ffn.type` (the FFN of the MoE layers).
 // Each layer type registers its settings (the keys of its section, declared like any other
 // section's fields) under its family; a config section holds the chosen type and that type's
 // settings, so unknown keys, did-you-mean, the dump and docs/configuration.md work per type.
@@ -7,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +38,8 @@ class LayerSettingsOf : public LayerSettings {
 // A layer's size from the config alone (model/param_count.h sums them; no tensors).
 struct LayerCounts {
   int64_t parameters = 0;       // one layer's parameters (buffers not counted)
+  std::optional<int64_t> activated_parameters;  // those a token runs through (unset: all of them)
+  int64_t routed_parameters = 0;  // of parameters, the routed experts' (split over EP ranks)
   int64_t norm_parameters = 0;  // of which norm weights: not matmul weights, so no FLOPs
   int64_t score_width = 0;      // attention: sum over query heads of (qk dim + value dim); the
                                 // score and value products cost 2 x this x context FLOPs per token
@@ -44,7 +48,7 @@ struct LayerCounts {
 // What a layer type declares besides its keys: its counter, and cross-field rules on the whole
 // model section (messages name the keys, e.g. "model.attention.head_dim must be even").
 struct LayerTypeInfo {
-  std::string family;  // "attention", "router"
+  std::string family;  // "attention", "router", "ffn"
   std::string name;    // the value of model.<family>.type
   std::string doc;     // one line for docs/configuration.md
   std::function<std::unique_ptr<LayerSettings>()> make_settings;

@@ -1,6 +1,6 @@
 // Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)); the attention is the registered
 // model.attention.type, the FFN is dense SwiGLU for the first first_k_dense_replace layers and
-// DeepSeekMoE after (when experts are configured).
+// the registered model.ffn.type MoE layer after (when experts are configured).
 #pragma once
 
 #include <optional>
@@ -37,7 +37,7 @@ class DecoderBlockImpl : public torch::nn::Module {
   Attention self_attn{nullptr};  // the model.attention.type layer
   RMSNorm post_attention_layernorm{nullptr};
   MLP dense_mlp{nullptr};  // registered as "mlp" when dense
-  MoE moe{nullptr};        // registered as "mlp" when MoE
+  MoE moe{nullptr};        // the model.ffn.type layer, registered as "mlp" when MoE
 
  private:
   BlockOutput forward_layers(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache);

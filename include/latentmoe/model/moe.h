@@ -1,7 +1,8 @@
 // DeepSeekMoE layer: dropless routing over fine-grained experts plus always-on shared experts.
 // Tokens are sorted by expert (permute), the routed experts run as two grouped GEMMs over their
 // stacked weights (gate+up, then down) around one SwiGLU, and results are weighted and summed back
-// per token (unpermute). No per-expert masks over all tokens.
+// per token (unpermute). No per-expert masks over all tokens. The MoE-layer seam
+// (`model.ffn.type`; layer_registry.h makes one) is MoELayer.
 #pragma once
 
 #include <array>
@@ -10,20 +11,22 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
-#include "latentmoe/config/config.h"
 #include "latentmoe/model/mlp.h"
+#include "latentmoe/model/moe_settings.h"
 #include "latentmoe/model/router.h"
+#include "latentmoe/ops/fp8.h"
 
 namespace latentmoe::model {
 
-class MoEImpl;
+class DeepSeekMoEImpl;
 
 // Runs the routed experts for permuted tokens somewhere else (expert parallelism lives in
 // src/parallel/ and plugs in here; the model itself stays single-device).
 class ExpertDispatcher {
  public:
   virtual ~ExpertDispatcher() = default;
-  virtual torch::Tensor routed_experts(MoEImpl& moe, const torch::Tensor& tokens, const RouterOutput& routing) = 0;
+  virtual torch::Tensor routed_experts(DeepSeekMoEImpl& moe, const torch::Tensor& tokens,
+                                       const RouterOutput& routing) = 0;
 };
 
 struct MoEOutput {
@@ -31,11 +34,31 @@ struct MoEOutput {
   RouterOutput routing;
 };
 
-class MoEImpl : public torch::nn::Module {
+// What a decoder block needs from the FFN of a MoE layer, whatever its type.
+class MoELayer : public torch::nn::Module {
  public:
-  explicit MoEImpl(const config::ModelConfig& cfg);
   // x [..., hidden]
-  MoEOutput forward(const torch::Tensor& x);
+  virtual MoEOutput forward(const torch::Tensor& x) = 0;
+  // train.recompute=selective: the experts' activations rerun in the backward instead of being kept.
+  virtual void set_selective_recompute(bool on) = 0;
+};
+TORCH_MODULE_IMPL(MoE, MoELayer);
+
+// `deepseek_moe`: what it takes from the model section and model.ffn.
+struct DeepSeekMoEOptions {
+  // model.hidden_size, n_routed_experts and the model.ffn keys.
+  static DeepSeekMoEOptions from_config(const config::ModelConfig& cfg);
+  TORCH_ARG(int64_t, hidden_size) = 0;
+  TORCH_ARG(int64_t, experts) = 0;  // routed experts
+  TORCH_ARG(DeepSeekMoESettings, settings);
+};
+
+class DeepSeekMoEImpl : public MoELayer {
+ public:
+  // gate: the model.router.type router for these experts.
+  DeepSeekMoEImpl(const DeepSeekMoEOptions& options, Router gate);
+  MoEOutput forward(const torch::Tensor& x) override;
+  void set_selective_recompute(bool on) override;
   // The routed part alone for given routing (exposed for tests and expert-parallel dispatch).
   torch::Tensor routed_experts(const torch::Tensor& tokens, const RouterOutput& routing);
   // Runs experts [first, first + counts.size()) on `sorted` rows grouped by expert (counts rows each).
@@ -57,7 +80,7 @@ class MoEImpl : public torch::nn::Module {
   ops::fp8::Recipe fp8;
   std::string fp8_name;
 
-  config::ModelConfig cfg;
+  DeepSeekMoEOptions options;
   Router gate{nullptr};
   // Holds the routed experts as children named by global index: n_routed_experts x
   // MLP(hidden, moe_intermediate_size), or the retained range.
@@ -83,6 +106,6 @@ class MoEImpl : public torch::nn::Module {
   std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_ + i
   int64_t first_local_ = 0;
 };
-TORCH_MODULE(MoE);
+TORCH_MODULE(DeepSeekMoE);
 
 }  // namespace latentmoe::model

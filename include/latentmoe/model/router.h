@@ -42,6 +42,20 @@ class RouterLayer : public torch::nn::Module {
 };
 TORCH_MODULE_IMPL(Router, RouterLayer);
 
+// A router scored by one linear gate: holds the gate weight, initializes it, and computes the
+// gate logits in fp32 whatever the autocast (DeepSeek-V3 keeps MoE gating in high precision).
+// The built-in routers and the sinkhorn example derive from it; a router with other parameters
+// derives from RouterLayer and ParameterInit directly.
+class LinearGateRouter : public RouterLayer, public ParameterInit {
+ public:
+  explicit LinearGateRouter(const RouterOptions& options);
+  void reset_own_parameters(double init_std) override;
+  // x [tokens, hidden] -> [tokens, n_routed_experts] fp32
+  torch::Tensor gate_logits(const torch::Tensor& x) const;
+
+  torch::Tensor weight;  // [n_routed_experts, hidden]
+};
+
 // `deepseek_v3`: sigmoid (V3) or softmax (V2) affinities in fp32; group-limited top-k where the
 // SELECTION uses score + correction bias and the GATE WEIGHTS use the unbiased score (normalized
 // if norm_topk_prob, times routed_scaling_factor).
@@ -51,27 +65,23 @@ struct DeepSeekRouterOptions {
   TORCH_ARG(DeepSeekRouterSettings, settings);  // model.router's keys
 };
 
-class DeepSeekRouterImpl : public RouterLayer, public ParameterInit {
+class DeepSeekRouterImpl : public LinearGateRouter {
  public:
   explicit DeepSeekRouterImpl(const DeepSeekRouterOptions& options);
   RouterOutput forward(const torch::Tensor& x) override;
-  void reset_own_parameters(double init_std) override;
 
   DeepSeekRouterOptions options;
-  torch::Tensor weight;  // [n_routed_experts, hidden]
 };
 TORCH_MODULE(DeepSeekRouter);
 
 // `softmax_topk`: softmax over all experts, top-k of the (bias-corrected) probabilities, gate
 // weights = the chosen probabilities, renormalized if norm_topk_prob. Qwen3-MoE, Mixtral.
-class SoftmaxTopkRouterImpl : public RouterLayer, public ParameterInit {
+class SoftmaxTopkRouterImpl : public LinearGateRouter {
  public:
   explicit SoftmaxTopkRouterImpl(const RouterOptions& options);
   RouterOutput forward(const torch::Tensor& x) override;
-  void reset_own_parameters(double init_std) override;
 
   RouterOptions options;
-  torch::Tensor weight;  // [n_routed_experts, hidden]
 };
 TORCH_MODULE(SoftmaxTopkRouter);
 

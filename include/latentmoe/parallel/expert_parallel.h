@@ -14,7 +14,7 @@ namespace latentmoe::parallel {
 class ExpertParallelDispatcher final : public model::ExpertDispatcher {
  public:
   ExpertParallelDispatcher(Communicator& comm, int64_t n_experts);
-  torch::Tensor routed_experts(model::MoEImpl& moe, const torch::Tensor& tokens, const model::RouterOutput& routing) override;
+  torch::Tensor routed_experts(model::DeepSeekMoEImpl& moe, const torch::Tensor& tokens, const model::RouterOutput& routing) override;
   int64_t bytes_sent() const { return bytes_sent_; }  // all-to-all payload sent by this rank so far
 
  private:
