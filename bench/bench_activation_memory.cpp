@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   for (const auto mode : {model::Recompute::none, model::Recompute::selective, model::Recompute::full}) {
     torch::manual_seed(0);
     model::DeepSeekV3 m(cfg);
-    m->reset_parameters(cfg.init_std);
+    m->reset_parameters(cfg.init_std, 1);
     m->set_recompute(mode);
     if (recipe.enabled()) m->set_fp8(recipe);
     m->train();

@@ -9,6 +9,7 @@
 #include "latentmoe/config/loader.h"
 #include "latentmoe/config/validate.h"
 #include "latentmoe/model/param_count.h"
+#include "latentmoe/parallel/shard_plan.h"
 #include "latentmoe/train/recipe.h"
 #include "latentmoe/util/atomic_file.h"
 
@@ -82,6 +83,8 @@ void add_config_command(CLI::App& app, int& exit_code) {
   auto timeline = std::make_shared<bool>(false);
   auto stages = std::make_shared<std::vector<std::string>>();
   auto png = std::make_shared<std::string>();
+  auto shard = std::make_shared<bool>(false);
+  auto rank = std::make_shared<int>(0);
   args->add_to(*cmd);
   cmd->add_flag("--dump", *dump, "Print the full effective config as YAML (re-loadable)");
   cmd->add_flag("--summary", *summary, "Print parameter counts (total, activated, MTP) and FLOPs per token");
@@ -93,7 +96,11 @@ void add_config_command(CLI::App& app, int& exit_code) {
                   "A later stage of the recipe (preset or file; repeatable, in order; --set applies to every stage)");
   cmd->add_option("--png", *png, "With --timeline: also plot LR, batch, lambda, gamma and sequence length against "
                                  "tokens into this PNG (needs the tools venv's matplotlib)");
-  cmd->callback([args, dump, docs, summary, timeline, stages, png, &exit_code] {
+  cmd->add_flag("--shard", *shard,
+                "Print what rank --rank of --world-size holds (parameters, gradients, AdamW moments, gradient "
+                "buckets) and their bytes, from the model built on the meta device (nothing allocated)");
+  cmd->add_option("--rank", *rank, "With --shard: the rank (default 0)");
+  cmd->callback([args, dump, docs, summary, timeline, stages, png, shard, rank, &exit_code] {
     if (*docs) {
       std::cout << config::config_reference_markdown();
       exit_code = kExitOk;
@@ -119,7 +126,13 @@ void add_config_command(CLI::App& app, int& exit_code) {
     }
     if (*dump) std::cout << config::dump_config_yaml(cfg);
     if (*summary) std::cout << model::model_summary(cfg);
-    if (!*dump && !*summary) {
+    if (*shard) {
+      if (world == config::kUnknownWorldSize) throw ConfigError("--shard needs --world-size (or $WORLD_SIZE)");
+      std::cout << parallel::format_rank_shard(parallel::plan_rank_shard(cfg, static_cast<int>(world), *rank));
+    } else if (*rank != 0) {
+      throw ConfigError("--rank is an option of --shard; add --shard");
+    }
+    if (!*dump && !*summary && !*shard) {
       std::cout << "config OK: " << config::resolve_config_path(args->config) << " (name '" << cfg.name << "', "
                 << args->overrides.size() << " override(s), world size "
                 << (world > 0 ? std::to_string(world) : std::string("not set")) << ")\n";

@@ -10,13 +10,14 @@ bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index) {
   return cfg.n_routed_experts > 0 && layer_index >= cfg.first_k_dense_replace;
 }
 
-DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index_) : layer_index(layer_index_) {
+DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index_, const ExpertShard& experts)
+    : layer_index(layer_index_) {
   input_layernorm = register_module("input_layernorm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
   self_attn = register_module("self_attn", Attention(make_attention(cfg, layer_index)));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
   if (is_moe_layer(cfg, layer_index)) {
-    moe = register_module("mlp", MoE(make_ffn(cfg, layer_index)));
+    moe = register_module("mlp", MoE(make_ffn(cfg, {.layer_index = layer_index, .experts = experts})));
   } else {
     dense_mlp = register_module("mlp", MLP(MLPOptions(cfg.hidden_size, cfg.intermediate_size)));
   }

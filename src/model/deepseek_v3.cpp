@@ -4,37 +4,39 @@
 
 #include "latentmoe/model/init.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 namespace latentmoe::model {
 
-DecoderStackImpl::DecoderStackImpl(const config::ModelConfig& cfg) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(cfg.vocab_size, cfg.hidden_size));
+DecoderStackImpl::DecoderStackImpl(const config::ModelConfig& cfg, const ExpertShard& experts) {
+  embed_tokens = register_module("embed_tokens", TokenEmbedding(cfg.vocab_size, cfg.hidden_size));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) layers->push_back(DecoderBlock(cfg, i));
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) layers->push_back(DecoderBlock(cfg, i, experts));
   norm = register_module("norm", RMSNorm(RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps)));
 }
 
-MTPModuleImpl::MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index) {
+MTPModuleImpl::MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index, const ExpertShard& experts) {
   const auto norm_options = RMSNormOptions(cfg.hidden_size).eps(cfg.rms_norm_eps);
   enorm = register_module("enorm", RMSNorm(norm_options));
   hnorm = register_module("hnorm", RMSNorm(norm_options));
   eh_proj = register_module("eh_proj",
                             Linear(torch::nn::LinearOptions(2 * cfg.hidden_size, cfg.hidden_size).bias(false)));
-  block = register_module("block", DecoderBlock(cfg, layer_index));
+  block = register_module("block", DecoderBlock(cfg, layer_index, experts));
   norm = register_module("norm", RMSNorm(norm_options));
 }
 
-DeepSeekV3Impl::DeepSeekV3Impl(const config::ModelConfig& cfg_) : cfg(cfg_) {
-  model = register_module("model", DecoderStack(cfg));
+DeepSeekV3Impl::DeepSeekV3Impl(const config::ModelConfig& cfg_, const ModelBuild& build) : cfg(cfg_) {
+  model = register_module("model", DecoderStack(cfg, build.experts));
   lm_head = register_module("lm_head",
                             Linear(torch::nn::LinearOptions(cfg.hidden_size, cfg.vocab_size).bias(false)));
   mtp = register_module("mtp", torch::nn::ModuleList());
   for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
-    mtp->push_back(MTPModule(cfg, cfg.num_hidden_layers + k));
+    mtp->push_back(MTPModule(cfg, cfg.num_hidden_layers + k, build.experts));
   }
-  reset_parameters(cfg.init_std);
+  reset_parameters(cfg.init_std, build.seed.value_or(at::detail::getDefaultCPUGenerator().current_seed()));
 }
 
-void DeepSeekV3Impl::reset_parameters(double init_std) { reset_module_tree(*this, init_std); }
+void DeepSeekV3Impl::reset_parameters(double init_std, uint64_t seed) { reset_module_tree(*this, init_std, seed); }
 
 std::vector<std::unique_ptr<AttentionCache>> DeepSeekV3Impl::make_caches(int64_t batch, int64_t capacity,
                                                                         const torch::TensorOptions& options) {

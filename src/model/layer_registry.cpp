@@ -53,8 +53,8 @@ std::shared_ptr<RouterLayer> make_router(const config::ModelConfig& cfg) {
   return find<RouterFactory>("router", cfg.router.type())(cfg);
 }
 
-std::shared_ptr<MoELayer> make_ffn(const config::ModelConfig& cfg, int64_t layer_index) {
-  return find<FfnFactory>("ffn", cfg.ffn.type())(cfg, layer_index);
+std::shared_ptr<MoELayer> make_ffn(const config::ModelConfig& cfg, const MoEBuild& build) {
+  return find<FfnFactory>("ffn", cfg.ffn.type())(cfg, build);
 }
 
 }  // namespace latentmoe::model

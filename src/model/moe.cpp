@@ -63,7 +63,12 @@ DeepSeekMoEImpl::DeepSeekMoEImpl(const DeepSeekMoEOptions& options_, Router gate
   const int64_t hidden = options.hidden_size(), width = options.settings().moe_intermediate_size;
   gate = register_module("gate", std::move(gate_));
   experts = register_module("experts", std::make_shared<torch::nn::Module>("Experts"));
-  for (int64_t e = 0; e < options.experts(); ++e) {
+  const ExpertShard& held = options.held();
+  const int64_t count = held.count < 0 ? options.experts() - held.first : held.count;
+  TORCH_CHECK(held.first >= 0 && count >= 0 && held.first + count <= options.experts(), "DeepSeekMoE: experts [",
+              held.first, ", ", held.first + count, ") are not within the ", options.experts(), " routed experts");
+  first_local_ = held.first;
+  for (int64_t e = held.first; e < held.first + count; ++e) {
     local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(hidden, width))));
   }
   if (const int64_t shared = options.settings().n_shared_experts; shared > 0) {
@@ -78,8 +83,9 @@ void DeepSeekMoEImpl::set_selective_recompute(bool on) {
 }
 
 namespace {
-const bool registered = register_ffn("deepseek_moe", [](const config::ModelConfig& cfg, int64_t) {
-  return std::make_shared<DeepSeekMoEImpl>(DeepSeekMoEOptions::from_config(cfg), Router(make_router(cfg)));
+const bool registered = register_ffn("deepseek_moe", [](const config::ModelConfig& cfg, const MoEBuild& build) {
+  return std::make_shared<DeepSeekMoEImpl>(DeepSeekMoEOptions::from_config(cfg).held(build.experts),
+                                           Router(make_router(cfg)));
 });
 }  // namespace
 
@@ -202,6 +208,17 @@ torch::Tensor DeepSeekMoEImpl::routed_experts(const torch::Tensor& tokens, const
   const torch::Tensor expert_out = run_experts(sorted, 0, per_expert);
   RECORD_FUNCTION("latentmoe.moe.combine", c10::ArrayRef<const c10::IValue>{});
   return ops::moe_unpermute(expert_out, positions, routing.gate_weights).to(tokens.scalar_type());
+}
+
+std::set<std::string> routed_expert_parameter_names(torch::nn::Module& root) {
+  std::set<std::string> names;
+  for (const auto& item : root.named_modules()) {
+    const auto* moe = dynamic_cast<const DeepSeekMoEImpl*>(item.value().get());
+    if (!moe) continue;
+    const std::string prefix = item.key().empty() ? "experts" : item.key() + ".experts";
+    for (const auto& p : moe->experts->named_parameters()) names.insert(prefix + "." + p.key());
+  }
+  return names;
 }
 
 MoEOutput DeepSeekMoEImpl::forward(const torch::Tensor& x) {

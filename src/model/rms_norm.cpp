@@ -7,10 +7,10 @@
 namespace latentmoe::model {
 
 RMSNormImpl::RMSNormImpl(const RMSNormOptions& options_) : options(options_) {
-  weight = register_parameter("weight", torch::ones({options.dim()}));
+  weight = register_parameter("weight", torch::ones({options.dim()}, parameter_options()));
 }
 
-void RMSNormImpl::reset_own_parameters(double) {
+void RMSNormImpl::reset_own_parameters(double, const ParameterRng&) {
   torch::NoGradGuard no_grad;
   weight.fill_(1.0);
 }

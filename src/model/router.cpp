@@ -48,12 +48,12 @@ RouterLayer::RouterLayer(int64_t n_routed_experts) {
 }
 
 LinearGateRouter::LinearGateRouter(const RouterOptions& options) : RouterLayer(options.experts()) {
-  weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}));
+  weight = register_parameter("weight", torch::empty({options.experts(), options.hidden_size()}, parameter_options()));
 }
 
-void LinearGateRouter::reset_own_parameters(double init_std) {
+void LinearGateRouter::reset_own_parameters(double init_std, const ParameterRng& rng) {
   torch::NoGradGuard no_grad;
-  weight.normal_(0.0, init_std);
+  weight.normal_(0.0, init_std, rng("weight"));
 }
 
 torch::Tensor LinearGateRouter::gate_logits(const torch::Tensor& x) const {

@@ -4,17 +4,11 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "latentmoe/parallel/layout.h"
 #include "latentmoe/train/optimizer.h"
 #include "latentmoe/util/hash.h"
 
 namespace latentmoe::parallel {
-
-namespace {
-// ZeRO-1: the part [lo, hi) of a slot (bucket offsets) inside rank `rank`'s chunk; empty if hi <= lo.
-std::pair<int64_t, int64_t> owned_span(int64_t offset, int64_t numel, int64_t chunk, int64_t rank) {
-  return {std::max(offset, rank * chunk), std::min(offset + numel, (rank + 1) * chunk)};
-}
-}  // namespace
 
 DataParallel::DataParallel(Communicator& world, Communicator* expert_dp, Communicator* expert_parallel,
                            std::vector<ReplicatedParam> params, DataParallelOptions options)
@@ -41,24 +35,18 @@ DataParallel::~DataParallel() {
 
 void DataParallel::build_buckets(Group& group) {
   const int64_t ranks = group.comm->world_size();
-  const auto close = [&](Bucket& b) {
-    b.padded = (b.numel + ranks - 1) / ranks * ranks;
+  std::vector<int64_t> numels;
+  for (size_t i : group.params) numels.push_back(params_[i].param.numel());
+  const BucketPlan plan = plan_buckets(numels, options_.bucket_bytes, static_cast<int>(ranks));
+  for (const BucketPlan::Bucket& planned : plan.buckets) {
+    Bucket& b = group.buckets.emplace_back();
+    for (const BucketPlan::Slot& s : planned.slots) b.slots.push_back({group.params[s.param], s.offset, s.numel});
+    b.numel = planned.numel;
+    b.padded = planned.padded;
     b.buffer = torch::zeros({b.padded}, torch::kFloat);
     if (options_.zero1) b.chunk = torch::zeros({b.padded / ranks}, torch::kFloat);
-  };
-  // Reverse registration order: the output side's gradients are ready first.
-  for (auto it = group.params.rbegin(); it != group.params.rend(); ++it) {
-    const int64_t numel = params_[*it].param.numel();
-    if (group.buckets.empty() || group.buckets.back().numel * 4 >= options_.bucket_bytes) {
-      if (!group.buckets.empty()) close(group.buckets.back());
-      group.buckets.emplace_back();
-    }
-    Bucket& b = group.buckets.back();
-    where_[*it] = {group.buckets.size() - 1, b.slots.size()};
-    b.slots.push_back({*it, b.numel, numel});
-    b.numel += numel;
   }
-  if (!group.buckets.empty()) close(group.buckets.back());
+  for (size_t k = 0; k < group.params.size(); ++k) where_[group.params[k]] = plan.where[k];
 }
 
 std::vector<std::pair<int64_t, int64_t>> DataParallel::owned_ranges() const {
@@ -72,7 +60,7 @@ std::vector<std::pair<int64_t, int64_t>> DataParallel::owned_ranges() const {
     const Group& g = param_group_[i] == 0 ? dense_ : expert_;
     const Bucket& b = g.buckets[where_[i].first];
     const Slot& s = b.slots[where_[i].second];
-    const auto [lo, hi] = owned_span(s.offset, s.numel, b.padded / g.comm->world_size(), g.comm->rank());
+    const auto [lo, hi] = zero1_owned_span(s.offset, s.numel, b.padded / g.comm->world_size(), g.comm->rank());
     out.emplace_back(hi > lo ? lo - s.offset : 0, std::max<int64_t>(0, hi - lo));
   }
   return out;
@@ -195,7 +183,7 @@ void DataParallel::complete(Group& g, const torch::Tensor& presence) {
         grad.copy_(b.buffer.narrow(0, s.offset, s.numel)).mul_(scale);
         continue;
       }
-      const auto [lo, hi] = owned_span(s.offset, s.numel, chunk, rank);
+      const auto [lo, hi] = zero1_owned_span(s.offset, s.numel, chunk, rank);
       if (hi > lo) grad.narrow(0, lo - s.offset, hi - lo).copy_(b.chunk.narrow(0, lo - rank * chunk, hi - lo)).mul_(scale);
     }
   }
@@ -234,7 +222,7 @@ void DataParallel::gather_parameters() {
       const int64_t chunk = b.padded / ranks;
       b.chunk.zero_();
       for (const Slot& s : b.slots) {
-        const auto [lo, hi] = owned_span(s.offset, s.numel, chunk, rank);
+        const auto [lo, hi] = zero1_owned_span(s.offset, s.numel, chunk, rank);
         if (hi > lo) b.chunk.narrow(0, lo - rank * chunk, hi - lo).copy_(params_[s.param].param.view(-1).narrow(0, lo - s.offset, hi - lo));
       }
       g->comm->all_gather(b.buffer, b.chunk, "ZeRO-1 parameter all-gather");

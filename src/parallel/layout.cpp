@@ -52,4 +52,22 @@ std::vector<bool> ParallelLayout::checkpoint_writes(const std::vector<int64_t>& 
   return mine;
 }
 
+BucketPlan plan_buckets(const std::vector<int64_t>& numels, int64_t bucket_bytes, int ranks) {
+  BucketPlan plan;
+  plan.where.assign(numels.size(), {0, 0});
+  const auto close = [ranks](BucketPlan::Bucket& b) { b.padded = (b.numel + ranks - 1) / ranks * ranks; };
+  for (size_t k = numels.size(); k-- > 0;) {
+    if (plan.buckets.empty() || plan.buckets.back().numel * 4 >= bucket_bytes) {
+      if (!plan.buckets.empty()) close(plan.buckets.back());
+      plan.buckets.emplace_back();
+    }
+    BucketPlan::Bucket& b = plan.buckets.back();
+    plan.where[k] = {plan.buckets.size() - 1, b.slots.size()};
+    b.slots.push_back({k, b.numel, numels[k]});
+    b.numel += numels[k];
+  }
+  if (!plan.buckets.empty()) close(plan.buckets.back());
+  return plan;
+}
+
 }  // namespace latentmoe::parallel

@@ -98,10 +98,15 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
               cfg_.precision.cpu_low_precision_gemm, measured);
   }
   setup_data();
-  // The whole model is initialized on every rank (same seed: the same weights as one process),
-  // then expert parallelism keeps only this rank's experts.
+  // Each rank builds only its routed experts (expert parallelism); every tensor's initial values
+  // come from its own stream keyed by (seed, its global name), the same in any layout.
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
-  model_ = model::DeepSeekV3(cfg_.model);
+  model::ModelBuild build{.seed = static_cast<uint64_t>(cfg_.seed)};
+  if (comm_) {
+    layout_ = parallel::ParallelLayout(world_, rank_, static_cast<int>(cfg_.parallel.ep), cfg_.model.n_routed_experts);
+    build.experts = {.first = layout_->first_local_expert(), .count = layout_->local_experts()};
+  }
+  model_ = model::DeepSeekV3(cfg_.model, build);
   model_->set_recompute(model::parse_recompute(t.recompute));
   fp8_ = {.scaling = ops::fp8::parse_scaling(cfg_.precision.fp8), .pow2_scales = cfg_.precision.fp8_pow2_scales};
   if (fp8_.enabled()) {
@@ -156,14 +161,12 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
 }
 
 void Trainer::setup_parallel() {
-  layout_ = parallel::ParallelLayout(world_, rank_, static_cast<int>(cfg_.parallel.ep), cfg_.model.n_routed_experts);
   if (layout_->ep == 1) return;
   ep_comm_ = comm_->subgroup(fmt::format("ep.{}", layout_->ep_group()), layout_->ep_group_ranks());
   expert_dp_comm_ = comm_->subgroup(fmt::format("edp.{}", layout_->ep_rank()), layout_->edp_group_ranks());
   expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*ep_comm_, cfg_.model.n_routed_experts);
   for (const auto& module : model_->modules(/*include_self=*/false)) {
     if (auto moe = std::dynamic_pointer_cast<model::DeepSeekMoEImpl>(module)) {
-      moe->retain_experts(layout_->first_local_expert(), layout_->local_experts());
       moe->dispatcher = expert_dispatcher_.get();
     } else if (std::dynamic_pointer_cast<model::MoELayer>(module)) {
       throw ConfigError(fmt::format("parallel.ep={} places routed experts of model.ffn.type 'deepseek_moe' only; "

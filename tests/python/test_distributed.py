@@ -45,11 +45,25 @@ def launch(binary, out: pathlib.Path, world: int, steps: int, *extra: str) -> li
     return procs
 
 
-def run(binary, out: pathlib.Path, world: int, steps: int, *extra: str) -> None:
+def run(binary, out: pathlib.Path, world: int, steps: int, *extra: str) -> list[str]:
+    """Each rank's stderr (its log)."""
     procs = launch(binary, out, world, steps, *extra)
     errors = [p.communicate(timeout=600)[1] for p in procs]
     for rank, p in enumerate(procs):
         assert p.returncode == 0, f"rank {rank} of {world} exited {p.returncode}:\n{errors[rank][-4000:]}"
+    return errors
+
+
+def assert_shard_figures_match(binary, logs: list[str], *extra: str) -> None:
+    """`config --shard` (the model built on the meta device) names the parameters and AdamW moment
+    elements each rank of the run really allocated (its own log line)."""
+    for rank, log in enumerate(logs):
+        held, total, moments = map(int, re.search(r"this rank holds (\d+) of (\d+) parameters and (\d+) AdamW moment",
+                                                  log).groups())
+        shard = subprocess.run([str(binary), "config", *SMALL, *extra, "--world-size", str(len(logs)), "--rank",
+                                str(rank), "--shard"], capture_output=True, text=True, check=True).stdout
+        assert f"parameters           {held} of {total} " in shard, (rank, shard)
+        assert f"AdamW moments        {moments} elements" in shard, (rank, shard)
 
 
 def rows(out: pathlib.Path) -> list[dict]:
@@ -155,8 +169,9 @@ def test_layouts_equal_one_process_through_a_batch_ramp(latentmoe_bin, tmp_path)
 
 def test_ep2_equals_one_process(latentmoe_bin, tmp_path):
     run(latentmoe_bin, tmp_path / "one", 1, 10)
-    run(latentmoe_bin, tmp_path / "ep", 2, 10, "--set", "parallel.ep=2")
+    logs = run(latentmoe_bin, tmp_path / "ep", 2, 10, "--set", "parallel.ep=2")
     assert_same_training(tmp_path / "one", tmp_path / "ep", 1e-5)
+    assert_shard_figures_match(latentmoe_bin, logs, "--set", "parallel.ep=2")
     assert all(r["ep/all_to_all_bytes"] > 0 for r in rows(tmp_path / "ep"))
     step = "ckpt/step-00000010"
     ep = checkpoint_tensors(tmp_path / "ep" / step, "model")
@@ -173,9 +188,11 @@ def test_ep2_dp2_on_four_ranks_equals_one_process(latentmoe_bin, tmp_path):
     for zero in (0, 1):  # ZeRO-1 here also reduce-scatters expert buckets over 2-rank expert-DP groups
         four = tmp_path / f"four-zero{zero}"
         # Small buckets: many reductions launched from gradient hooks while backward runs.
-        run(latentmoe_bin, four, 4, 10, "--set", "parallel.ep=2", "--set", "train.micro_batch_size=1",
-            "--set", "parallel.bucket_size_mb=0.01", "--set", f"parallel.zero_stage={zero}")
+        layout = ("--set", "parallel.ep=2", "--set", "train.micro_batch_size=1", "--set", "parallel.bucket_size_mb=0.01",
+                  "--set", f"parallel.zero_stage={zero}")
+        logs = run(latentmoe_bin, four, 4, 10, *layout)
         assert_same_training(tmp_path / "one", four, 1e-5)
+        assert_shard_figures_match(latentmoe_bin, logs, *layout)
         for stem in ("model", "optimizer"):
             assert_same_tensors(checkpoint_tensors(tmp_path / "one" / step, stem), checkpoint_tensors(four / step, stem), 1e-4)
 

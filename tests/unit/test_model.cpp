@@ -111,7 +111,7 @@ TEST(Model, ResetFailsOnAModuleThatDoesNotInitializeItsParameters) {
   torch::nn::Module root;
   root.register_module("odd", std::make_shared<Unowned>());
   try {
-    model::reset_module_tree(root, 0.02);
+    model::reset_module_tree(root, 0.02, 1);
     FAIL() << "expected an error";
   } catch (const std::logic_error& e) {
     EXPECT_NE(std::string(e.what()).find("module 'odd'"), std::string::npos) << e.what();
@@ -142,6 +142,42 @@ TEST(Model, InitIsDeterministicAndUsesInitStd) {
   for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
   EXPECT_NEAR(a->model->embed_tokens->weight.std().item<double>(), 0.02, 0.001);
   EXPECT_TRUE(torch::equal(a->model->norm->weight, torch::ones({256})));
+}
+
+// Initial weights are keyed by (seed, global name): a rank that builds only its routed experts
+// draws exactly the one-process weights, whatever the global RNG did before; the meta build has
+// the same names and shapes without memory.
+TEST(Model, InitIsLayoutIndependentAndTheMetaBuildHasTheSameTensors) {
+  const auto cfg = latentmoe::testing::tiny_model_config();
+  model::DeepSeekV3 whole(cfg, model::ModelBuild{.seed = 7});
+  torch::manual_seed(123);
+  model::DeepSeekV3 part(cfg, model::ModelBuild{.seed = 7, .experts = {.first = 4, .count = 4}});
+  auto all = whole->named_parameters();
+  size_t compared = 0;
+  for (const auto& p : part->named_parameters()) {
+    ASSERT_TRUE(all.contains(p.key())) << p.key();
+    EXPECT_TRUE(torch::equal(p.value(), all[p.key()])) << p.key();
+    ++compared;
+  }
+  const auto moe_layers = static_cast<size_t>(cfg.num_hidden_layers - cfg.first_k_dense_replace + cfg.num_nextn_predict_layers);
+  EXPECT_EQ(compared + moe_layers * 4 * 3, all.size()) << "each MoE layer (main and MTP) lacks 4 experts of 3 tensors";
+  EXPECT_FALSE(part->named_parameters().contains("model.layers.1.mlp.experts.0.up_proj.weight"));
+  EXPECT_TRUE(part->named_parameters().contains("model.layers.1.mlp.experts.4.up_proj.weight"));
+  EXPECT_EQ(model::routed_expert_parameter_names(*part).count("model.layers.1.mlp.experts.4.up_proj.weight"), 1u);
+  EXPECT_EQ(model::routed_expert_parameter_names(*part).count("model.layers.1.mlp.shared_experts.up_proj.weight"), 0u);
+  model::DeepSeekV3 other_seed(cfg, model::ModelBuild{.seed = 8});
+  EXPECT_FALSE(torch::equal(other_seed->lm_head->weight, whole->lm_head->weight));
+  EXPECT_FALSE(torch::equal(whole->model->embed_tokens->weight.flatten().narrow(0, 0, 64),
+                            whole->lm_head->weight.flatten().narrow(0, 0, 64)))
+      << "each tensor has its own stream";
+  const model::BuildOnMeta on_meta;
+  model::DeepSeekV3 shapes(cfg, model::ModelBuild{.seed = 7});
+  const auto meta = shapes->named_parameters();
+  ASSERT_EQ(meta.size(), all.size());
+  for (const auto& p : meta) {
+    EXPECT_TRUE(p.value().is_meta()) << p.key();
+    EXPECT_EQ(p.value().sizes(), all[p.key()].sizes()) << p.key();
+  }
 }
 
 // The CPU attention's padded-value path (from kPadValueFromSeq positions) equals plain SDPA,

@@ -194,7 +194,7 @@ const bool swiglu_test_registered = [] {
          return {.parameters = 3 * m.hidden_size * m.ffn.settings<SwigluTestSettings>().width};
        },
        .validate = nullptr});
-  return model::register_ffn("swiglu_test", [](const latentmoe::config::ModelConfig& cfg, int64_t) {
+  return model::register_ffn("swiglu_test", [](const latentmoe::config::ModelConfig& cfg, const model::MoEBuild&) {
     return std::make_shared<SwigluTestFfnImpl>(cfg.hidden_size, cfg.ffn.settings<SwigluTestSettings>().width,
                                                model::Router(model::make_router(cfg)));
   });

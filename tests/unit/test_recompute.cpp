@@ -21,7 +21,7 @@ RunResult run(model::Recompute mode, bool bf16) {
   torch::manual_seed(3);
   auto cfg = latentmoe::testing::tiny_model_config();
   model::DeepSeekV3 m(cfg);
-  m->reset_parameters(0.2);
+  m->reset_parameters(0.2, 1);
   m->set_recompute(mode);
   m->train();
   const torch::Tensor ids = torch::randint(0, cfg.vocab_size, {2, 9}, torch::kLong);

@@ -27,7 +27,8 @@ bool is_moe_layer(const config::ModelConfig& cfg, int64_t layer_index);
 
 class DecoderBlockImpl : public torch::nn::Module {
  public:
-  DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index);
+  // experts: the routed experts this rank holds (expert parallelism), by global index.
+  DecoderBlockImpl(const config::ModelConfig& cfg, int64_t layer_index, const ExpertShard& experts = {});
   BlockOutput forward(const torch::Tensor& x, const torch::Tensor& positions, AttentionCache* cache = nullptr);
   // train.recompute for this block and its modules (none: everything kept for the backward).
   void set_recompute(Recompute mode);

@@ -5,25 +5,35 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/embedding.h>
 #include <torch/nn/pimpl.h>
 
 #include "latentmoe/config/config.h"
+#include "latentmoe/model/embedding.h"
 #include "latentmoe/model/linear.h"
 #include "latentmoe/model/decoder_block.h"
 
 namespace latentmoe::model {
 
+// What a process builds of the model and how it initializes it.
+struct ModelBuild {
+  // Every parameter draws from its own stream keyed by (seed, its global name) (model/init.h).
+  // Unset: torch's current CPU seed (torch::manual_seed).
+  std::optional<uint64_t> seed;
+  // The routed experts built in every MoE layer (expert parallelism); the rest is never allocated.
+  ExpertShard experts;
+};
+
 // Embedding, main blocks and final norm: the HF "model." prefix.
 class DecoderStackImpl : public torch::nn::Module {
  public:
-  explicit DecoderStackImpl(const config::ModelConfig& cfg);
-  torch::nn::Embedding embed_tokens{nullptr};  // [vocab, hidden]
+  DecoderStackImpl(const config::ModelConfig& cfg, const ExpertShard& experts);
+  TokenEmbedding embed_tokens{nullptr};  // [vocab, hidden]
   torch::nn::ModuleList layers{nullptr};       // num_hidden_layers x DecoderBlock
   RMSNorm norm{nullptr};                       // [hidden]
 };
@@ -33,7 +43,7 @@ TORCH_MODULE(DecoderStack);
 // the caller applies the shared head.
 class MTPModuleImpl : public torch::nn::Module {
  public:
-  MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index);
+  MTPModuleImpl(const config::ModelConfig& cfg, int64_t layer_index, const ExpertShard& experts);
   RMSNorm enorm{nullptr};             // [hidden]
   RMSNorm hnorm{nullptr};             // [hidden]
   Linear eh_proj{nullptr};  // [hidden, 2*hidden]
@@ -56,7 +66,8 @@ struct ModelOutput {
 
 class DeepSeekV3Impl : public torch::nn::Module {
  public:
-  explicit DeepSeekV3Impl(const config::ModelConfig& cfg);
+  // Built on the device parameter_options() names (model/init.h: the CPU, or meta dims only).
+  explicit DeepSeekV3Impl(const config::ModelConfig& cfg, const ModelBuild& build = {});
 
   // input_ids [batch, seq]. with_mtp: also run the MTP modules (training). caches: one per main
   // block for cached generation (positions continue from caches[0].length); MTP is skipped then.
@@ -67,9 +78,10 @@ class DeepSeekV3Impl : public torch::nn::Module {
   std::vector<std::unique_ptr<AttentionCache>> make_caches(int64_t batch, int64_t capacity,
                                                           const torch::TensorOptions& options);
 
-  // Every module initializes its own parameters (model/init.h): Normal(0, init_std) for weight
-  // matrices and the embedding, norms 1, biases 0.
-  void reset_parameters(double init_std);
+  // Every module initializes its own parameters (model/init.h), each from its stream keyed by
+  // (seed, its global name): Normal(0, init_std) for weight matrices and the embedding, norms 1,
+  // biases 0.
+  void reset_parameters(double init_std, uint64_t seed);
   // Activation recomputation of every block, main and MTP (train.recompute; model/recompute.h).
   void set_recompute(Recompute mode);
   // precision.fp8: every projection inside the decoder blocks (attention, dense MLPs, shared and

@@ -19,7 +19,12 @@ namespace latentmoe::model {
 // layer_index: the block's index (MTP blocks continue the numbering), for layer-dependent types.
 using AttentionFactory = std::function<std::shared_ptr<AttentionLayer>(const config::ModelConfig&, int64_t layer_index)>;
 using RouterFactory = std::function<std::shared_ptr<RouterLayer>(const config::ModelConfig&)>;
-using FfnFactory = std::function<std::shared_ptr<MoELayer>(const config::ModelConfig&, int64_t layer_index)>;
+// What an FFN type builds: block layer_index's MoE layer, holding only these routed experts.
+struct MoEBuild {
+  int64_t layer_index = 0;
+  ExpertShard experts;
+};
+using FfnFactory = std::function<std::shared_ptr<MoELayer>(const config::ModelConfig&, const MoEBuild&)>;
 
 // For static initializers: `const bool registered = register_attention("name", factory);`.
 // Throws std::logic_error for a name registered twice.
@@ -31,7 +36,7 @@ bool register_ffn(const std::string& type, FfnFactory factory);
 // the key and the registered types when none is registered under it.
 std::shared_ptr<AttentionLayer> make_attention(const config::ModelConfig& cfg, int64_t layer_index);
 std::shared_ptr<RouterLayer> make_router(const config::ModelConfig& cfg);
-// The FFN of MoE block `layer_index` (is_moe_layer).
-std::shared_ptr<MoELayer> make_ffn(const config::ModelConfig& cfg, int64_t layer_index);
+// The FFN of MoE block build.layer_index (is_moe_layer).
+std::shared_ptr<MoELayer> make_ffn(const config::ModelConfig& cfg, const MoEBuild& build);
 
 }  // namespace latentmoe::model

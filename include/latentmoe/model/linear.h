@@ -18,7 +18,7 @@ class LinearImpl : public torch::nn::Module, public ParameterInit {
  public:
   explicit LinearImpl(const torch::nn::LinearOptions& options);
   // Weight Normal(0, init_std), bias 0.
-  void reset_own_parameters(double init_std) override;
+  void reset_own_parameters(double init_std, const ParameterRng& rng) override;
   // x [..., in] -> [..., out]
   torch::Tensor forward(const torch::Tensor& x);
 

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <array>
+#include <set>
+#include <string>
 #include <utility>
 
 #include <torch/nn/module.h>
@@ -27,6 +29,13 @@ class ExpertDispatcher {
   virtual ~ExpertDispatcher() = default;
   virtual torch::Tensor routed_experts(DeepSeekMoEImpl& moe, const torch::Tensor& tokens,
                                        const RouterOutput& routing) = 0;
+};
+
+// The routed experts a rank builds, by global index (expert parallelism: the others live on other
+// ranks and are never allocated here). count -1: all of them.
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t count = -1;
 };
 
 struct MoEOutput {
@@ -51,6 +60,7 @@ struct DeepSeekMoEOptions {
   TORCH_ARG(int64_t, hidden_size) = 0;
   TORCH_ARG(int64_t, experts) = 0;  // routed experts
   TORCH_ARG(DeepSeekMoESettings, settings);
+  TORCH_ARG(ExpertShard, held);  // the experts built here
 };
 
 class DeepSeekMoEImpl : public MoELayer {
@@ -107,5 +117,9 @@ class DeepSeekMoEImpl : public MoELayer {
   int64_t first_local_ = 0;
 };
 TORCH_MODULE(DeepSeekMoE);
+
+// The global names of the routed experts' parameters of every DeepSeekMoE layer under root (what
+// expert parallelism splits and reduces over the expert-data-parallel group), found by structure.
+std::set<std::string> routed_expert_parameter_names(torch::nn::Module& root);
 
 }  // namespace latentmoe::model

@@ -19,7 +19,7 @@ class RMSNormImpl : public torch::nn::Module, public ParameterInit {
  public:
   explicit RMSNormImpl(const RMSNormOptions& options);
   // Weight 1.
-  void reset_own_parameters(double) override;
+  void reset_own_parameters(double, const ParameterRng&) override;
   torch::Tensor forward(const torch::Tensor& x);
 
   RMSNormOptions options;

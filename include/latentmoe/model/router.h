@@ -49,7 +49,7 @@ TORCH_MODULE_IMPL(Router, RouterLayer);
 class LinearGateRouter : public RouterLayer, public ParameterInit {
  public:
   explicit LinearGateRouter(const RouterOptions& options);
-  void reset_own_parameters(double init_std) override;
+  void reset_own_parameters(double init_std, const ParameterRng& rng) override;
   // x [tokens, hidden] -> [tokens, n_routed_experts] fp32
   torch::Tensor gate_logits(const torch::Tensor& x) const;
 

@@ -5,7 +5,10 @@
 //   world 4, ep 2: EP groups {0,1} {2,3}; EDP groups {0,2} {1,3}; rank 3 holds experts [E/2, E).
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace latentmoe::parallel {
@@ -32,5 +35,28 @@ struct ParallelLayout {
   // Every rank of a group must pass the same tensors in the same order.
   std::vector<bool> checkpoint_writes(const std::vector<int64_t>& numels, const std::vector<bool>& expert_sharded) const;
 };
+
+// Gradient buckets of one reduction group (parallel.bucket_size_mb): the group's parameters in
+// reverse order (the output side's gradients are ready first); a bucket takes parameters until it
+// holds bucket_bytes of fp32 and is padded to a multiple of the group's ranks.
+struct BucketPlan {
+  struct Slot {
+    size_t param = 0;  // index into the list the plan was made from
+    int64_t offset = 0, numel = 0;
+  };
+  struct Bucket {
+    std::vector<Slot> slots;
+    int64_t numel = 0, padded = 0;
+  };
+  std::vector<Bucket> buckets;
+  std::vector<std::pair<size_t, size_t>> where;  // per parameter: (bucket, slot)
+};
+BucketPlan plan_buckets(const std::vector<int64_t>& numels, int64_t bucket_bytes, int ranks);
+
+// ZeRO-1: the part [lo, hi) (bucket offsets) of a slot inside `rank`'s chunk of its bucket; empty
+// when hi <= lo.
+inline std::pair<int64_t, int64_t> zero1_owned_span(int64_t offset, int64_t numel, int64_t chunk, int64_t rank) {
+  return {std::max(offset, rank * chunk), std::min(offset + numel, (rank + 1) * chunk)};
+}
 
 }  // namespace latentmoe::parallel
