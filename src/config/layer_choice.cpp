@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include "latentmoe/util/error.h"
@@ -70,6 +71,9 @@ LayerChoice& LayerChoice::operator=(const LayerChoice& other) {
 void LayerChoice::set_type(const std::string& type) { type_ = type; }
 
 LayerSettings& LayerChoice::settings_base() {
+  // Made on first use, also through a const Config that threads share: one maker at a time.
+  static std::mutex making;
+  const std::lock_guard<std::mutex> lock(making);
   if (!settings_ || settings_type_ != type_) {
     const LayerTypeInfo* info = find_layer_type(family_, type_);
     if (!info) {

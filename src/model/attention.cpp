@@ -43,15 +43,17 @@ torch::Tensor causal_attention_autocast(const torch::Tensor& query, const torch:
 }
 
 torch::Tensor cached_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               int64_t start, double scale) {
-  const int64_t seq = query.size(2), end = start + seq;
+                               int64_t start, double scale, int64_t group) {
+  const int64_t batch = query.size(0), heads = query.size(1), seq = query.size(2), end = start + seq;
   const auto long_options = torch::TensorOptions(torch::kLong).device(query.device());
   const torch::Tensor k = key.narrow(2, 0, end), v = value.narrow(2, 0, end);
-  torch::Tensor scores = torch::matmul(query, k.transpose(-1, -2)).to(torch::kFloat) * scale;  // [b,h,s,t]
-  const torch::Tensor query_pos = torch::arange(start, end, long_options);
+  // A key/value head's query group as one row block: [b, h/group, group·s, d], rows head-major.
+  const torch::Tensor grouped = query.reshape({batch, heads / group, group * seq, query.size(3)});
+  torch::Tensor scores = torch::matmul(grouped, k.transpose(-1, -2)).to(torch::kFloat) * scale;  // [b,kv,g·s,t]
+  const torch::Tensor query_pos = torch::arange(start, end, long_options).repeat({group});
   const torch::Tensor key_pos = torch::arange(0, end, long_options);
   scores = scores.masked_fill(key_pos.unsqueeze(0) > query_pos.unsqueeze(1), -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1).to(v.scalar_type()), v);
+  return torch::matmul(torch::softmax(scores, -1).to(v.scalar_type()), v).reshape({batch, heads, seq, v.size(3)});
 }
 
 }  // namespace latentmoe::model

@@ -1,5 +1,5 @@
-// GQA forward: SDPA over key/value heads expanded to their query groups (training), and attention
-// over a cache of rotated keys and values (generation). Registered as `model.attention.type: gqa`
+// GQA forward: SDPA serving each key/value head to its query group (training), and attention over
+// a cache of rotated keys and values, grouped the same way (generation). Registered as `model.attention.type: gqa`
 // at the bottom; its keys, counter and rules are src/model/gqa_spec.cpp.
 #include "latentmoe/model/gqa.h"
 
@@ -58,13 +58,6 @@ GroupedQueryAttentionImpl::Projected GroupedQueryAttentionImpl::project(const to
           v_proj(x).view({batch, seq, options.kv_heads(), d}).transpose(1, 2)};
 }
 
-torch::Tensor GroupedQueryAttentionImpl::expand_groups(const torch::Tensor& kv) const {
-  const int64_t group = options.heads() / options.kv_heads();
-  if (group == 1) return kv;
-  const int64_t batch = kv.size(0), tokens = kv.size(2), d = kv.size(3);
-  return kv.unsqueeze(2).expand({batch, options.kv_heads(), group, tokens, d}).reshape({batch, options.heads(), tokens, d});
-}
-
 torch::Tensor GroupedQueryAttentionImpl::attention_core(const torch::Tensor& x, const torch::Tensor& positions) {
   const Projected p = project(x, positions);
   const double scale = 1.0 / std::sqrt(static_cast<double>(options.head_dim()));
@@ -91,9 +84,9 @@ torch::Tensor GroupedQueryAttentionImpl::forward(const torch::Tensor& x, const t
   kv->value.narrow(2, start, seq).copy_(p.value);
   kv->length = start + seq;
   const double scale = 1.0 / std::sqrt(static_cast<double>(options.head_dim()));
-  const torch::Tensor keys = expand_groups(kv->key.narrow(2, 0, kv->length));
-  const torch::Tensor values = expand_groups(kv->value.narrow(2, 0, kv->length));
-  return output_projection(cached_attention(p.query, keys, values, start, scale));
+  return output_projection(cached_attention(p.query, kv->key.narrow(2, 0, kv->length),
+                                            kv->value.narrow(2, 0, kv->length), start, scale,
+                                            options.heads() / options.kv_heads()));
 }
 
 std::unique_ptr<AttentionCache> GroupedQueryAttentionImpl::make_cache(int64_t batch, int64_t capacity,

@@ -5,7 +5,6 @@
 #include <stdexcept>
 
 #include "latentmoe/parallel/layout.h"
-#include "latentmoe/train/optimizer.h"
 #include "latentmoe/util/hash.h"
 
 namespace latentmoe::parallel {
@@ -232,8 +231,7 @@ void DataParallel::gather_parameters() {
   }
 }
 
-std::map<std::string, torch::Tensor> DataParallel::full_optimizer_state(const train::AdamW& optimizer) {
-  std::map<std::string, torch::Tensor> state = optimizer.state();
+std::map<std::string, torch::Tensor> DataParallel::full_optimizer_state(std::map<std::string, torch::Tensor> state) {
   if (!options_.zero1) return state;
   torch::NoGradGuard no_grad;
   // Outside its owned range each rank holds zeros, so a sum over the group is the full moment.

@@ -36,8 +36,6 @@ namespace latentmoe::train {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-bool is_expert_tensor(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
-
 namespace {
 std::atomic<int> g_signal{0};
 extern "C" void on_signal(int sig) { g_signal = sig; }
@@ -79,10 +77,9 @@ int64_t env_int(const char* name, int64_t fallback) {
 
 Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::move(cfg)), comm_(comm) {
   const auto& t = cfg_.train;
-  if (comm_) {
-    rank_ = comm_->rank();
-    world_ = comm_->world_size();
-  }
+  parallel_ = std::make_unique<parallel::Parallelism>(cfg_, comm_);
+  rank_ = parallel_->rank();
+  world_ = parallel_->world_size();
   batches_ = std::make_unique<BatchSchedule>(t);
   if (t.device == "cuda") throw ConfigError("train.device 'cuda': the CUDA training path is not available yet; use 'cpu' or 'auto'");
   bf16_ = cfg_.precision.compute_dtype == "bf16";
@@ -101,12 +98,7 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
   // Each rank builds only its routed experts (expert parallelism); every tensor's initial values
   // come from its own stream keyed by (seed, its global name), the same in any layout.
   torch::manual_seed(static_cast<uint64_t>(cfg_.seed));
-  model::ModelBuild build{.seed = static_cast<uint64_t>(cfg_.seed)};
-  if (comm_) {
-    layout_ = parallel::ParallelLayout(world_, rank_, static_cast<int>(cfg_.parallel.ep), cfg_.model.n_routed_experts);
-    build.experts = {.first = layout_->first_local_expert(), .count = layout_->local_experts()};
-  }
-  model_ = model::DeepSeekV3(cfg_.model, build);
+  model_ = model::DeepSeekV3(cfg_.model, parallel_->model_build(static_cast<uint64_t>(cfg_.seed)));
   model_->set_recompute(model::parse_recompute(t.recompute));
   fp8_ = {.scaling = ops::fp8::parse_scaling(cfg_.precision.fp8), .pow2_scales = cfg_.precision.fp8_pow2_scales};
   if (fp8_.enabled()) {
@@ -115,30 +107,23 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
               cfg_.precision.fp8, fp8_.pow2_scales ? "power-of-two" : "fp32",
               t.device == "cpu" || !torch::cuda::is_available() ? ", emulated on the CPU (docs/fp8.md)" : "");
   }
-  if (comm_) setup_parallel();
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : model_->named_parameters()) params.emplace_back(p.key(), p.value());
   optimizer_ = std::make_unique<AdamW>(params, cfg_.optimizer);
-  if (comm_) {
-    std::vector<parallel::ReplicatedParam> replicated;
-    for (const auto& [name, p] : params) {
-      if (p.requires_grad()) replicated.push_back({name, p, is_expert_tensor(name)});
-    }
-    parallel::DataParallelOptions options{.zero1 = cfg_.parallel.zero_stage == 1,
-                                          .bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_size_mb * (1 << 20)),
-                                          .expert_buckets_from_hooks = cfg_.parallel.backend != "nccl",
-                                          .fingerprint_local_gradients = t.spike_action == "rerun"};
-    data_parallel_ = std::make_unique<parallel::DataParallel>(*comm_, expert_dp_comm_.get(), ep_comm_.get(), replicated, options);
-    if (data_parallel_->zero1()) optimizer_->restrict_to_ranges(data_parallel_->owned_ranges());
-    int64_t held = 0, state = 0;
-    for (size_t i = 0; i < optimizer_->size(); ++i) {
-      held += optimizer_->slot(i).param.numel();
-      state += 2 * optimizer_->slot(i).length;
-    }
-    const auto counts = model::count_parameters(cfg_.model);
-    LMOE_INFO("this rank holds {} of {} parameters and {} AdamW moment elements ({} ZeRO-1)", held,
-              counts.total + counts.mtp_total, state, data_parallel_->zero1() ? "with" : "without");
+  std::vector<std::pair<std::string, torch::Tensor>> trainable;
+  for (const auto& [name, p] : params) {
+    if (p.requires_grad()) trainable.emplace_back(name, p);
   }
+  parallel_->attach(*model_, trainable, t.spike_action == "rerun");
+  if (const auto ranges = parallel_->optimizer_ranges(); !ranges.empty()) optimizer_->restrict_to_ranges(ranges);
+  int64_t held = 0, state = 0;
+  for (size_t i = 0; i < optimizer_->size(); ++i) {
+    held += optimizer_->slot(i).param.numel();
+    state += 2 * optimizer_->slot(i).length;
+  }
+  const auto counts = model::count_parameters(cfg_.model);
+  LMOE_INFO("{}: this rank holds {} of {} parameters and {} AdamW moment elements ({} ZeRO-1)", parallel_->describe(),
+            held, counts.total + counts.mtp_total, state, parallel_->zero1() ? "with" : "without");
   schedule_ = std::make_unique<LrSchedule>(cfg_.schedule, cfg_.optimizer.lr, *batches_);
   std::vector<torch::Tensor> biases;
   for (const auto& b : model_->named_buffers()) {
@@ -158,26 +143,6 @@ Trainer::Trainer(config::Config cfg, parallel::Communicator* comm) : cfg_(std::m
                                              rank_ == 0 && cfg_.logging.tensorboard);
   const auto flops = model::forward_flops_per_token(cfg_.model, t.seq_len);
   train_flops_per_token_ = 3.0 * (flops.forward + flops.mtp_forward);
-}
-
-void Trainer::setup_parallel() {
-  if (layout_->ep == 1) return;
-  ep_comm_ = comm_->subgroup(fmt::format("ep.{}", layout_->ep_group()), layout_->ep_group_ranks());
-  expert_dp_comm_ = comm_->subgroup(fmt::format("edp.{}", layout_->ep_rank()), layout_->edp_group_ranks());
-  expert_dispatcher_ = std::make_unique<parallel::ExpertParallelDispatcher>(*ep_comm_, cfg_.model.n_routed_experts);
-  for (const auto& module : model_->modules(/*include_self=*/false)) {
-    if (auto moe = std::dynamic_pointer_cast<model::DeepSeekMoEImpl>(module)) {
-      moe->dispatcher = expert_dispatcher_.get();
-    } else if (std::dynamic_pointer_cast<model::MoELayer>(module)) {
-      throw ConfigError(fmt::format("parallel.ep={} places routed experts of model.ffn.type 'deepseek_moe' only; "
-                                    "model.ffn.type '{}' runs with parallel.ep=1",
-                                    cfg_.parallel.ep, cfg_.model.ffn.type()));
-    }
-  }
-  LMOE_INFO("expert parallel: EP group {} (ranks {}), expert-data-parallel group {} (ranks {}), experts [{}, {}) here",
-            layout_->ep_group(), fmt::join(layout_->ep_group_ranks(), ","), layout_->ep_rank(),
-            fmt::join(layout_->edp_group_ranks(), ","), layout_->first_local_expert(),
-            layout_->first_local_expert() + layout_->local_experts());
 }
 
 StepRecord Trainer::train_step() {
@@ -224,7 +189,7 @@ StepRecord Trainer::train_step() {
     if (test_spike_.step == r.step && test_spike_.rank == rank_ && (test_spike_.always || !test_spike_.fired)) {
       losses.total = losses.total * 50.0;
     }
-    if (data_parallel_) data_parallel_->begin_backward(micro == accum - 1);
+    parallel_->begin_backward(micro == accum - 1);
     (losses.total / static_cast<double>(accum)).backward();
     const double scale = 1.0 / static_cast<double>(accum);
     r.loss += losses.total.item<double>() * scale;
@@ -240,40 +205,28 @@ StepRecord Trainer::train_step() {
   if (fingerprint) {
     for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z}) local = mix64(local, std::bit_cast<uint64_t>(v));
   }
-  if (data_parallel_) {
+  {
     // A signal is acted on when every rank knows of it: it travels with the step scalars, so all
     // ranks stop after the same step (a rank stopping alone would leave the others in a collective).
     torch::Tensor scalars = torch::tensor({r.loss, r.lm, r.mtp, r.balance, r.z, g_signal != 0 ? 1.0 : 0.0}, torch::kDouble);
     {
       RECORD_FUNCTION("latentmoe.comm.finish_gradients", c10::ArrayRef<const c10::IValue>{});
-      data_parallel_->finish_gradients(scalars, balancer_->counts());
+      parallel_->finish_gradients(scalars, balancer_->counts());  // sums over the ranks, then / world
     }
     r.stop_requested = scalars[5].item<double>() > 0;
-    scalars.div_(static_cast<double>(world_));
     r.loss = scalars[0].item<double>(), r.lm = scalars[1].item<double>(), r.mtp = scalars[2].item<double>();
     r.balance = scalars[3].item<double>(), r.z = scalars[4].item<double>();
   }
   if (env_int("LATENTMOE_TEST_NAN_AT_STEP", -1) == r.step) r.loss = std::nan("");  // test hook
   RECORD_FUNCTION("latentmoe.optimizer.grad_norm", c10::ArrayRef<const c10::IValue>{});
-  double norm_sq = 0;
-  if (data_parallel_) {
-    norm_sq = data_parallel_->grad_norm_squared();  // every tensor once, over all ranks
-  } else {
-    for (const auto& p : model_->parameters()) {
-      if (!p.grad().defined()) continue;
-      norm_sq += squared_norm_cpu_applies(p.grad()) ? squared_norm_cpu(p.grad())
-                                                   : p.grad().to(torch::kDouble).pow(2).sum().item<double>();
-    }
-  }
+  const double norm_sq = parallel_->grad_norm_squared(*model_, [](const torch::Tensor& g) {
+    return squared_norm_cpu_applies(g) ? squared_norm_cpu(g) : g.to(torch::kDouble).pow(2).sum().item<double>();
+  });
   r.grad_norm = std::sqrt(norm_sq);
   if (fingerprint) {
-    if (data_parallel_) {
-      local = mix64(local, data_parallel_->local_gradient_fingerprint());
-    } else {
-      for (const auto& p : model_->parameters()) {
-        if (p.grad().defined()) local = tensor_fingerprint(p.grad(), local);
-      }
-    }
+    local = mix64(local, parallel_->local_gradient_fingerprint(*model_, [](const torch::Tensor& g, uint64_t seed) {
+      return tensor_fingerprint(g, seed);
+    }));
     uint64_t reduced = 0;
     for (double v : {r.loss, r.lm, r.mtp, r.balance, r.z, r.grad_norm}) reduced = mix64(reduced, std::bit_cast<uint64_t>(v));
     fingerprint_ = {.local = local, .reduced = reduced};
@@ -295,14 +248,7 @@ void Trainer::log_step(const StepRecord& r, const std::vector<LayerLoadStats>& l
                                         {"global_batch", static_cast<double>(r.global_batch)},
                                         {"mtp_lambda", r.mtp_weight}, {"bias_update_speed", r.bias_update_speed}};
   if (cfg_.logging.peak_tflops > 0) scalars["mfu"] = tflops / cfg_.logging.peak_tflops;
-  if (expert_dispatcher_) {
-    scalars["ep/all_to_all_bytes"] = static_cast<double>(expert_dispatcher_->bytes_sent() - all_to_all_bytes_logged_);
-    all_to_all_bytes_logged_ = expert_dispatcher_->bytes_sent();
-  }
-  if (data_parallel_) {
-    scalars["dp/reduce_bytes"] = static_cast<double>(data_parallel_->bytes_reduced() - reduce_bytes_logged_);
-    reduce_bytes_logged_ = data_parallel_->bytes_reduced();
-  }
+  parallel_->add_traffic(scalars);
   for (size_t l = 0; l < loads.size(); ++l) {
     scalars[fmt::format("moe/layer{}/max_violation", l)] = loads[l].max_violation;
     scalars[fmt::format("moe/layer{}/bias_range", l)] = loads[l].bias_max - loads[l].bias_min;
@@ -407,9 +353,9 @@ int Trainer::run() {
         RECORD_FUNCTION("latentmoe.optimizer", c10::ArrayRef<const c10::IValue>{});
         optimizer_->step(r.lr, clip ? t.grad_clip_norm / (r.grad_norm + 1e-6) : 1.0);
       }
-      if (data_parallel_) {
+      {
         RECORD_FUNCTION("latentmoe.comm.gather_parameters", c10::ArrayRef<const c10::IValue>{});
-        data_parallel_->gather_parameters();
+        parallel_->after_update();
       }
       apply_test_faults_after_update();
       loads = balancer_->step(tokens_seen_);
@@ -454,7 +400,7 @@ int Trainer::run() {
       r.stop_requested = true;
     }
     // Every rank takes the same decision (stop_requested was reduced), so all enter the check.
-    const bool stopping = comm_ ? r.stop_requested : g_signal != 0;
+    const bool stopping = parallel_->decision(r.stop_requested, g_signal != 0);
     // Before any checkpoint can capture a divergence.
     if (t.replica_check_interval > 0 && (step_ % t.replica_check_interval == 0 || saving || stopping)) {
       if (const int code = check_replicas(); code != 0) return code;

@@ -75,33 +75,24 @@ std::string Trainer::trainer_state_json() const {
 }
 
 std::string Trainer::save_checkpoint() {
-  std::map<std::string, torch::Tensor> optimizer_state =
-      data_parallel_ ? data_parallel_->full_optimizer_state(*optimizer_) : optimizer_->state();  // collective
+  const std::map<std::string, torch::Tensor> optimizer_state =
+      parallel_->full_optimizer_state(optimizer_->state());  // collective under ZeRO-1
   const std::map<std::string, torch::Tensor> model_state = io::model_state(*model_);
   CheckpointShard shard;
-  if (!comm_) {
-    shard.model.assign(model_state.begin(), model_state.end());
-    shard.optimizer.assign(optimizer_state.begin(), optimizer_state.end());
-  } else {
-    // Each tensor is written once over all ranks (ParallelLayout::checkpoint_writes).
-    std::vector<int64_t> numels;
-    std::vector<bool> sharded;
-    for (const auto& [name, t] : model_state) {
-      numels.push_back(t.numel());
-      sharded.push_back(is_expert_tensor(name));
-    }
-    const std::vector<bool> writes = layout_->checkpoint_writes(numels, sharded);
-    std::map<std::string, bool> writer;
-    size_t i = 0;
-    for (const auto& [name, t] : model_state) {
-      shard.held.push_back(name);
-      writer[name] = writes[i++];
-      if (writer[name]) shard.model.emplace_back(name, t);
-    }
-    for (const auto& [name, t] : optimizer_state) {
-      const std::string param = name.substr(name.find('.') + 1);
-      if (name == "step" ? rank_ == 0 : writer.at(param)) shard.optimizer.emplace_back(name, t);
-    }
+  // Each tensor is written once over all ranks (all of them by one process).
+  std::vector<std::pair<std::string, int64_t>> tensors;
+  for (const auto& [name, t] : model_state) tensors.emplace_back(name, t.numel());
+  const std::vector<bool> writes = parallel_->checkpoint_writes(tensors);
+  std::map<std::string, bool> writer;
+  size_t i = 0;
+  for (const auto& [name, t] : model_state) {
+    shard.held.push_back(name);
+    writer[name] = writes[i++];
+    if (writer[name]) shard.model.emplace_back(name, t);
+  }
+  for (const auto& [name, t] : optimizer_state) {
+    const std::string param = name.substr(name.find('.') + 1);
+    if (name == "step" ? rank_ == 0 : writer.at(param)) shard.optimizer.emplace_back(name, t);
   }
   const std::string path = checkpointer_->save(step_, shard, trainer_state_json(), config::dump_config_yaml(cfg_), comm_);
   if (rank_ == 0) LMOE_INFO("checkpoint committed: {}", path);
@@ -116,16 +107,12 @@ void Trainer::resume(const std::string& spec) {
     std::vector<std::string> skipped;
     const auto latest = checkpointer_->latest(&skipped);
     for (const auto& reason : skipped) LMOE_WARN("resume: skipped {}", reason);
-    if (comm_) {  // every rank must resume from the same step, or their collectives would not match
-      const int64_t mine = latest ? std::stoll(fs::path(*latest).filename().string().substr(5)) : -1;
-      torch::Tensor agree = torch::tensor({mine, mine * mine}, torch::kLong);
-      comm_->all_reduce_sum(agree, "resume agreement all-reduce");
-      const int64_t sum = agree[0].item<int64_t>(), sum_sq = agree[1].item<int64_t>();
-      if (world_ * sum_sq != sum * sum) {  // equal iff every rank found the same step (Cauchy-Schwarz)
-        throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
-                                             "rank: {}); checkpoint.dir must be one directory that every rank sees",
-                                             rank_, cfg_.checkpoint.dir, latest.value_or("none")));
-      }
+    // Every rank must resume from the same step, or their collectives would not match.
+    const int64_t mine = latest ? std::stoll(fs::path(*latest).filename().string().substr(5)) : -1;
+    if (!parallel_->all_agree(mine, "resume agreement all-reduce")) {
+      throw std::runtime_error(fmt::format("rank {}: the ranks found different newest committed checkpoints in {} (this "
+                                           "rank: {}); checkpoint.dir must be one directory that every rank sees",
+                                           rank_, cfg_.checkpoint.dir, latest.value_or("none")));
     }
     if (!latest) {
       LMOE_INFO("resume auto: no committed checkpoint in {}, starting from scratch", cfg_.checkpoint.dir);

@@ -31,7 +31,7 @@ void parse_test_fault(const char* name, Fault& fault) {
 void Trainer::setup_fault_checks() {
   parse_test_fault("LATENTMOE_TEST_SPIKE", test_spike_);
   parse_test_fault("LATENTMOE_TEST_CORRUPT_REPLICA", test_corrupt_replica_);
-  if (cfg_.train.replica_check_interval > 0 && world_ == 1) {
+  if (cfg_.train.replica_check_interval > 0 && !parallel_->holds_replicas()) {
     LMOE_WARN("train.replica_check_interval={}: a single process holds no replicas, so there is nothing to compare",
               cfg_.train.replica_check_interval);
   }
@@ -92,30 +92,31 @@ int Trainer::rerun_diagnosis(const StepRecord& r, const std::string& what) {
 }
 
 int Trainer::check_replicas() {
-  if (!comm_ || world_ == 1) return 0;
+  const std::vector<parallel::ReplicaGroup> groups = parallel_->replica_groups();
+  if (groups.empty()) return 0;
   torch::NoGradGuard no_grad;
   // Under ZeRO-1 the moments are sharded, not replicated: only the parameters are compared.
-  const bool moments = !data_parallel_->zero1();
-  uint64_t dense = 0, expert = 0;
-  for (size_t i = 0; i < optimizer_->size(); ++i) {
-    const auto slot = optimizer_->slot(i);
-    uint64_t& h = expert_dp_comm_ && is_expert_tensor(slot.name) ? expert : dense;
-    h = tensor_fingerprint(slot.param, h);
-    if (moments && slot.exp_avg.defined()) h = tensor_fingerprint(slot.exp_avg_sq, tensor_fingerprint(slot.exp_avg, h));
-  }
-  for (const auto& b : model_->named_buffers()) dense = tensor_fingerprint(b.value(), dense);  // the expert biases
-  const std::string what_dense = moments ? "the replicated parameters and their AdamW moments" : "the replicated parameters";
-  std::vector<std::pair<std::string, ReplicaVerdict>> verdicts{{what_dense, compare_replicas(*comm_, dense, "dense")}};
-  if (expert_dp_comm_ && expert_dp_comm_->world_size() > 1) {
-    verdicts.emplace_back(fmt::format("the routed experts of expert-data-parallel group {}", expert_dp_comm_->name()),
-                          compare_replicas(*expert_dp_comm_, expert, "expert"));
+  const bool moments = !parallel_->zero1();
+  std::vector<std::pair<std::string, ReplicaVerdict>> verdicts;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    uint64_t h = 0;
+    for (size_t i = 0; i < optimizer_->size(); ++i) {
+      const auto slot = optimizer_->slot(i);
+      if (!groups[g].holds(slot.name)) continue;
+      h = tensor_fingerprint(slot.param, h);
+      if (moments && slot.exp_avg.defined()) h = tensor_fingerprint(slot.exp_avg_sq, tensor_fingerprint(slot.exp_avg, h));
+    }
+    std::string what = groups[g].what;
+    if (g == 0) {  // the world's group also holds the buffers (the expert biases)
+      for (const auto& b : model_->named_buffers()) h = tensor_fingerprint(b.value(), h);
+      what = moments ? "the replicated parameters and their AdamW moments" : "the replicated parameters";
+    }
+    verdicts.emplace_back(what, compare_replicas(*groups[g].comm, h, g == 0 ? "dense" : "expert"));
   }
   // A divergence seen in any group stops every rank (a group that stopped alone would hang the rest).
   bool diverged = false;
   for (const auto& [what, v] : verdicts) diverged = diverged || !v.consistent();
-  torch::Tensor any = torch::tensor({diverged ? 1.0 : 0.0}, torch::kDouble);
-  comm_->all_reduce_sum(any, "replica-check verdict");
-  if (any.item<double>() == 0) return 0;
+  if (parallel_->all_agree(diverged ? 1 : 0, "replica-check verdict") && !diverged) return 0;
   for (const auto& [what, v] : verdicts) {
     if (v.consistent()) continue;
     if (v.majority) {

@@ -1,6 +1,7 @@
 """The config CLI seen from outside: dumps are valid YAML that independent parsers agree with,
 and a JSON rendering of a dump loads to the same config."""
 import json
+import re
 
 import pytest
 import yaml
@@ -68,3 +69,24 @@ def test_config_errors_exit_2_with_message(run_cli, tmp_path):
     result = run_cli("config", "--set", "train.micro_batch_size=3")
     assert result.returncode == 2
     assert "train.global_batch_size (16) must be divisible by train.micro_batch_size (3)" in result.stderr
+
+
+def test_shard_prints_a_ranks_holding_and_rejects_bad_ranks(run_cli):
+    layout = ("--set", "parallel.ep=2", "--set", "train.micro_batch_size=4")
+    ranks = [run_cli("config", *layout, "--world-size", "4", "--rank", str(r), "--shard") for r in range(4)]
+    assert all(r.returncode == 0 for r in ranks), [r.stderr for r in ranks]
+    assert "routed experts held  [0, 4) of each MoE layer" in ranks[0].stdout
+    assert "routed experts held  [4, 8) of each MoE layer" in ranks[3].stdout
+    one = run_cli("config", "--world-size", "1", "--shard")
+    assert one.returncode == 0, one.stderr
+    held = [int(re.search(r"parameters\s+(\d+) of (\d+)", r.stdout).group(1)) for r in ranks + [one]]
+    total = int(re.search(r"parameters\s+\d+ of (\d+)", one.stdout).group(1))
+    assert held[-1] == total and all(h < total for h in held[:-1])
+    assert f"AdamW moments        {2 * total} elements" in one.stdout
+    for args, message in [(("--world-size", "4", "--rank", "4"), "--rank 4 is outside the world of 4 ranks (allowed: 0..3)"),
+                          ((), "--shard needs --world-size"),
+                          (("--world-size", "3"), "parallel.ep (2) must divide the world size (3 ranks)")]:
+        result = run_cli("config", *layout, *args, "--shard")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = run_cli("config", "--rank", "1")
+    assert result.returncode == 2 and "--rank is an option of --shard" in result.stderr, result.stderr

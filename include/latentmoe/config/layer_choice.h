@@ -85,7 +85,9 @@ class LayerChoice {
   void describe(FieldVisitor& v);
 
   // The current type's settings; throws ConfigError when `type` is not registered, and
-  // std::logic_error when T is not the current type's settings class.
+  // std::logic_error when T is not the current type's settings class. Safe to call from several
+  // threads; a reference taken before set_type() refers to the old type's settings, which
+  // set_type() frees on the next access.
   template <class T>
   T& settings() {
     return cast<T>();

@@ -49,9 +49,11 @@ torch::Tensor causal_attention(const torch::Tensor& query, const torch::Tensor& 
 torch::Tensor causal_attention_autocast(const torch::Tensor& query, const torch::Tensor& key,
                                         const torch::Tensor& value, double scale, bool grouped = false);
 
-// Attention of `query` [b,h,s,d] at positions [start, start + s) over cached key [b,h,t,d] and
-// value [b,h,t,dv] (t >= start + s): each query sees keys up to its own position. fp32 softmax.
+// Attention of `query` [b,h,s,d] at positions [start, start + s) over cached key [b,h/group,t,d]
+// and value [b,h/group,t,dv] (t >= start + s): each query sees keys up to its own position, query
+// heads [i·group, (i+1)·group) share key/value head i (grouped-query attention, without copying
+// the cache out per head). fp32 softmax.
 torch::Tensor cached_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                               int64_t start, double scale);
+                               int64_t start, double scale, int64_t group = 1);
 
 }  // namespace latentmoe::model

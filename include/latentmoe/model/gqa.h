@@ -63,8 +63,6 @@ class GroupedQueryAttentionImpl : public AttentionLayer {
     torch::Tensor value;  // [b, kv_heads, s, d]
   };
   Projected project(const torch::Tensor& x, const torch::Tensor& positions);
-  // [b, kv_heads, t, d] -> [b, heads, t, d]: each key/value head repeated for its query group.
-  torch::Tensor expand_groups(const torch::Tensor& kv) const;
 };
 TORCH_MODULE(GroupedQueryAttention);
 

@@ -19,10 +19,6 @@
 
 #include "latentmoe/parallel/communicator.h"
 
-namespace latentmoe::train {
-class AdamW;
-}
-
 namespace latentmoe::parallel {
 
 struct DataParallelOptions {
@@ -70,8 +66,9 @@ class DataParallel {
   // ZeRO-1: after the owners' update, every rank receives every parameter of its groups.
   void gather_parameters();
   // Full optimizer moments ("exp_avg.<name>", "exp_avg_sq.<name>") of this rank's parameters,
-  // assembled from the owners' chunks under ZeRO-1 (collective), plus "step".
-  std::map<std::string, torch::Tensor> full_optimizer_state(const train::AdamW& optimizer);
+  // assembled under ZeRO-1 (collective) from `state`, the optimizer's own (zeros outside the
+  // owned ranges), plus its "step".
+  std::map<std::string, torch::Tensor> full_optimizer_state(std::map<std::string, torch::Tensor> state);
 
   // Fingerprint of this rank's (unreduced) gradients of the last armed backward, in bucket
   // launch order (the same on every execution of the same step).

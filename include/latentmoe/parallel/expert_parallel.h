@@ -1,9 +1,8 @@
-// Expert parallelism over all ranks (parallel.ep = world size): expert e is computed on rank
-// e / (experts / ep). Tokens sorted by expert go out with an uneven all-to-all (counts exchanged
-// first), are regrouped by local expert, run, and come back with the reverse all-to-all; both
-// directions are autograd functions, so gradients flow back the same way. Deterministic order.
-// First version: every rank still holds (identical replicas of) all expert weights — the data
-// parallel gradient all-reduce keeps them equal — so memory is not yet divided by ep.
+// Expert parallelism inside an EP group of parallel.ep ranks: expert e is computed on the group's
+// rank e / (experts / ep), which is the only one of the group to build it. Tokens sorted by
+// expert go out with an uneven all-to-all (counts exchanged first), are regrouped by local
+// expert, run, and come back with the reverse all-to-all; both directions are autograd functions,
+// so gradients flow back the same way. Deterministic order.
 #pragma once
 
 #include "latentmoe/model/moe.h"

@@ -16,9 +16,7 @@
 #include "latentmoe/data/prefetch.h"
 #include "latentmoe/model/deepseek_v3.h"
 #include "latentmoe/parallel/communicator.h"
-#include "latentmoe/parallel/data_parallel.h"
-#include "latentmoe/parallel/expert_parallel.h"
-#include "latentmoe/parallel/layout.h"
+#include "latentmoe/parallel/parallelize.h"
 #include "latentmoe/train/balancer.h"
 #include "latentmoe/train/batch_schedule.h"
 #include "latentmoe/train/checkpoint.h"
@@ -50,9 +48,6 @@ struct StepRecord {
   bool stop_requested = false;  // distributed: some rank had received SIGTERM/SIGINT by this step's reduction
   std::map<std::string, double> fp8_stats;  // precision.fp8, logged steps: this rank's ops/fp8_stats.h figures
 };
-
-// Routed-expert parameters (and their optimizer state): sharded by expert parallelism.
-bool is_expert_tensor(const std::string& name);
 
 // `train --init-from`: refuses a stage whose checkpoint.dir holds the source checkpoint (checked
 // before the run directories are locked, so the source run is not touched at all).
@@ -102,7 +97,6 @@ class Trainer {
   // The steps whose line is logged (logging.interval, the first and the last).
   bool logged_step(int64_t step) const;
   std::string trainer_state_json() const;
-  void setup_parallel();
   void setup_data();          // run_data.cpp: loaders, FIM, batch prefetcher
   void setup_fault_checks();  // trainer_faults.cpp: test hooks, warnings
   // Bad step or bad machine (trainer_faults.cpp). rerun_diagnosis re-executes step r from the same
@@ -137,11 +131,8 @@ class Trainer {
   std::unique_ptr<data::BatchPrefetcher> prefetcher_;  // data.num_workers > 0 (destroyed before the loaders)
   model::DeepSeekV3 model_{nullptr};
   std::unique_ptr<AdamW> optimizer_;
-  std::optional<parallel::ParallelLayout> layout_;         // set when launched with several ranks
-  std::unique_ptr<parallel::Communicator> ep_comm_, expert_dp_comm_;  // parallel.ep > 1
-  std::unique_ptr<parallel::ExpertParallelDispatcher> expert_dispatcher_;  // parallel.ep > 1
-  std::unique_ptr<parallel::DataParallel> data_parallel_;  // set when launched with several ranks
-  int64_t all_to_all_bytes_logged_ = 0, reduce_bytes_logged_ = 0;
+  // What this rank holds and how it synchronizes (parallel/parallelize.h; one process too).
+  std::unique_ptr<parallel::Parallelism> parallel_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Checkpointer> checkpointer_;
