@@ -104,6 +104,14 @@ FlopCounts forward_flops_per_token(const config::ModelConfig& m, int64_t seq_len
   return f;
 }
 
+double block_forward_flops_per_token(const config::ModelConfig& m, int64_t layer_index, int64_t seq_len) {
+  const BlockCounts b = block_counts(m, layer_index);
+  const config::LayerCounts attention = layer_counts(m.attention, m);
+  const double matmul_weights = static_cast<double>(b.activated().value() - b.norms.value() - attention.norm_parameters);
+  const double context = (static_cast<double>(seq_len) + 1.0) / 2.0;
+  return 2.0 * matmul_weights + 2.0 * context * static_cast<double>(attention.score_width);
+}
+
 std::string model_summary(const config::Config& cfg) {
   const config::ModelConfig& m = cfg.model;
   const ParameterCounts c = count_parameters(m);

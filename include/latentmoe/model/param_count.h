@@ -37,6 +37,10 @@ struct FlopCounts {
 // Forward FLOPs per token for sequences of seq_len tokens (training costs ~3x forward).
 FlopCounts forward_flops_per_token(const config::ModelConfig& cfg, int64_t seq_len);
 
+// Forward FLOPs per token of main block `layer_index` alone (its matmuls and attention): the
+// blocks' sum plus the head's 2 x vocab x hidden is FlopCounts::forward.
+double block_forward_flops_per_token(const config::ModelConfig& cfg, int64_t layer_index, int64_t seq_len);
+
 // Multi-line human summary for `latentmoe config --summary`.
 std::string model_summary(const config::Config& cfg);
 
