@@ -270,9 +270,9 @@ class Session {
       : env(e), backend(std::move(backend)), timeout(timeout) {
     if (this->backend == "gloo") binding = choose_gloo_binding(e);
     // Under torchrun the elastic agent already serves the store on MASTER_PORT: join it.
-    const bool agent_store = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
+    agent_store_ = env_or("TORCHELASTIC_USE_AGENT_STORE", "") == "True";
     prefix = store_prefix();
-    hosts_store_ = e.rank == 0 && !agent_store;
+    hosts_store_ = e.rank == 0 && !agent_store_;
     store = connect_store(e, hosts_store_, true, timeout);
     // The heartbeat has its own connection so it never waits behind a blocking store call.
     heartbeat_store = connect_store(e, false, false, std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(5)));
@@ -362,10 +362,15 @@ class Session {
     OwnedThread thread_;
   };
   ~Session() {
-    if (std::uncaught_exceptions() > 0) {  // unwinding from an error
+    // Unwinding from an error, or destroyed after one was caught and reported (the process then
+    // exits with its code, not with an exception in flight): peers may still need the store.
+    if (std::uncaught_exceptions() > 0 || marked_) {
       mark_failed(kOwnError);
       mark_diagnosed();  // done with the store (a collective failure was diagnosed before the throw)
-      if (hosts_store_) linger();
+      // The store dies with this process when it hosts it, and with node 0's torchrun agent when
+      // the agent serves it (the agent shuts down as soon as its workers fail): either way, wait
+      // until the peers have read this rank's failure.
+      if (hosts_store_ || agent_store_) linger();
     } else {  // finished: rank 0 must not take the silence that follows for a lost rank
       bounded_set(heartbeat_store, store_key(prefix, "done", env.rank), {'1'}, std::chrono::seconds(1));
     }
@@ -470,7 +475,7 @@ class Session {
     } catch (const std::exception&) {
     }
   }
-  bool hosts_store_ = false;
+  bool hosts_store_ = false, agent_store_ = false;
   std::atomic<bool> marked_{false}, diagnosed_{false};
   OwnedThread heartbeat_, monitor_;
 };
