@@ -26,8 +26,6 @@ torch::TensorOptions parameter_options() {
   return torch::TensorOptions(torch::kFloat).device(g_build_on_meta ? torch::kMeta : torch::kCPU);
 }
 
-bool building_on_meta() { return g_build_on_meta; }
-
 BuildOnMeta::BuildOnMeta() : previous_(g_build_on_meta) { g_build_on_meta = true; }
 BuildOnMeta::~BuildOnMeta() { g_build_on_meta = previous_; }
 

@@ -67,7 +67,6 @@ DeepSeekMoEImpl::DeepSeekMoEImpl(const DeepSeekMoEOptions& options_, Router gate
   const int64_t count = held.count < 0 ? options.experts() - held.first : held.count;
   TORCH_CHECK(held.first >= 0 && count >= 0 && held.first + count <= options.experts(), "DeepSeekMoE: experts [",
               held.first, ", ", held.first + count, ") are not within the ", options.experts(), " routed experts");
-  first_local_ = held.first;
   for (int64_t e = held.first; e < held.first + count; ++e) {
     local_experts_.push_back(experts->register_module(std::to_string(e), MLP(MLPOptions(hidden, width))));
   }
@@ -135,9 +134,9 @@ bool DeepSeekMoEImpl::expert_weights_stacked() const {
 
 torch::Tensor DeepSeekMoEImpl::run_experts(const torch::Tensor& sorted, int64_t first, const std::vector<int64_t>& counts) {
   const int64_t n = static_cast<int64_t>(counts.size());
-  if (first < first_local_ || first + n > first_local_ + local_expert_count()) {
+  if (first < first_local_expert() || first + n > first_local_expert() + local_expert_count()) {
     throw std::out_of_range(fmt::format("MoE: experts [{}, {}) are not all held here (this module holds [{}, {}))",
-                                        first, first + n, first_local_, first_local_ + local_expert_count()));
+                                        first, first + n, first_local_expert(), first_local_expert() + local_expert_count()));
   }
   if (sorted.size(0) == 0 || n == 0) return sorted.narrow(0, 0, 0);
   if (!expert_weights_stacked()) stack_expert_weights();
@@ -146,7 +145,7 @@ torch::Tensor DeepSeekMoEImpl::run_experts(const torch::Tensor& sorted, int64_t 
     MLPImpl& mlp = expert(e);
     params.insert(params.end(), {mlp.gate_proj->weight, mlp.up_proj->weight, mlp.down_proj->weight});
   }
-  const int64_t offset = first - first_local_;
+  const int64_t offset = first - first_local_expert();
   const variable_list stacked = StackedExpertWeights::apply(at::TensorList(params), experts_gate_up.narrow(0, offset, n),
                                                             experts_down.narrow(0, offset, n), counts);
   const ops::fp8::Recipe recipe = fp8;
@@ -168,27 +167,11 @@ torch::Tensor DeepSeekMoEImpl::run_experts(const torch::Tensor& sorted, int64_t 
 }
 
 MLPImpl& DeepSeekMoEImpl::expert(int64_t e) {
-  if (e < first_local_ || e >= first_local_ + local_expert_count()) {
+  if (e < first_local_expert() || e >= first_local_expert() + local_expert_count()) {
     throw std::out_of_range(fmt::format("MoE: expert {} is not held here (this module holds experts [{}, {}))", e,
-                                        first_local_, first_local_ + local_expert_count()));
+                                        first_local_expert(), first_local_expert() + local_expert_count()));
   }
-  return *local_experts_[static_cast<size_t>(e - first_local_)];
-}
-
-void DeepSeekMoEImpl::retain_experts(int64_t first, int64_t count) {
-  if (first < first_local_ || count < 0 || first + count > first_local_ + local_expert_count()) {
-    throw std::out_of_range(fmt::format("MoE: cannot retain experts [{}, {}) from the held range [{}, {})", first,
-                                        first + count, first_local_, first_local_ + local_expert_count()));
-  }
-  auto kept = std::make_shared<torch::nn::Module>("Experts");
-  std::vector<MLP> kept_list;
-  for (int64_t e = first; e < first + count; ++e) {
-    kept_list.push_back(kept->register_module(std::to_string(e), local_experts_[static_cast<size_t>(e - first_local_)]));
-  }
-  experts = replace_module("experts", kept);
-  local_experts_ = std::move(kept_list);
-  first_local_ = first;
-  stack_expert_weights();  // frees the dropped experts' share of the old stack
+  return *local_experts_[static_cast<size_t>(e - first_local_expert())];
 }
 
 torch::Tensor DeepSeekMoEImpl::routed_experts(const torch::Tensor& tokens, const RouterOutput& routing) {

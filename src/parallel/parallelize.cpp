@@ -36,8 +36,6 @@ void Parallelism::attach(model::DeepSeekV3Impl& model,
                          const std::vector<std::pair<std::string, torch::Tensor>>& trainable,
                          bool fingerprint_local_gradients) {
   experts_ = model::routed_expert_parameter_names(model);
-  trainable_.clear();
-  for (const auto& [name, p] : trainable) trainable_.push_back(p);
   if (expert_dispatcher_) {
     for (const auto& module : model.modules(/*include_self=*/false)) {
       if (auto moe = std::dynamic_pointer_cast<model::DeepSeekMoEImpl>(module)) {

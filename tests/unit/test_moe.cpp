@@ -130,18 +130,21 @@ TEST(MoE, ExpertParametersAreViewsOfTheStackedWeights) {
   EXPECT_EQ(moe->expert(2).down_proj->weight.data_ptr(), moe->experts_down[2].data_ptr());  // stacked again
 }
 
-// Expert parallelism keeps a contiguous range of experts under their global names; the retained
-// module computes exactly what the full one computes for those experts.
-TEST(MoE, RetainExpertsKeepsGlobalNamesAndWeights) {
+// Expert parallelism builds a contiguous range of experts under their global names; that module
+// computes exactly what the full one computes for those experts.
+TEST(MoE, HeldExpertsKeepGlobalNamesAndWeights) {
   torch::manual_seed(5);
   auto cfg = latentmoe::testing::tiny_model_config();
-  model::DeepSeekMoE full = deepseek_moe(cfg), part = deepseek_moe(cfg);
+  const int64_t n = cfg.n_routed_experts, first = n / 2, count = n / 2;
+  const auto held = [&](int64_t from, int64_t experts) {
+    return model::DeepSeekMoE(model::DeepSeekMoEOptions::from_config(cfg).held({.first = from, .count = experts}),
+                              model::Router(model::make_router(cfg)));
+  };
+  model::DeepSeekMoE full = deepseek_moe(cfg), part = held(first, count);
   {
     torch::NoGradGuard g;
     for (auto& p : part->named_parameters()) p.value().copy_(full->named_parameters()[p.key()]);
   }
-  const int64_t n = cfg.n_routed_experts, first = n / 2, count = n / 2;
-  part->retain_experts(first, count);
   EXPECT_EQ(part->first_local_expert(), first);
   EXPECT_EQ(part->local_expert_count(), count);
   int64_t expert_tensors = 0;
@@ -154,7 +157,7 @@ TEST(MoE, RetainExpertsKeepsGlobalNamesAndWeights) {
   }
   EXPECT_EQ(expert_tensors, count * 3);
   EXPECT_THROW(part->expert(0), std::out_of_range);
-  EXPECT_THROW(part->retain_experts(0, 1), std::out_of_range);
+  EXPECT_THROW(held(first, n), c10::Error) << "experts beyond the routed ones";
   const torch::Tensor x = torch::randn({3, cfg.hidden_size});
   EXPECT_TRUE(torch::equal(part->expert(n - 1).forward(x), full->expert(n - 1).forward(x)));
 }

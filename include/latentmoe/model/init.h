@@ -39,7 +39,6 @@ class ParameterInit {
 // meta device inside a BuildOnMeta scope (names and shapes without memory: `config --shard`
 // counts a 671B model's rank without allocating it).
 torch::TensorOptions parameter_options();
-bool building_on_meta();
 class BuildOnMeta {
  public:
   BuildOnMeta();

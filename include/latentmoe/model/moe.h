@@ -77,10 +77,9 @@ class DeepSeekMoEImpl : public MoELayer {
 
   // Routed expert e by its GLOBAL index; throws if this module does not hold it.
   MLPImpl& expert(int64_t e);
-  // Keeps experts [first, first + count) and frees the others (they live elsewhere, e.g. on other
-  // expert-parallel ranks). Parameter names keep global indices: "experts.<e>.up_proj.weight".
-  void retain_experts(int64_t first, int64_t count);
-  int64_t first_local_expert() const { return first_local_; }
+  // The held experts (options.held(); the others live on other expert-parallel ranks). Parameter
+  // names keep global indices: "experts.<e>.up_proj.weight".
+  int64_t first_local_expert() const { return options.held().first; }
   int64_t local_expert_count() const { return static_cast<int64_t>(local_experts_.size()); }
 
   ExpertDispatcher* dispatcher = nullptr;  // not owned; null = all experts run here
@@ -113,8 +112,7 @@ class DeepSeekMoEImpl : public MoELayer {
   std::array<std::pair<torch::Tensor*, torch::Tensor>, 3> stacked_views(int64_t i, const torch::Tensor& gate_up,
                                                                         const torch::Tensor& down) const;
 
-  std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_ + i
-  int64_t first_local_ = 0;
+  std::vector<MLP> local_experts_;  // local_experts_[i] = expert first_local_expert() + i
 };
 TORCH_MODULE(DeepSeekMoE);
 

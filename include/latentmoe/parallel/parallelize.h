@@ -98,7 +98,6 @@ class Parallelism {
   std::unique_ptr<ExpertParallelDispatcher> expert_dispatcher_;          // parallel.ep > 1
   std::unique_ptr<DataParallel> data_parallel_;                          // several ranks
   std::set<std::string> experts_;                                        // routed-expert parameters held
-  std::vector<torch::Tensor> trainable_;
   int64_t all_to_all_logged_ = 0, reduce_logged_ = 0;
 };
 
